@@ -1,0 +1,172 @@
+"""Helpers shared by the issue-7 benchmarks (capacity, reference_ffmpeg, p2p_latency).
+
+Run the benchmarks as scripts (``.venv/bin/python benchmarks/NAME.py``): this directory is
+then on ``sys.path``, so they import this module and the older benchmarks' helpers
+(``soak.make_config``) by plain name.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from soak import make_config
+
+from syncclass.demo import LocalDeployment, http_json
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+API_TOKEN = "benchmark-ops-api-token-0123456789"
+"""``ops.api_token`` of the benchmark counties: the mixer's read APIs need a credential."""
+
+
+def environment() -> dict[str, Any]:
+    """Where and when: CPU count, 1/5/15-minute load averages, versions, UTC timestamp."""
+    ffmpeg = ""
+    try:
+        out = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True,
+                             check=False).stdout
+        ffmpeg = out.splitlines()[0] if out else ""
+    except OSError:
+        ffmpeg = "(not installed)"
+    return {
+        "cpus": os.cpu_count(),
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "ffmpeg": ffmpeg,
+    }
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def county_config(work: Path, rural: int, light_size: tuple[int, int] | None = None,
+                  light_keep: int = 1) -> Path:
+    """The sample county with 1 main + ``rural`` receiving classrooms (``soak.make_config``),
+    with ``ops.api_token`` = :data:`API_TOKEN` (the mixer's read APIs need a credential).
+
+    With ``light_size`` (width, height px), every receiving classroom after the first
+    ``light_keep`` sends a synthetic camera of that size instead of 1280x720 (same fps):
+    cheaper agents, so that a 2-core machine can host more of them. The main classroom
+    always sends 1280x720.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    path = make_config(work, rural)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data.setdefault("ops", {})["api_token"] = API_TOKEN
+    if light_size is not None:
+        rurals = [c for c in data["classrooms"] if c["role"] == "receiving"]
+        for room in rurals[light_keep:]:
+            devices = dict(room.get("devices") or {})
+            camera = dict(devices.get("camera") or {})
+            camera.update(kind="synthetic", width=light_size[0], height=light_size[1])
+            devices["camera"] = camera
+            room["devices"] = devices
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def api_get(dep: LocalDeployment, path: str) -> dict[str, Any]:
+    """GET a mixer API with the benchmark's ops token; raises on a non-200 answer."""
+    status, body = http_json(dep.mixer_url + path, token=API_TOKEN)
+    if status != 200:
+        raise RuntimeError(f"GET {path}: {status} {body}")
+    return dict(body)
+
+
+def latency_pairs(reception: dict[str, Any] | None, receiver: str) -> list[dict[str, Any]]:
+    """(receiver, source, p50_ms, p95_ms, frames) rows from an agent's ``reception``
+    summary (glass-to-glass: capture timecode → decoded at the receiving agent, ms)."""
+    rows = []
+    for source, lat in ((reception or {}).get("latency_ms") or {}).items():
+        if "p50_ms" in lat:
+            rows.append({"receiver": receiver, "source": source, "p50_ms": lat["p50_ms"],
+                         "p95_ms": lat["p95_ms"], "frames": lat["frames_read"]})
+    return rows
+
+
+def median_or_none(values: Sequence[float]) -> float | None:
+    return round(statistics.median(values), 2) if values else None
+
+
+def start_lesson(dep: LocalDeployment, members: list[str], *, recorder: bool,
+                 connect_timeout_s: float = 90.0) -> dict[str, Any]:
+    """Start the mixer (+ recorder) and one agent per classroom, wait until all are
+    connected, press Start lesson on the main classroom; returns the lesson."""
+    dep.start_mixer()
+    if recorder:
+        dep.start_recorder()
+    for cid in members:
+        dep.start_agent(cid, out_dir=dep.work_dir / "classrooms")
+    dep.wait_for(lambda: set(members) <= set(api_get(dep, "/api/lessons")["classrooms"]),
+                 connect_timeout_s, "classrooms connected")
+    status, lesson = dep.agent_command(members[0], "start")
+    if status != 200:
+        raise RuntimeError(f"start lesson failed: {status} {lesson}")
+    return dict(lesson)
+
+
+def measure_window(dep: LocalDeployment, members: list[str], seconds: float) -> dict[str, Any]:
+    """Measure a running lesson for ``seconds``: CPU % of one core of every process,
+    the mixer's view/input counters (deltas), and the agents' latency summaries at the
+    end of the window (an agent's summary covers its whole lesson so far)."""
+    stats0 = api_get(dep, "/api/stats")
+    cpu0 = {n: p.cpu_s() for n, p in dep.procs.items()}
+    rx0 = {c: (dep.agent_status(c).get("reception") or {}) for c in members}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    cpu = {n: round(100.0 * (p.cpu_s() - cpu0[n]) / elapsed, 1) for n, p in dep.procs.items()}
+    rx1 = {c: (dep.agent_status(c).get("reception") or {}) for c in members}
+    stats1 = api_get(dep, "/api/stats")
+    media0: dict[str, Any] = next(iter(stats0["media"].values()), {})
+    media1: dict[str, Any] = next(iter(stats1["media"].values()), {})
+    fps = float(dep.config.media.fps)
+    views: dict[str, Any] = {}
+    for name, v1 in (media1.get("views") or {}).items():
+        v0 = (media0.get("views") or {}).get(name, {})
+        composed = v1["frames_composed"] - v0.get("frames_composed", 0)
+        skipped = v1["frames_skipped"] - v0.get("frames_skipped", 0)
+        views[name] = {
+            "frames_composed": composed,
+            "frames_skipped": skipped,
+            "frames_expected": round(fps * elapsed, 1),
+            "composed_fps": round(composed / elapsed, 2),
+            "mean_encode_ms": round(v1["encoder"]["mean_encode_ms"], 2),
+        }
+    inputs = {
+        cid: round((v["frames"] - (media0.get("video_inputs") or {}).get(cid, {}).get("frames", 0))
+                   / elapsed, 2)
+        for cid, v in (media1.get("video_inputs") or {}).items()
+    }
+    received_fps = {
+        c: round((rx1[c].get("frames_received", 0) - rx0[c].get("frames_received", 0))
+                 / elapsed, 2)
+        for c in members
+    }
+    pairs = [row for c in members for row in latency_pairs(rx1[c], c)]
+    return {
+        "elapsed_s": round(elapsed, 2),
+        "cpu_percent_of_one_core": cpu,
+        "views": views,
+        "mixer_input_fps": inputs,
+        "agent_received_fps": received_fps,
+        "latency_pairs": pairs,
+        "latency_p50_ms_median": median_or_none([p["p50_ms"] for p in pairs]),
+        "latency_p95_ms_median": median_or_none([p["p95_ms"] for p in pairs]),
+        "latency_p95_ms_max": max((p["p95_ms"] for p in pairs), default=None),
+        "freezes": {c: rx1[c].get("freezes") for c in members},
+    }

@@ -1,0 +1,134 @@
+"""Soak: one long lesson with 1 main + N receiving classrooms (real processes); samples the
+mixer's memory (RSS), open descriptors and threads, and the classrooms' latency, then
+writes JSON (benchmarks/results/soak.json).
+
+    .venv/bin/python benchmarks/soak.py --minutes 45 --rural 8
+
+Targets (issue 8): RSS growth < 5 % from minute 2 to the end, no descriptor, thread or
+task growth, latency stable. Issue 7's drift target: the median latency over the last
+5 minutes within 10 ms of minutes 1-6 (``latency_drift_ms``). A recorder runs too
+(``--no-recorder`` to leave it out); receiving classrooms after the first send 320x180
+cameras (``--light``) so that 1 + 8 agents fit on a 2-core machine with the mixer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+from syncclass.demo import LocalDeployment
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_config(tmp: Path, rural: int) -> Path:
+    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
+    template = next(c for c in data["classrooms"] if c["role"] == "receiving")
+    rooms = [c for c in data["classrooms"] if c["role"] == "main"]
+    for i in range(rural):
+        rooms.append(dict(template, id=f"rural-{i}", label=f"Rural {i}", name=f"教学点 {i}",
+                          token=f"soak-rural-token-{i:04d}-abcdef", tone_hz=500 + 100 * i))
+    data["classrooms"] = rooms
+    data["pairings"] = [dict(data["pairings"][0], receiving=[f"rural-{i}" for i in range(rural)])]
+    data["observers"] = []
+    data["mixer"]["data_dir"] = str(tmp / "mixer-data")
+    path = tmp / "county.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--minutes", type=float, default=45.0)
+    ap.add_argument("--rural", type=int, default=8)
+    ap.add_argument("--light", default="320x180",
+                    help="camera size of receiving classrooms after the first ('' = all "
+                         "1280x720); a 2-core machine cannot host 9 full agents")
+    ap.add_argument("--no-recorder", action="store_true")
+    ap.add_argument("--sample-s", type=float, default=10.0)
+    ap.add_argument("--work", default="/tmp/syncclass-soak")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "soak.json"))
+    args = ap.parse_args()
+    from _common import api_get, county_config, environment  # imports this module
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    light = tuple(int(x) for x in args.light.split("x")) if args.light else None
+    config = county_config(work, args.rural, light_size=light)  # type: ignore[arg-type]
+    dep = LocalDeployment(config, work)
+    samples: list[dict[str, Any]] = []
+    env0 = environment()
+    try:
+        mixer = psutil.Process(dep.start_mixer().popen.pid)
+        if not args.no_recorder:
+            dep.start_recorder()
+        members = [dep.config.pairings[0].main, *dep.config.pairings[0].receiving]
+        for cid in members:
+            dep.start_agent(cid)
+        dep.wait_for(lambda: set(members) <= set(dep.mixer_status()["classrooms"]), 90,
+                     "classrooms connected")
+        status, lesson = dep.agent_command(members[0], "start")
+        assert status == 200, lesson
+        t0 = time.monotonic()
+        cpu0 = mixer.cpu_times()
+        while time.monotonic() - t0 < args.minutes * 60:
+            time.sleep(args.sample_s)
+            rooms = dep.mixer_status()["classrooms"]
+            # Each agent reports the median of its last 30 s of samples per source.
+            latency = [v for r in rooms.values() for v in (r["stats"].get("latency_ms") or {})
+                       .values()]
+            proc = api_get(dep, "/api/stats").get("process", {})
+            cpu1 = mixer.cpu_times()
+            samples.append({"t_s": round(time.monotonic() - t0, 1),
+                            "rss_mb": round(mixer.memory_info().rss / 2**20, 1),
+                            "fds": mixer.num_fds(), "threads": mixer.num_threads(),
+                            "tasks": proc.get("tasks"),
+                            "mixer_cpu_percent": round(100 * (
+                                cpu1.user + cpu1.system - cpu0.user - cpu0.system)
+                                / args.sample_s, 1),
+                            "connected": sum(r["peer"] == "connected" for r in rooms.values()),
+                            "latency_p50_ms": round(statistics.median(latency), 1)
+                            if latency else None})
+            cpu0 = cpu1
+            print(json.dumps(samples[-1]), flush=True)
+        dep.agent_command(members[0], "end")
+    finally:
+        dep.stop_all()
+    warm = [s for s in samples if s["t_s"] >= 120] or samples
+    first, last = warm[0], warm[-1]
+
+    def median_latency(rows: list[dict[str, Any]]) -> float | None:
+        vals = [r["latency_p50_ms"] for r in rows if r["latency_p50_ms"] is not None]
+        return round(statistics.median(vals), 1) if vals else None
+
+    end = samples[-1]["t_s"] if samples else 0.0
+    first5 = median_latency([s for s in samples if 60 <= s["t_s"] <= 360])
+    last5 = median_latency([s for s in samples if s["t_s"] >= end - 300])
+    result = {"minutes": args.minutes, "rural": args.rural, "light": args.light,
+              "recorder": not args.no_recorder, "samples": len(samples),
+              "rss_mb_first_last": [first["rss_mb"], last["rss_mb"]],
+              "rss_growth_percent": round(100 * (last["rss_mb"] - first["rss_mb"])
+                                          / first["rss_mb"], 2),
+              "fds": [first["fds"], last["fds"]], "threads": [first["threads"],
+                                                              last["threads"]],
+              "tasks": [first["tasks"], last["tasks"]],
+              "latency_p50_ms_minutes_1_6": first5, "latency_p50_ms_last_5_minutes": last5,
+              "latency_drift_ms": None if first5 is None or last5 is None
+              else round(last5 - first5, 1),
+              "min_connected": min((s["connected"] for s in samples), default=0),
+              "environment_start": env0, "environment_end": environment(),
+              "series": samples}
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items()
+                      if k not in ("series", "environment_start", "environment_end")}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Edge agent: the classroom PC side (devices, WebRTC client, local control page)."""

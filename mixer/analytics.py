@@ -1,0 +1,583 @@
+"""Analytics of live lessons in the mixer: taps, lifecycle, report at lesson end.
+
+:class:`Analytics` subscribes to the mixer's event bus (joins, leaves, hand raises,
+lesson start/end, recording ready) and taps every lesson's decoded media:
+
+- audio: each classroom's 20 ms int16 blocks go through WebRTC's VAD (``webrtcvad``,
+  the maintained ``webrtcvad-wheels`` build) and a :class:`~syncclass.analytics.VadSmoother`
+  (hangover) into speech segments, on the event loop (≈ 30 µs per block);
+- video: every ``head_count_interval_s`` one frame per classroom is handed to a worker
+  thread that counts faces (:mod:`mixer.headcount`);
+- network: samples of :class:`mixer.netstats.NetStatsCollector` (the app's, else one this
+  module owns), kept every ``network_interval_s``.
+
+When a lesson ends the report is built and written off the loop (JSON, CSV, page) into
+``<data_dir>/reports/<lesson_id>/`` and beside the recording once ``recording_ready``
+names its folder, its rows go to the database, and ``report_ready`` is emitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import av
+import numpy as np
+import webrtcvad  # type: ignore[import-untyped]
+from aiohttp import web
+
+from syncclass.analytics.attendance import AttendanceTracker
+from syncclass.analytics.speech import VadSmoother
+from syncclass.config import CountyConfig
+from syncclass.errors import AuthError, ConfigError, InvalidStateError
+from syncclass.events import Event
+from syncclass.httperrors import json_error
+from syncclass.lesson import Lesson
+
+from .guard import GUARD_KEY, REPORT_COOKIE
+from .headcount import HeadCounter
+from .report import LessonData, build_report, db_rows, write_report
+from .store import ReportStore
+
+if TYPE_CHECKING:
+    from .media import LessonMedia
+    from .netstats import ClassroomHealth, MixerHealth, NetStatsCollector
+    from .server import Mixer
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 48000
+FRAME_MS = 20
+KEEP_FINISHED = 20
+"""Finished lessons kept in memory (older ones are read back from their report folder)."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SiteVoice:
+    """Voice activity of one classroom's decoded audio on the epoch clock.
+
+    Blocks are placed by their RTP-derived pts (sample-accurate, gaps kept) from an anchor
+    on the epoch clock: the arrival time of a block minus its duration, moved earlier
+    whenever a block arrives earlier than the anchor predicts, so the anchor converges to
+    the least-delayed arrival (capture time plus the smallest network delay) and late,
+    bursty delivery on a busy mixer does not stretch or shift speech."""
+
+    def __init__(self, mode: int, hangover_ms: int) -> None:
+        self.vad = webrtcvad.Vad(mode)
+        self.smoother = VadSmoother(FRAME_MS, hangover_ms=hangover_ms)
+        self._anchor_ms: float | None = None
+        self._pts0 = 0
+        self._next_pts = 0
+        self.frames = 0
+        self.voiced_frames = 0
+
+    def push(self, block: np.ndarray, arrival_ms: int, pts: int | None = None) -> None:
+        """One block (int16 mono 48 kHz, a multiple of 20 ms) that arrived at
+        ``arrival_ms``; ``pts`` in 48 kHz units (``None``: assume contiguous)."""
+        n = len(block)
+        if pts is None:
+            pts = self._next_pts
+        start_ms = arrival_ms - n * 1000 / SAMPLE_RATE
+        if self._anchor_ms is None or not 0 <= pts - self._next_pts < 60 * SAMPLE_RATE:
+            # First block, or the sender's timeline restarted: anchor anew.
+            self._anchor_ms, self._pts0 = start_ms, pts
+        predicted = self._anchor_ms + (pts - self._pts0) * 1000 / SAMPLE_RATE
+        if start_ms < predicted:
+            self._anchor_ms -= predicted - start_ms
+            predicted = start_ms
+        self._next_pts = pts + n
+        step = SAMPLE_RATE * FRAME_MS // 1000
+        for i in range(0, n - step + 1, step):
+            frame = block[i : i + step]
+            voiced = self.vad.is_speech(frame.tobytes(), SAMPLE_RATE)
+            self.frames += 1
+            self.voiced_frames += voiced
+            self.smoother.push(round(predicted + i * 1000 / SAMPLE_RATE), voiced)
+
+    def gap(self) -> None:
+        """The input stopped (the classroom left): close any open segment."""
+        self.smoother.flush()
+        self._anchor_ms = None
+
+
+@dataclass
+class LessonAnalytics:
+    """What is being observed of one live lesson."""
+
+    lesson: Lesson
+    attendance: AttendanceTracker = field(default_factory=AttendanceTracker)
+    voices: dict[str, SiteVoice] = field(default_factory=dict)
+    hands: dict[str, list[int]] = field(default_factory=dict)
+    heads: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    network: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    next_head_s: dict[str, float] = field(default_factory=dict)
+    head_pending: set[str] = field(default_factory=set)
+    last_network_ms: int = 0
+    media: LessonMedia | None = None
+    report_paths: dict[str, str] | None = None
+    recording_dir: str | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def data(self) -> LessonData:
+        return LessonData(
+            lesson=self.lesson,
+            sessions=dict(self.attendance.sessions),
+            speech={cid: list(v.smoother.segments) for cid, v in self.voices.items()},
+            hands={c: list(v) for c, v in self.hands.items()},
+            heads={c: list(v) for c, v in self.heads.items()},
+            network={c: list(v) for c, v in self.network.items()},
+            recording_dir=self.recording_dir,
+        )
+
+
+@dataclass(frozen=True)
+class HandBadge:
+    text: str = "HAND UP"
+    seconds: float = 6.0
+
+
+class Analytics:
+    """Owner of every lesson's analytics in one mixer: ``start()`` then ``aclose()``."""
+
+    def __init__(self, mixer: Mixer) -> None:
+        self.mixer = mixer
+        self.config: CountyConfig = mixer.config
+        self.cfg = mixer.config.analytics
+        data_dir = Path(mixer.config.mixer.data_dir).resolve()
+        self.reports_dir = data_dir / "reports"
+        self.store = ReportStore(self.cfg.database_url or f"sqlite:///{data_dir / 'analytics.db'}")
+        self.lessons: dict[str, LessonAnalytics] = {}
+        self.badge = HandBadge()
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, "analytics")
+        self._counter: HeadCounter | None = None
+        self._bg: set[asyncio.Task[None]] = set()
+        self._netstats: NetStatsCollector | None = None
+        self._own_netstats = False
+        mixer.on_media_created.append(self._media_created)
+        mixer.events.subscribe(self._on_event)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self, netstats: NetStatsCollector | None = None) -> None:
+        """Start; uses ``netstats`` (the app's collector) or starts one of its own."""
+        if self.cfg.head_count_interval_s > 0:
+            try:
+                self._counter = HeadCounter(self.cfg.head_count_cascade)
+            except ConfigError as exc:
+                logger.warning("head count disabled: %s", exc)
+        if netstats is None:
+            from .netstats import NetStatsCollector
+
+            netstats = NetStatsCollector(self.mixer, self.config.ops)
+            netstats.start()
+            self._own_netstats = True
+        self._netstats = netstats
+        netstats.on_sample.append(self._on_health)
+
+    async def aclose(self) -> None:
+        """Finish pending reports (bounded wait), then stop."""
+        pending = list(self._bg)
+        if pending:
+            await asyncio.wait(pending, timeout=15)
+        for task in list(self._bg):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._netstats is not None:
+            with contextlib.suppress(ValueError):
+                self._netstats.on_sample.remove(self._on_health)
+            if self._own_netstats:
+                await self._netstats.aclose()
+        with contextlib.suppress(ValueError):
+            self.mixer.events.unsubscribe(self._on_event)
+        with contextlib.suppress(ValueError):
+            self.mixer.on_media_created.remove(self._media_created)
+        self._pool.shutdown(wait=True)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._bg.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._bg.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("analytics task %s failed", task.get_name(), exc_info=task.exception())
+
+    # -- taps ---------------------------------------------------------------------------------
+    def _media_created(self, media: LessonMedia) -> None:
+        la = self.lessons.setdefault(media.lesson.lesson_id, LessonAnalytics(media.lesson))
+        la.media = media
+        if not self.cfg.enabled:
+            return
+        media.audio_pts_taps.append(lambda cid, block, pts: self._on_audio(la, cid, block, pts))
+        media.video_taps.append(lambda cid, frame: self._on_video(la, cid, frame))
+
+    def _on_audio(self, la: LessonAnalytics, cid: str, block: np.ndarray,
+                  pts: int | None) -> None:
+        voice = la.voices.get(cid)
+        if voice is None:
+            voice = la.voices[cid] = SiteVoice(self.cfg.vad_aggressiveness,
+                                               self.cfg.vad_hangover_ms)
+        voice.push(block, now_ms(), pts)
+
+    def _on_video(self, la: LessonAnalytics, cid: str, frame: av.VideoFrame) -> None:
+        if self._counter is None or cid in la.head_pending:
+            return
+        now = time.monotonic()
+        if now < la.next_head_s.get(cid, 0.0):
+            return
+        la.next_head_s[cid] = now + self.cfg.head_count_interval_s
+        la.head_pending.add(cid)
+        ts = now_ms()
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._pool, self._count, frame)
+
+        def done(f: asyncio.Future[int]) -> None:
+            la.head_pending.discard(cid)
+            if f.cancelled() or f.exception() is not None:
+                logger.warning("lesson %s: head count of %s failed: %s", la.lesson.lesson_id,
+                               cid, None if f.cancelled() else f.exception())
+                return
+            la.heads.setdefault(cid, []).append((ts, f.result()))
+
+        fut.add_done_callback(done)
+
+    def _count(self, frame: av.VideoFrame) -> int:
+        assert self._counter is not None
+        plane = frame.planes[0]
+        y = np.frombuffer(memoryview(plane), np.uint8)
+        y = y[: plane.line_size * frame.height].reshape(frame.height, plane.line_size)
+        return self._counter.count(y[:, : frame.width])
+
+    def _on_health(self, snapshot: dict[str, ClassroomHealth], _mixer: MixerHealth) -> None:
+        for la in self.lessons.values():
+            if la.lesson.state != "live":
+                continue
+            ts = now_ms()
+            if ts - la.last_network_ms < self.cfg.network_interval_s * 1000 - 100:
+                continue
+            la.last_network_ms = ts
+            for cid in la.lesson.classrooms:
+                h = snapshot.get(cid)
+                if h is None or h.lesson_id != la.lesson.lesson_id:
+                    continue
+                bitrate = h.bitrate_in_kbps
+                la.network.setdefault(cid, []).append({
+                    "ts_ms": h.ts_ms, "rtt_ms": h.rtt_ms, "jitter_ms": h.jitter_ms,
+                    "loss_percent": h.loss_percent, "bitrate_kbps": bitrate,
+                    "fps": h.fps_in, "freezes": h.freezes, "latency_ms": h.latency_ms,
+                })
+
+    # -- events -------------------------------------------------------------------------------
+    def _on_event(self, event: Event) -> None:
+        la = self.lessons.get(event.lesson_id) if event.lesson_id else None
+        if event.name == "classroom_joined" and la is not None and event.classroom_id:
+            la.attendance.join(event.classroom_id, event.ts_ms)
+        elif event.name == "classroom_left" and la is not None and event.classroom_id:
+            la.attendance.leave(event.classroom_id, event.ts_ms,
+                                str(event.data.get("reason", "left")))
+            voice = la.voices.get(event.classroom_id)
+            if voice is not None:
+                voice.gap()
+        elif event.name == "hand_raised" and la is not None and event.classroom_id:
+            self._hand_raised(la, event.classroom_id, event.ts_ms)
+        elif event.name == "lesson_ended" and la is not None:
+            self._spawn(self._finish(la), f"report:{la.lesson.lesson_id}")
+        elif event.name == "recording_ready" and event.lesson_id:
+            folder = recording_folder(event.data)
+            if folder:
+                target = la or self.load_finished(event.lesson_id) or self._placeholder(event)
+                self.lessons.setdefault(event.lesson_id, target)
+                target.recording_dir = str(folder)
+                if target.report_paths is not None:
+                    self._spawn(self._copy_beside_recording(target), "report-copy")
+
+    def _placeholder(self, event: Event) -> LessonAnalytics:
+        lesson = self.mixer.lessons.lesson_of(event.classroom_id or "") if event.classroom_id \
+            else None
+        assert event.lesson_id is not None
+        return LessonAnalytics(lesson if lesson is not None and
+                               lesson.lesson_id == event.lesson_id else
+                               Lesson(event.lesson_id, "", "", [], "", "", "", None))
+
+    def load_finished(self, lesson_id: str) -> LessonAnalytics | None:
+        """A report written by an earlier run of the mixer (from its folder), if any."""
+        folder = self.reports_dir / lesson_id
+        if "/" in lesson_id or ".." in lesson_id or not (folder / "report.json").is_file():
+            return None
+        try:
+            info = json.loads((folder / "report.json").read_text(encoding="utf-8"))["lesson"]
+            lesson = Lesson(info["lesson_id"], info["pairing_id"], info["main"],
+                            list(info["receiving"]), info["subject"], info["grade"],
+                            info["teacher"], info.get("timetable_id"), "ended",
+                            info.get("started_ms"), info.get("ended_ms"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("report %s unreadable: %s", folder, exc)
+            return None
+        la = LessonAnalytics(lesson)
+        la.report_paths = {k: str(folder / f"report.{k}") for k in ("json", "csv", "html")}
+        return la
+
+    def _hand_raised(self, la: LessonAnalytics, cid: str, ts_ms: int) -> None:
+        hands = la.hands.setdefault(cid, [])
+        if hands and ts_ms - hands[-1] < HAND_DEBOUNCE_MS:
+            return
+        hands.append(ts_ms)
+        logger.info("lesson %s: %s raised a hand (%d)", la.lesson.lesson_id, cid, len(hands))
+        media = la.media
+        if media is None:
+            return
+        until = time.monotonic() + self.badge.seconds
+        for view in media.views.values():
+            if view.config.shown_to == "main":
+                view.compositor.set_badge(cid, self.badge.text, until)
+
+    # -- report -------------------------------------------------------------------------------
+    async def _finish(self, la: LessonAnalytics) -> None:
+        lesson = la.lesson
+        end = lesson.ended_ms or now_ms()
+        la.attendance.close(end)
+        for voice in la.voices.values():
+            voice.smoother.flush()
+        data = la.data()
+        folder = self.reports_dir / lesson.lesson_id
+        loop = asyncio.get_running_loop()
+
+        def work() -> dict[str, str]:
+            report = build_report(self.config, data, now_ms())
+            paths = write_report(report, folder)
+            lesson_row, rows = db_rows(report, paths["json"])
+            try:
+                self.store.save(lesson_row, rows)
+                paths["database"] = self.store.url
+            except Exception:
+                logger.exception("lesson %s: cannot store report rows in %s",
+                                 lesson.lesson_id, self.store.url)
+            return paths
+
+        # Not self._pool: that one may be busy counting heads.
+        paths = await loop.run_in_executor(None, work)
+        la.report_paths = paths
+        logger.info("lesson %s: report written to %s", lesson.lesson_id, folder)
+        if la.recording_dir:
+            await self._copy_beside_recording(la)
+        la.done.set()
+        self._forget_old()
+        self.mixer.emit("report_ready", lesson.lesson_id, lesson.main,
+                        folder=str(folder.resolve()), **paths,
+                        url=f"/reports/{lesson.lesson_id}/")
+
+    def _forget_old(self, keep: int = KEEP_FINISHED) -> None:
+        """Bound memory: finished lessons beyond the newest ``keep`` are dropped (their
+        reports stay on disk and are found again by :meth:`load_finished`)."""
+        finished = [lid for lid, x in self.lessons.items() if x.done.is_set()]
+        for lid in finished[:-keep] if keep else finished:
+            del self.lessons[lid]
+
+    async def _copy_beside_recording(self, la: LessonAnalytics) -> None:
+        assert la.report_paths is not None and la.recording_dir is not None
+        dest = Path(la.recording_dir)
+        srcs = [Path(la.report_paths[k]) for k in ("json", "csv", "html")]
+
+        def copy() -> None:
+            dest.mkdir(parents=True, exist_ok=True)
+            for src in srcs:
+                shutil.copy2(src, dest / src.name)
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, copy)
+            la.report_paths["beside_recording"] = str(dest)
+        except OSError as exc:
+            logger.warning("lesson %s: cannot copy the report beside the recording %s: %s",
+                           la.lesson.lesson_id, dest, exc)
+
+
+def recording_folder(data: dict[str, Any]) -> str | None:
+    """The local folder of a ``recording_ready`` event's recording: its ``folder``, else
+    the folder of its ``mp4`` when that is a local path (not ``s3://`` and the like)."""
+    folder = data.get("folder")
+    if isinstance(folder, str) and folder:
+        return folder
+    mp4 = data.get("mp4")
+    if isinstance(mp4, str) and mp4 and "://" not in mp4:
+        return str(Path(mp4).parent)
+    return None
+
+
+ANALYTICS_KEY = web.AppKey("analytics", Analytics)
+HAND_DEBOUNCE_MS = 2000
+"""Presses of the same classroom closer together than this count as one raised hand."""
+
+
+def raise_hand(mixer: Mixer, classroom_id: str) -> Lesson:
+    """A receiving classroom raises its hand in its live lesson: emits ``hand_raised``.
+
+    Raises :class:`AuthError` for a main classroom and :class:`InvalidStateError` when
+    the classroom has no live lesson."""
+    room = mixer.config.classroom(classroom_id)
+    if room.role != "receiving":
+        raise AuthError("not_allowed", "only receiving classrooms raise hands")
+    lesson = mixer.lessons.lesson_of(classroom_id)
+    if lesson is None or lesson.state != "live":
+        raise InvalidStateError(f"classroom {classroom_id!r} has no live lesson")
+    mixer.emit("hand_raised", lesson.lesson_id, classroom_id)
+    return lesson
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+
+REPORT_GRANT_S = 3600.0
+"""How long a report link's cookie (``?token=`` swapped for it) lets a browser read, s."""
+
+
+def _authorized(request: web.Request, lesson: Lesson) -> bool:
+    """A dashboard user, the ops API token, or a classroom or observer of this lesson's
+    pairing (``Authorization: Bearer``) may read the lesson's report; so may a browser
+    holding this report's grant cookie (see :func:`_swap_query_token`)."""
+    guard = request.app[GUARD_KEY]
+    if guard.grant_valid(request.cookies.get(REPORT_COOKIE), lesson.lesson_id, time.time()):
+        return True
+    reader = guard.reader_of(request)  # 401 for a wrong credential
+    return reader is not None and reader.may_read(lesson.pairing_id)
+
+
+def _swap_query_token(request: web.Request, lesson: Lesson) -> None:
+    """A report link ``/reports/<id>/...?token=<credential>`` (opened in a browser, which
+    cannot send headers): check the credential, then answer 303 to the same path without
+    it, setting an HttpOnly cookie that grants this one report for
+    :data:`REPORT_GRANT_S`. The credential leaves the address bar, history and Referer;
+    the access log never shows query strings (:class:`~mixer.guard.RedactingAccessLogger`)."""
+    token = request.query.get("token")
+    if token is None:
+        return
+    guard = request.app[GUARD_KEY]
+    reader = guard.reader_of(_with_bearer(request, token))
+    if reader is None or not reader.may_read(lesson.pairing_id):
+        raise json_error(web.HTTPForbidden, "not_paired",
+                         "this credential may not read this lesson")
+    resp = web.HTTPSeeOther(request.path, headers={"Cache-Control": "no-store",
+                                                    "Referrer-Policy": "no-referrer"})
+    resp.set_cookie(REPORT_COOKIE, guard.issue_grant(lesson.lesson_id, time.time(),
+                                                     REPORT_GRANT_S),
+                    max_age=int(REPORT_GRANT_S), path=f"/reports/{lesson.lesson_id}/",
+                    httponly=True, samesite="Strict", secure=request.secure)
+    raise resp
+
+
+def _with_bearer(request: web.Request, token: str) -> web.Request:
+    headers = request.headers.copy()
+    headers["Authorization"] = f"Bearer {token}"
+    return request.clone(headers=headers)
+
+
+def _lesson_for(request: web.Request, *, link: bool = False) -> tuple[Analytics, LessonAnalytics]:
+    """The lesson a report route names, if the request may read it. ``link``: a browser
+    route where ``?token=`` is swapped for a cookie (JSON routes take headers only)."""
+    analytics = request.app[ANALYTICS_KEY]
+    lesson_id = request.match_info["lesson_id"]
+    la = analytics.lessons.get(lesson_id)
+    if la is None:
+        la = analytics.load_finished(lesson_id)
+    if la is None:
+        if request.app[GUARD_KEY].reader_of(request) is None:  # tell strangers nothing
+            raise json_error(web.HTTPUnauthorized, "auth_required",
+                             "log in to the dashboard or give a classroom token of this lesson")
+        raise json_error(web.HTTPNotFound, "not_found", f"no lesson {lesson_id!r}")
+    if link:
+        _swap_query_token(request, la.lesson)
+    if not _authorized(request, la.lesson):
+        raise json_error(web.HTTPUnauthorized, "auth_required",
+                          "log in to the dashboard or give a classroom token of this lesson")
+    return analytics, la
+
+
+async def report_status(request: web.Request) -> web.Response:
+    """``GET /api/reports/{lesson_id}``: whether the report is ready, and its files."""
+    _, la = _lesson_for(request)
+    return web.json_response({"lesson_id": la.lesson.lesson_id,
+                              "ready": la.report_paths is not None,
+                              "paths": la.report_paths,
+                              "url": f"/reports/{la.lesson.lesson_id}/"})
+
+
+async def report_file(request: web.Request) -> web.StreamResponse:
+    """``GET /reports/{lesson_id}/`` (the page), ``.../report.json``, ``.../report.csv``."""
+    _, la = _lesson_for(request, link=True)
+    name = request.match_info.get("name") or "report.html"
+    kinds = {"report.html": ("html", "text/html"), "report.json": ("json", "application/json"),
+             "report.csv": ("csv", "text/csv")}
+    if name not in kinds:
+        raise json_error(web.HTTPNotFound, "not_found", f"no report file {name!r}")
+    if la.report_paths is None:
+        raise json_error(web.HTTPNotFound, "not_ready",
+                          "the report is written when the lesson ends")
+    key, ctype = kinds[name]
+    text = await asyncio.to_thread(Path(la.report_paths[key]).read_text, encoding="utf-8")
+    return web.Response(text=text, content_type=ctype, charset="utf-8",
+                        headers={"Cache-Control": "no-store"})
+
+
+async def hand_route(request: web.Request) -> web.Response:
+    """``POST /api/hand`` ``{"classroom_id": ...}`` with the classroom's Bearer token."""
+    analytics = request.app[ANALYTICS_KEY]
+    mixer = analytics.mixer
+    auth = request.headers.get("Authorization", "")
+    if not auth.startswith("Bearer "):
+        raise json_error(web.HTTPUnauthorized, "auth_required", "Bearer token required")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise json_error(web.HTTPBadRequest, "bad_json", "body is not JSON") from None
+    if not isinstance(body, dict):
+        raise json_error(web.HTTPBadRequest, "bad_message", "body must be a JSON object")
+    try:
+        room = mixer.authenticate(str(body.get("classroom_id", "")), auth[len("Bearer "):])
+        lesson = raise_hand(mixer, room.id)
+    except AuthError as exc:
+        status = web.HTTPUnauthorized if exc.code == "auth_failed" else web.HTTPForbidden
+        raise json_error(status, exc.code, exc.message) from None
+    except InvalidStateError as exc:
+        raise json_error(web.HTTPConflict, "no_lesson", str(exc)) from None
+    la = analytics.lessons.get(lesson.lesson_id)
+    count = len(la.hands.get(room.id, [])) if la else 0
+    return web.json_response({"lesson_id": lesson.lesson_id, "classroom_id": room.id,
+                              "hand_raises": count})
+
+
+def setup_analytics(app: web.Application, mixer: Mixer) -> Analytics:
+    """Attach analytics to the mixer app (after the ops subsystem, whose health sampler it
+    reads when present)."""
+    analytics = Analytics(mixer)
+    app[ANALYTICS_KEY] = analytics
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        netstats = None
+        with contextlib.suppress(ImportError):
+            from .dashboard import OPS_KEY
+
+            if OPS_KEY in app:
+                netstats = app[OPS_KEY].netstats
+        analytics.start(netstats)
+        yield
+        await analytics.aclose()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/api/reports/{lesson_id}", report_status)
+    app.router.add_get("/reports/{lesson_id}/", report_file)
+    app.router.add_get("/reports/{lesson_id}/{name}", report_file)
+    app.router.add_post("/api/hand", hand_route)
+    return analytics

@@ -1,0 +1,677 @@
+"""The mixer's aiohttp application: signaling over WebSocket, lesson API, status.
+
+Routes:
+- ``GET /ws`` — a classroom's signaling connection (see :mod:`syncclass.protocol`).
+- ``POST /api/lessons/start`` and ``/api/lessons/end`` — the main classroom's CLI
+  (``Authorization: Bearer <classroom token>``).
+- ``GET /api/lessons`` — lessons and who is connected.
+- ``GET /api/stats`` — media counters (frames, encoder counts per view).
+  Both need a dashboard session, the ops API token or a classroom/observer credential
+  (which sees only its own pairings' lessons); see :mod:`mixer.guard`.
+- ``GET /healthz`` (open).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+
+from syncclass.config import ClassroomConfig, CountyConfig
+from syncclass.errors import AuthError, InvalidStateError, ProtocolError
+from syncclass.events import Event, EventBus, EventName
+from syncclass.httperrors import json_error
+from syncclass.lesson import Lesson, LessonRegistry, load_lessons, save_lessons
+from syncclass.lipsync import SenderClock
+from syncclass.protocol import (
+    Answer,
+    EndLesson,
+    Error,
+    ErrorCode,
+    Hello,
+    Layout,
+    Leave,
+    LessonState,
+    ObserverHello,
+    Offer,
+    Ping,
+    Pong,
+    RaiseHand,
+    StartLesson,
+    Stats,
+    Welcome,
+    encode,
+    parse_client_message,
+)
+from syncclass.ratelimit import RateLimiter
+from syncclass.rtc import (
+    close_peer,
+    new_peer_connection,
+    observe_rtcp_feedback,
+    observe_sender_reports,
+    prefer_codec,
+    route_keyframe_requests,
+)
+from syncclass.tokens import SigningKey, looks_signed, verify_token
+
+from .guard import (
+    GUARD_KEY,
+    GuardStats,
+    RedactingAccessLogger,
+    bounded_send,
+    hello_deadline,
+    require_reader,
+    setup_guard,
+)
+from .media import LessonMedia
+
+logger = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class ClassroomSession:
+    """One authenticated signaling connection and, while in a lesson, its peer."""
+
+    classroom: ClassroomConfig
+    ws: web.WebSocketResponse
+    client: str
+    pc: RTCPeerConnection | None = None
+    lesson_id: str | None = None
+    connected_ms: int = field(default_factory=now_ms)
+    stats: dict[str, object] = field(default_factory=dict)
+    joined: bool = False
+    """Whether media is flowing in the current lesson (peer connected)."""
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    transport: asyncio.Transport | None = None
+    """The connection, dropped when the classroom stops reading (see ``send``)."""
+    send_timeout_s: float = 5.0
+    guard_stats: GuardStats | None = None
+
+    async def send(self, message: object) -> None:
+        """Send a message; a classroom that does not read within ``send_timeout_s`` is
+        disconnected (the lock only ever waits that long)."""
+        if self.ws.closed:
+            return
+        async with self.send_lock:
+            await bounded_send(self.ws, encode(message),  # type: ignore[arg-type]
+                               self.send_timeout_s, self.transport,
+                               f"classroom {self.classroom.id}", self.guard_stats)
+
+
+
+class Mixer:
+    """Lessons, sessions and media of one mixer process."""
+
+    def __init__(self, config: CountyConfig) -> None:
+        self.config = config
+        self.lessons = LessonRegistry(config, now_ms)
+        self.lessons.on_change.append(self._lesson_changed)
+        self.sessions: dict[str, ClassroomSession] = {}
+        self.peers: set[RTCPeerConnection] = set()
+        """Every peer connection not yet closed (closed on shutdown, so none leaks)."""
+        self.media: dict[str, LessonMedia] = {}
+        self._tokens = {c.token: c for c in config.classrooms}
+        self._signing_keys = [SigningKey(k.id, k.secret.encode()) for k in config.mixer.token_keys]
+        self.auth_failures = RateLimiter(config.mixer.auth_failures_per_min / 60.0,
+                                         config.mixer.auth_failures_per_min)
+        """Failed credentials per remote address."""
+        self.joins = RateLimiter(config.mixer.joins_per_min / 60.0, config.mixer.joins_per_min)
+        """Hellos and offers per classroom."""
+        self.lessons_path = Path(config.mixer.data_dir) / "lessons.json"
+        """Live lessons, rewritten (atomically) on every change; reloaded at start."""
+        self._bg: set[asyncio.Task[None]] = set()
+        self.errors_sent = 0
+        self.events = EventBus()
+        self.on_media_created: list[Callable[[LessonMedia], None]] = []
+        """Called when a lesson's media pipeline starts (recorder, analytics attach taps)."""
+        self.on_media_closing: list[Callable[[LessonMedia], None]] = []
+
+    def emit(self, name: EventName, lesson_id: str | None = None,
+             classroom_id: str | None = None, **data: Any) -> None:
+        self.events.emit(Event(name, now_ms(), lesson_id, classroom_id, data))
+
+    # -- auth ---------------------------------------------------------------------------------
+    def classroom_for_token(self, token: str) -> ClassroomConfig | None:
+        """The classroom a credential belongs to (a valid signed token, or a static config
+        token when ``mixer.allow_static_tokens``); ``None`` if it is no valid credential."""
+        if looks_signed(token):
+            try:
+                claims = verify_token(token, self._signing_keys, time.time())
+            except AuthError as exc:
+                logger.info("signed token refused: %s", exc.message)
+                return None
+            with contextlib.suppress(KeyError):
+                return self.config.classroom(claims.classroom_id)
+            return None
+        if not self.config.mixer.allow_static_tokens:
+            return None
+        room = None
+        for known, candidate in self._tokens.items():
+            if hmac.compare_digest(known.encode(), token.encode()):
+                room = candidate
+        return room
+
+    def authenticate(self, classroom_id: str, token: str,
+                     remote: str | None = None) -> ClassroomConfig:
+        """The classroom whose credential this is; refuses unknown or mismatched ones.
+
+        Failures are counted per ``remote`` address; an address over
+        ``mixer.auth_failures_per_min`` is refused (``rate_limited``) without its
+        credential being checked.
+        """
+        key = remote or "unknown"
+        now = time.monotonic()
+        if self.auth_failures.blocked(key, now):
+            wait = self.auth_failures.retry_after_s(key, now)
+            raise AuthError("rate_limited", f"too many failed attempts; retry in {wait:.0f} s")
+        room = self.classroom_for_token(token)
+        if room is None or room.id != classroom_id:
+            self.auth_failures.allow(key, now)
+            # Same answer for an unknown classroom and a wrong token: reveal nothing.
+            raise AuthError("auth_failed", "unknown classroom or wrong credential")
+        return room
+
+    def check_join_rate(self, classroom_id: str) -> None:
+        """Count a hello/offer of ``classroom_id``; refuse beyond ``mixer.joins_per_min``."""
+        now = time.monotonic()
+        if not self.joins.allow(classroom_id, now):
+            wait = self.joins.retry_after_s(classroom_id, now)
+            raise AuthError("rate_limited", f"too many joins; retry in {wait:.1f} s")
+
+    # -- persistence --------------------------------------------------------------------------
+    def restore_lessons(self) -> list[Lesson]:
+        """Reload the live lessons a previous mixer process left (start of serving)."""
+        restored = load_lessons(self.lessons_path, self.config)
+        for lesson in restored:
+            self.lessons.restore(lesson)
+        return restored
+
+    def _persist_lessons(self) -> None:
+        try:
+            save_lessons(self.lessons_path, self.lessons.live_lessons())
+        except OSError as exc:
+            logger.error("cannot persist lessons to %s: %s", self.lessons_path, exc)
+
+    # -- lessons ------------------------------------------------------------------------------
+    def _lesson_changed(self, lesson: Lesson) -> None:
+        self._persist_lessons()
+        if lesson.state == "live":
+            media = LessonMedia(self.config, lesson, on_layout=self._layout_changed(lesson))
+            self.media[lesson.lesson_id] = media
+            for cb in self.on_media_created:
+                cb(media)
+            media.start()
+            self.emit("lesson_started", lesson.lesson_id, lesson.main, lesson=lesson.info())
+        else:
+            self.emit("lesson_ended", lesson.lesson_id, lesson.main, lesson=lesson.info())
+        self._background(self._announce(lesson))
+        if lesson.state == "ended":
+            self._background(self._teardown(lesson))
+
+    def _layout_changed(self, lesson: Lesson) -> Callable[[str, Layout], None]:
+        def on_layout(view_name: str, layout: Layout) -> None:
+            media = self.media.get(lesson.lesson_id)
+            if media is None:
+                return
+            for cid in lesson.classrooms:
+                session = self.sessions.get(cid)
+                if session and session.lesson_id == lesson.lesson_id and (
+                    view_name in media.views_for(cid)
+                ):
+                    self._background(session.send(layout))
+
+        return on_layout
+
+    async def _announce(self, lesson: Lesson) -> None:
+        msg = LessonState(lesson=lesson.info())
+        # Side by side: a classroom that does not read holds up nobody else.
+        await asyncio.gather(*(s.send(msg) for cid in lesson.classrooms
+                               if (s := self.sessions.get(cid)) is not None))
+
+    async def _teardown(self, lesson: Lesson) -> None:
+        for cid in lesson.classrooms:
+            session = self.sessions.get(cid)
+            if session is not None and session.lesson_id == lesson.lesson_id:
+                await self.leave(session, "lesson_ended")
+        media = self.media.pop(lesson.lesson_id, None)
+        if media is not None:
+            for cb in self.on_media_closing:
+                cb(media)
+            await media.aclose()
+
+    async def leave(self, session: ClassroomSession, reason: str) -> None:
+        """Take a classroom out of its lesson's media (its tile shows a placeholder)."""
+        pc, session.pc = session.pc, None
+        lesson_id, session.lesson_id = session.lesson_id, None
+        cid = session.classroom.id
+        media = self.media.get(lesson_id) if lesson_id else None
+        if media is not None:
+            media.remove_classroom(cid)
+        if session.joined:
+            session.joined = False
+            self.emit("classroom_left", lesson_id, cid, reason=reason)
+        if pc is not None:
+            try:
+                await close_peer(pc)
+            finally:
+                self.peers.discard(pc)
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg_done)
+
+    def _bg_done(self, task: asyncio.Task[None]) -> None:
+        self._bg.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task failed", exc_info=task.exception())
+
+    # -- media negotiation --------------------------------------------------------------------
+    async def accept_offer(self, session: ClassroomSession, offer: Offer) -> str:
+        """Answer a classroom's offer: receive its camera and mic, send its views and mix."""
+        lesson = self.lessons.lesson_of(session.classroom.id)
+        if lesson is None or lesson.state != "live":
+            raise InvalidStateError("no live lesson for this classroom")
+        self.check_join_rate(session.classroom.id)
+        media = self.media[lesson.lesson_id]
+        views = media.views_for(session.classroom.id)
+        await self.leave(session, "renegotiated")
+        pc = new_peer_connection()
+        self.peers.add(pc)
+        session.pc = pc
+        session.lesson_id = lesson.lesson_id
+        cid = session.classroom.id
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            logger.info("classroom %s: receiving %s", cid, track.kind)
+            clock = SenderClock(90000 if track.kind == "video" else 48000)
+            for transceiver in pc.getTransceivers():
+                if transceiver.receiver.track is track:
+                    observe_sender_reports(transceiver.receiver, clock)
+            media.add_input(cid, track, clock)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            logger.info("classroom %s: peer connection %s", cid, pc.connectionState)
+            if session.pc is not pc:
+                return
+            if pc.connectionState == "connected" and not session.joined:
+                session.joined = True
+                self.emit("classroom_joined", lesson.lesson_id, cid)
+            elif pc.connectionState in ("failed", "closed"):
+                await self.leave(session, f"peer_{pc.connectionState}")
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+        except Exception as exc:  # aiortc's SDP parser also raises AssertionError
+            await self.leave(session, "bad_sdp")
+            raise ProtocolError(
+                "bad_sdp", f"cannot use this offer: {type(exc).__name__} {exc}".strip()
+            ) from None
+        if not pc.getTransceivers():
+            await self.leave(session, "bad_sdp")
+            raise ProtocolError("bad_sdp", "the offer has no audio or video section")
+        view_sent = False
+        for transceiver in pc.getTransceivers():
+            # An agent offers one sendrecv video; a browser offers its camera sendonly and
+            # the view recvonly: the view goes on the first video the classroom can receive
+            # (and only it is narrowed to H.264; the camera keeps the codec it offered).
+            may_send = transceiver._offerDirection in ("sendrecv", "sendonly")
+            if transceiver.kind == "video" and views and may_send and not view_sent:
+                view_sent = True
+                prefer_codec(transceiver, "video/H264")
+                track = media.subscribe_view(views[0], cid)
+                transceiver.sender.replaceTrack(track)
+                transceiver.direction = "sendrecv"
+                route_keyframe_requests(
+                    transceiver.sender,
+                    functools.partial(media.request_keyframe, views[0], cid),
+                )
+                if self.config.media.adaptation.enabled:
+                    # Its downlink estimate picks the rendition it gets (syncclass.adapt).
+                    observe_rtcp_feedback(
+                        transceiver.sender,
+                        functools.partial(media.downlink_feedback, views[0], cid),
+                    )
+            elif transceiver.kind == "audio":
+                transceiver.sender.replaceTrack(media.audio_output(cid))
+                transceiver.direction = "sendrecv"
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+        if views and media.views[views[0]].last_layout is not None:
+            self._background(session.send(media.views[views[0]].last_layout))
+        return str(pc.localDescription.sdp)
+
+    # -- shutdown -----------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        for session in list(self.sessions.values()):
+            await self.leave(session, "mixer_shutdown")
+            with contextlib.suppress(Exception):  # bounded: a socket may not be reading
+                await asyncio.wait_for(session.ws.close(), session.send_timeout_s)
+        # Peers still closing (e.g. their classroom disconnected just now) are closed too:
+        # an unclosed peer leaks its ICE sockets.
+        for pc in list(self.peers):
+            await close_peer(pc)
+        self.peers.clear()
+        for media in list(self.media.values()):
+            await media.aclose()
+        self.media.clear()
+        for task in list(self._bg):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def classrooms_of(self, pairings: frozenset[str] | None) -> set[str] | None:
+        """Classrooms of these pairings (``None``: every classroom)."""
+        if pairings is None:
+            return None
+        return {c for p in self.config.pairings if p.id in pairings for c in (p.main, *p.receiving)}
+
+    def status(self, pairings: frozenset[str] | None = None) -> dict[str, object]:
+        """Lessons and connected classrooms, of ``pairings`` only when given."""
+        rooms = self.classrooms_of(pairings)
+        return {
+            "county": self.config.county,
+            "lessons": [lesson.info().model_dump() for lesson in self.lessons.all_lessons()
+                        if pairings is None or lesson.pairing_id in pairings],
+            "classrooms": {
+                cid: {
+                    "client": s.client,
+                    "connected_ms": s.connected_ms,
+                    "lesson_id": s.lesson_id,
+                    "peer": s.pc.connectionState if s.pc else None,
+                    "stats": s.stats,
+                }
+                for cid, s in self.sessions.items()
+                if rooms is None or cid in rooms
+            },
+        }
+
+
+MIXER_KEY = web.AppKey("mixer", Mixer)
+
+
+# -- WebSocket signaling ------------------------------------------------------------------------
+async def _reply_error(
+    ws: web.WebSocketResponse, mixer: Mixer, code: ErrorCode, message: str, ref: str | None
+) -> None:
+    mixer.errors_sent += 1
+    if not ws.closed:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_str(encode(Error(code=code, message=message, ref=ref)))
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    mixer = request.app[MIXER_KEY]
+    limit = mixer.config.mixer.max_message_bytes
+    # aiohttp refuses frames beyond max_msg_size outright (close 1009); between our limit
+    # and that, the classroom gets an error reply and keeps its connection.
+    ws = web.WebSocketResponse(heartbeat=mixer.config.mixer.heartbeat_s, max_msg_size=limit * 4)
+    await ws.prepare(request)
+    session: ClassroomSession | None = None
+    hello_s = mixer.config.mixer.hello_timeout_s
+    guard = request.app[GUARD_KEY]
+
+    def authenticated() -> bool:
+        from .observer import OBSERVERS_KEY  # the observer module imports us
+
+        hub = request.app.get(OBSERVERS_KEY)
+        return session is not None or (
+            hub is not None and any(o.ws is ws for o in hub.sessions.values()))
+
+    async def hello_timed_out() -> None:
+        guard.stats.hello_timeouts += 1
+        logger.info("closing a signaling socket from %s: no hello within %.1f s",
+                    request.remote, hello_s)
+        await _reply_error(ws, mixer, "auth_timeout", f"no hello within {hello_s:g} s", None)
+
+    watchdog = asyncio.ensure_future(hello_deadline(ws, authenticated, hello_s,
+                                                    hello_timed_out))
+    try:
+        async for msg in ws:
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                continue
+            ref: str | None = None
+            try:
+                message = parse_client_message(msg.data, limit)
+                ref = message.type
+                if session is None and isinstance(message, ObserverHello):
+                    from .observer import serve_observer  # the observer module imports us
+
+                    await serve_observer(request, ws, message)
+                    break
+                if session is None:
+                    if not isinstance(message, Hello):
+                        raise AuthError("auth_required", "send 'hello' with your credential first")
+                    session = await _hello(mixer, ws, message, request.remote)
+                    session.transport = request.transport
+                    session.send_timeout_s = mixer.config.mixer.send_timeout_s
+                    session.guard_stats = guard.stats
+                    continue
+                await _dispatch(mixer, session, message)
+            except ProtocolError as exc:
+                await _reply_error(ws, mixer, exc.code, exc.message, ref)  # type: ignore[arg-type]
+            except AuthError as exc:
+                await _reply_error(ws, mixer, exc.code, exc.message, ref)  # type: ignore[arg-type]
+                logger.warning("refused %s from %s: %s", ref, request.remote, exc.message)
+                if exc.code in ("auth_failed", "rate_limited") and session is None:
+                    break
+            except InvalidStateError as exc:
+                await _reply_error(ws, mixer, "no_lesson" if ref in ("offer", "raise_hand")
+                                   else "lesson_live", str(exc), ref)
+            except Exception:  # one classroom's failure must not end its connection
+                logger.exception("error handling %s", ref)
+                await _reply_error(ws, mixer, "internal", "internal error; see mixer log", ref)
+    finally:
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
+        if session is not None and mixer.sessions.get(session.classroom.id) is session:
+            logger.info("classroom %s: disconnected", session.classroom.id)
+            await mixer.leave(session, "disconnected")
+            if mixer.sessions.get(session.classroom.id) is session:
+                del mixer.sessions[session.classroom.id]
+            mixer.emit("classroom_disconnected", None, session.classroom.id)
+    return ws
+
+
+async def _hello(mixer: Mixer, ws: web.WebSocketResponse, hello: Hello,
+                 remote: str | None = None) -> ClassroomSession:
+    room = mixer.authenticate(hello.classroom_id, hello.token, remote)
+    mixer.check_join_rate(room.id)
+    previous = mixer.sessions.get(room.id)
+    if previous is not None:
+        # The same classroom reconnected (e.g. after a network drop): the new one wins.
+        logger.info("classroom %s: replacing previous connection", room.id)
+        await mixer.leave(previous, "replaced")
+        with contextlib.suppress(Exception):  # bounded: the old socket may not be reading
+            await asyncio.wait_for(previous.ws.close(), previous.send_timeout_s)
+    session = ClassroomSession(classroom=room, ws=ws, client=hello.client)
+    mixer.sessions[room.id] = session
+    lesson = mixer.lessons.lesson_of(room.id)
+    await session.send(
+        Welcome(
+            classroom_id=room.id,
+            classroom_number=mixer.config.classroom_number(room.id),
+            role=room.role,
+            name=room.name,
+            lesson=lesson.info() if lesson else None,
+            server_time_ms=now_ms(),
+        )
+    )
+    logger.info("classroom %s: authenticated (%s)", room.id, hello.client)
+    mixer.emit("classroom_connected", lesson.lesson_id if lesson else None, room.id,
+               client=hello.client)
+    return session
+
+
+async def _dispatch(mixer: Mixer, session: ClassroomSession, message: object) -> None:
+    cid = session.classroom.id
+    if isinstance(message, Hello):
+        raise AuthError("already_authenticated", "this connection is already authenticated")
+    if isinstance(message, StartLesson):
+        mixer.lessons.start(cid, message.timetable_id)
+    elif isinstance(message, EndLesson):
+        mixer.lessons.end(cid)
+    elif isinstance(message, Offer):
+        paired = any(cid == p.main or cid in p.receiving for p in mixer.config.pairings)
+        if not paired:
+            raise AuthError("not_paired", f"classroom {cid!r} is not paired with any lesson")
+        sdp = await mixer.accept_offer(session, message)
+        await session.send(Answer(sdp=sdp))
+    elif isinstance(message, Stats):
+        session.stats = message.model_dump(exclude={"type"})
+    elif isinstance(message, Ping):
+        await session.send(Pong(id=message.id, server_time_ms=now_ms()))
+    elif isinstance(message, Leave):
+        await mixer.leave(session, "leave")
+    elif isinstance(message, RaiseHand):
+        from .analytics import raise_hand
+
+        raise_hand(mixer, cid)
+
+
+# -- HTTP API -----------------------------------------------------------------------------------
+def _bearer(request: web.Request) -> str:
+    auth = request.headers.get("Authorization", "")
+    if not auth.startswith("Bearer "):
+        raise web.HTTPUnauthorized(
+            text=json.dumps({"code": "auth_required", "message": "Bearer token required"}),
+            content_type="application/json",
+        )
+    return auth[len("Bearer ") :]
+
+
+
+
+async def _lesson_action(request: web.Request, action: str) -> web.Response:
+    mixer = request.app[MIXER_KEY]
+    token = _bearer(request)
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        raise json_error(web.HTTPBadRequest, "bad_json", "body is not JSON") from None
+    if not isinstance(body, dict):
+        raise json_error(web.HTTPBadRequest, "bad_message", "body must be a JSON object")
+    classroom_id = str(body.get("classroom_id", ""))
+    try:
+        room = mixer.authenticate(classroom_id, token, request.remote)
+        if action == "start":
+            timetable_id = body.get("timetable_id")
+            lesson = mixer.lessons.start(room.id, str(timetable_id) if timetable_id else None)
+        else:
+            lesson = mixer.lessons.end(room.id)
+    except AuthError as exc:
+        status = {"auth_failed": web.HTTPUnauthorized,
+                  "rate_limited": web.HTTPTooManyRequests}.get(exc.code, web.HTTPForbidden)
+        raise json_error(status, exc.code, exc.message) from None
+    except InvalidStateError as exc:
+        raise json_error(web.HTTPConflict, "bad_state", str(exc)) from None
+    return web.json_response(lesson.info().model_dump())
+
+
+async def start_lesson(request: web.Request) -> web.Response:
+    return await _lesson_action(request, "start")
+
+
+async def end_lesson(request: web.Request) -> web.Response:
+    return await _lesson_action(request, "end")
+
+
+async def lessons(request: web.Request) -> web.Response:
+    reader = require_reader(request)
+    return web.json_response(request.app[MIXER_KEY].status(reader.pairings),
+                             headers={"Cache-Control": "no-store"})
+
+
+async def stats(request: web.Request) -> web.Response:
+    reader = require_reader(request)
+    mixer = request.app[MIXER_KEY]
+    rooms = mixer.classrooms_of(reader.pairings)
+    body: dict[str, object] = {
+        "media": {lid: m.stats() for lid, m in mixer.media.items()
+                  if reader.may_read(m.lesson.pairing_id)},
+        "errors_sent": mixer.errors_sent,
+        "sessions": sorted(c for c in mixer.sessions if rooms is None or c in rooms),
+    }
+    if reader.is_ops:
+        body["guard"] = dataclasses.asdict(request.app[GUARD_KEY].stats)
+        # For leak checks (soak benchmark): the event loop's tasks, threads, descriptors.
+        body["process"] = {"tasks": len(asyncio.all_tasks()),
+                           "threads": threading.active_count(),
+                           "fds": _open_fds()}
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+def _open_fds() -> int | None:
+    """Open file descriptors of this process (None where /proc is missing)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+def create_app(config: CountyConfig, *, resume_lessons: bool = False) -> web.Application:
+    """The mixer's app. ``resume_lessons``: reload the live lessons a previous process
+    persisted in ``mixer.data_dir`` (the ``syncclass mixer`` command does)."""
+    # Access log lines without query strings: no credential ever reaches the log.
+    app = web.Application(client_max_size=config.mixer.max_message_bytes,
+                          handler_args={"access_log_class": RedactingAccessLogger})
+    mixer = Mixer(config)
+    app[MIXER_KEY] = mixer
+
+    async def on_shutdown(app: web.Application) -> None:
+        await mixer.aclose()
+
+    async def on_startup(app: web.Application) -> None:
+        # After every subsystem attached its media hooks: a restored lesson's media
+        # pipeline gets the recorder and analytics taps like a fresh one.
+        for lesson in mixer.restore_lessons() if resume_lessons else []:
+            logger.info("lesson %s: resumed after a mixer restart", lesson.lesson_id)
+
+    app.on_shutdown.append(on_shutdown)
+    # Subsystems attach here (each adds its routes, event subscribers and media taps).
+    from .dashboard import setup_ops  # dashboard, /metrics, /readyz, alerts, webhooks
+
+    setup_ops(app)
+    from .browser import setup_browser  # browser pages + observers (imports this module)
+
+    setup_browser(app)
+    setup_guard(app, mixer)  # who may read what; connection limits (GuardedAppRunner)
+    from .publisher import setup_recording  # 同步录播: ZeroMQ to recorders, /api/recorder
+
+    setup_recording(app)
+    from .analytics import setup_analytics  # attendance, speech, S-T, reports, hand raise
+
+    setup_analytics(app, mixer)
+    app.router.add_get("/ws", websocket_handler)
+    app.router.add_post("/api/lessons/start", start_lesson)
+    app.router.add_post("/api/lessons/end", end_lesson)
+    app.router.add_get("/api/lessons", lessons)
+    app.router.add_get("/api/stats", stats)
+    app.router.add_get("/healthz", healthz)
+    app.on_startup.append(on_startup)
+    return app

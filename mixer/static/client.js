@@ -1,0 +1,189 @@
+// Browser side of syncclass signaling and media, shared by join.html and observe.html.
+// Same /ws protocol as the edge agents (syncclass/protocol.py). Plain ES module.
+import { readTimecode, lumaOfRgba, timecodeBandHeight } from "./timecode.js";
+
+const STATS_INTERVAL_MS = 2000;
+const LATENCY_WINDOW = 450; // samples per source (30 s at 15 fps)
+const ICE_GATHER_TIMEOUT_MS = 5000;
+
+/** Parse "#a=1&b=2" into an object. */
+export function fragmentParams() {
+  return Object.fromEntries(new URLSearchParams(location.hash.replace(/^#/, "")));
+}
+
+function median(values) {
+  if (!values.length) return null;
+  const s = [...values].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/** Everything the page measured; tests read it as window.syncclass.state. */
+export class Measurements {
+  constructor() {
+    this.framesReceived = 0;
+    this.frameTimes = [];
+    this.latency = {};      // source classroom id -> {samples: [], all: [], last, advances}
+    this.layout = null;
+    this.audioContext = null;
+    this.analyser = null;
+  }
+  fps() {
+    const t = this.frameTimes;
+    if (t.length < 2) return 0;
+    return ((t.length - 1) * 1000) / (t[t.length - 1] - t[0]);
+  }
+  addLatency(source, captureMs, shownMs) {
+    const s = (this.latency[source] ||= { samples: [], all: [], last: 0, advances: 0, read: 0 });
+    const ms = shownMs - captureMs;
+    s.samples.push(ms);
+    if (s.samples.length > LATENCY_WINDOW) s.samples.shift();
+    if (s.all.length < 200000) s.all.push(ms);
+    s.read += 1;
+    if (captureMs > s.last) {
+      if (s.last) s.advances += 1;
+      s.last = captureMs;
+    }
+  }
+  summary() {
+    const latency = {};
+    for (const [cid, s] of Object.entries(this.latency)) {
+      latency[cid] = { median_ms: median(s.samples), frames_read: s.read,
+                       timecode_advances: s.advances, last_capture_ms: s.last };
+    }
+    return { frames_received: this.framesReceived, fps: this.fps(), latency,
+             layout: this.layout,
+             audio: this.audioContext ? this.audioContext.state : null };
+  }
+  /** Level in dB (0 = full scale) of the received audio at `hz`, or null before audio. */
+  toneLevelDb(hz) {
+    if (!this.analyser) return null;
+    const bins = new Float32Array(this.analyser.frequencyBinCount);
+    this.analyser.getFloatFrequencyData(bins);
+    const binHz = this.audioContext.sampleRate / this.analyser.fftSize;
+    const i = Math.round(hz / binHz);
+    return Math.max(bins[i - 1], bins[i], bins[i + 1]);
+  }
+}
+
+/**
+ * Reads timecodes from every decoded frame of `video` at the places `layout` gives and
+ * records glass-to-glass latency (capture on the source's clock -> frame on this page).
+ */
+export function measureVideo(video, m) {
+  const canvas = document.createElement("canvas");
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  const onFrame = () => {
+    const shown = performance.timeOrigin + performance.now();
+    m.framesReceived += 1;
+    m.frameTimes.push(shown);
+    if (m.frameTimes.length > 60) m.frameTimes.shift();
+    const layout = m.layout;
+    if (layout && video.videoWidth === layout.width && video.videoHeight === layout.height) {
+      if (canvas.width !== layout.width) { canvas.width = layout.width; canvas.height = layout.height; }
+      ctx.drawImage(video, 0, 0);
+      for (const p of layout.placements) {
+        const band = Math.min(p.h, timecodeBandHeight(p.h) + 2);
+        const img = ctx.getImageData(p.x, p.y, p.w, band);
+        const tc = readTimecode(lumaOfRgba(img.data), p.w, 0, 0, p.w, p.h);
+        if (tc && tc.source === p.classroom_number) m.addLatency(p.classroom_id, tc.captureMs, shown);
+      }
+    }
+  };
+  if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) {
+    const loop = () => { onFrame(); video.requestVideoFrameCallback(loop); };
+    video.requestVideoFrameCallback(loop);
+  } else {
+    let last = -1;
+    setInterval(() => { if (video.currentTime !== last) { last = video.currentTime; onFrame(); } }, 20);
+  }
+}
+
+/** Play a remote audio track and analyse it (for the level meter and the tests). */
+export function playAudio(track, audioEl, m) {
+  const stream = new MediaStream([track]);
+  audioEl.srcObject = stream;
+  audioEl.play().catch(() => {});
+  try {
+    m.audioContext = new AudioContext({ sampleRate: 48000 });
+    const src = m.audioContext.createMediaStreamSource(stream);
+    m.analyser = m.audioContext.createAnalyser();
+    m.analyser.fftSize = 8192;
+    m.analyser.smoothingTimeConstant = 0.5;
+    src.connect(m.analyser);
+    m.audioContext.resume().catch(() => {});
+  } catch (e) {
+    console.warn("no audio analysis:", e);
+  }
+}
+
+/** Wait until the peer connection gathered all its ICE candidates (no trickle ICE). */
+export function iceGathered(pc) {
+  return new Promise((resolve) => {
+    if (pc.iceGatheringState === "complete") return resolve();
+    const done = () => { if (pc.iceGatheringState === "complete") resolve(); };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, ICE_GATHER_TIMEOUT_MS);
+  });
+}
+
+/**
+ * One signaling connection to the mixer. `hello` is the first message; `handlers[type]`
+ * get server messages. Reconnects with backoff unless the credential was refused.
+ */
+export class Signaling {
+  constructor(hello, handlers, log) {
+    this.hello = hello;
+    this.handlers = handlers;
+    this.log = log;
+    this.ws = null;
+    this.refused = false;
+    this.closed = false;
+    this.backoff = 500;
+    this.statsTimer = null;
+  }
+  connect() {
+    const url = location.origin.replace(/^http/, "ws") + "/ws";
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    ws.onopen = () => { this.backoff = 500; ws.send(JSON.stringify(this.hello)); };
+    ws.onmessage = async (ev) => {
+      const msg = JSON.parse(ev.data);
+      if (msg.type === "error") {
+        this.log(`mixer: ${msg.code}: ${msg.message}`, "error");
+        if (msg.code === "auth_failed") this.refused = true;
+      }
+      const h = this.handlers[msg.type];
+      if (h) {
+        try { await h(msg); } catch (e) { this.log(`error handling ${msg.type}: ${e}`, "error"); }
+      }
+    };
+    ws.onclose = () => {
+      if (this.handlers.close) this.handlers.close();
+      if (this.refused || this.closed) return;
+      this.log(`connection lost; retrying in ${this.backoff} ms`, "warn");
+      setTimeout(() => this.connect(), this.backoff);
+      this.backoff = Math.min(this.backoff * 2, 10000);
+    };
+  }
+  send(msg) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+  }
+  startStats(m) {
+    clearInterval(this.statsTimer);
+    this.statsTimer = setInterval(() => {
+      const latency_ms = {};
+      for (const [cid, s] of Object.entries(m.latency)) {
+        const med = median(s.samples);
+        if (med !== null) latency_ms[cid] = med;
+      }
+      this.send({ type: "stats", frames_received: m.framesReceived,
+                  fps: Math.round(m.fps() * 100) / 100, latency_ms });
+    }, STATS_INTERVAL_MS);
+  }
+}
+
+export function formatLessonMs(ms) {
+  const s = Math.floor(ms / 1000);
+  return `${String(Math.floor(s / 60)).padStart(2, "0")}:${String(s % 60).padStart(2, "0")}`;
+}

@@ -1,0 +1,1 @@
+"""Recorder: archives composed lessons (同步录播). See issue 3."""

@@ -1,0 +1,558 @@
+"""The ``syncclass`` command: ``mixer``, ``agent``, ``lesson``, ``demo``, ``check-config``.
+
+This module and :mod:`syncclass.demo` are the process entry points; they import the
+I/O packages (``mixer``, ``edge_agent``) lazily so the core stays importable alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from .config import CountyConfig, default_config_path, load_config
+from .errors import ConfigError, DeviceError, SyncClassError
+
+logger = logging.getLogger("syncclass")
+
+
+def _setup_logging(level: str, json_logs: bool) -> None:
+    if json_logs:
+
+        class JsonFormatter(logging.Formatter):
+            # Lesson/classroom: from ``extra=`` when given, else the per-object log prefix
+            # convention ("classroom <id>: ...", "lesson <id>: ...").
+            _prefix = re.compile(r"\b(lesson|classroom) ([A-Za-z0-9][A-Za-z0-9_-]*)(?=:|\s*$)")
+
+            def format(self, record: logging.LogRecord) -> str:
+                msg = record.getMessage()
+                out: dict[str, object] = {
+                    "ts": round(record.created, 3),
+                    "level": record.levelname.lower(),
+                    "logger": record.name,
+                    "msg": msg,
+                }
+                for kind, value in self._prefix.findall(msg):
+                    out.setdefault(f"{kind}_id", value)
+                for key in ("lesson_id", "classroom_id", "alert"):
+                    value = getattr(record, key, None)
+                    if value is not None:
+                        out[key] = value
+                if record.exc_info:
+                    out["exc"] = self.formatException(record.exc_info)
+                return json.dumps(out, ensure_ascii=False, default=str)
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    else:
+        logging.basicConfig(
+            level=level.upper(),
+            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+            force=True,
+        )
+    # aiortc/aioice are chatty at INFO.
+    for name in ("aioice", "aiortc", "aiohttp.access"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _config(args: argparse.Namespace) -> CountyConfig:
+    return load_config(args.config or default_config_path())
+
+
+def _tune_gc() -> None:
+    """Media processes allocate many short-lived objects per packet; with CPython's default
+    thresholds the cyclic GC took ~15% of the mixer's event loop (py-spy --native). Freeze
+    what start-up allocated and collect the young generation less often."""
+    if os.environ.get("SYNCCLASS_GC", "tuned") == "default":
+        return
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
+def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    _tune_gc()
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    try:
+        import uvloop
+
+        uvloop.run(runner())
+    except ImportError:  # Windows classroom PCs
+        asyncio.run(runner())
+
+
+# -- token ----------------------------------------------------------------------------------
+def cmd_token(args: argparse.Namespace) -> int:
+    """``syncclass token issue``: print a signed token for a classroom's agent."""
+    import time
+
+    from syncclass.tokens import SigningKey, issue_token
+
+    config = _config(args)
+    if not config.mixer.token_keys:
+        print("syncclass token: the config has no mixer.token_keys", file=sys.stderr)
+        return 2
+    try:
+        config.classroom(args.classroom)
+    except KeyError:
+        print(f"syncclass token: unknown classroom {args.classroom!r}", file=sys.stderr)
+        return 2
+    if not 0 < args.days <= 3660:
+        print("syncclass token: --days must be in (0, 3660]", file=sys.stderr)
+        return 2
+    first = config.mixer.token_keys[0]
+    expires = int(time.time() + args.days * 86400)
+    print(issue_token(SigningKey(first.id, first.secret.encode()), args.classroom, expires))
+    return 0
+
+
+# -- mixer ----------------------------------------------------------------------------------
+def cmd_mixer(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from mixer.server import create_app
+    from syncclass.rtc import install_low_latency_jitter_buffers, use_host_addresses
+
+    config = _config(args)
+    use_host_addresses(config.mixer.ice_host_addresses)
+    jb = os.environ.get("SYNCCLASS_JITTER_BUFFER", "low-latency")
+    install_low_latency_jitter_buffers(video=jb in ("low-latency", "video"),
+                                       audio=jb in ("low-latency", "audio"))
+    host = args.host or config.mixer.host
+    port = config.mixer.port if args.port is None else args.port
+    config = _with_recorder_args(config, args)
+    if args.data_dir:
+        config = config.model_copy(update={"mixer": config.mixer.model_copy(
+            update={"data_dir": args.data_dir})})
+    api_token = os.environ.get("SYNCCLASS_OPS_API_TOKEN")
+    if api_token:  # a secret: from the environment, never the command line
+        if len(api_token) < 16:
+            print("syncclass mixer: SYNCCLASS_OPS_API_TOKEN must have 16+ characters",
+                  file=sys.stderr)
+            return 2
+        config = config.model_copy(update={"ops": config.ops.model_copy(
+            update={"api_token": api_token})})
+    from mixer.guard import GuardedAppRunner
+    from mixer.tls import server_ssl_context
+    from syncclass.liveness import tighten_ice_consent
+
+    tighten_ice_consent(config.mixer.ice_consent_interval_s, config.mixer.ice_consent_failures)
+    ssl_context = server_ssl_context(config.mixer.tls) if config.mixer.tls else None
+
+    async def main(stop: asyncio.Event) -> None:
+        # Header deadline and per-address connection cap (slow-loris): mixer.guard.
+        runner = GuardedAppRunner(create_app(config, resume_lessons=True),
+                                  handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        await site.start()
+        scheme = "https" if ssl_context else "http"
+        logger.info("mixer listening on %s://%s:%d (county %s)", scheme, host, port,
+                    config.county)
+        try:
+            await stop.wait()
+        finally:
+            logger.info("mixer stopping")
+            await runner.cleanup()
+
+    _run_until_signal(main)
+    return 0
+
+
+def _with_recorder_args(config: CountyConfig, args: argparse.Namespace) -> CountyConfig:
+    """``recorder`` section of the config with command-line overrides applied."""
+    update = {k: v for k, v in {
+        "endpoint": getattr(args, "recorder_endpoint", None),
+        "out_dir": getattr(args, "out", None),
+        "archive_dir": getattr(args, "archive_dir", None),
+        "spool_dir": getattr(args, "spool_dir", None),
+    }.items() if v is not None}
+    if not update:
+        return config
+    return config.model_copy(update={"recorder": config.recorder.model_copy(update=update)})
+
+
+# -- recorder -------------------------------------------------------------------------------
+def cmd_recorder(args: argparse.Namespace) -> int:
+    from recorder.service import Recorder
+
+    config = _with_recorder_args(_config(args), args)
+
+    async def main(stop: asyncio.Event) -> None:
+        rec = Recorder(config.recorder)
+        await rec.start()
+        try:
+            await stop.wait()
+        finally:
+            logger.info("recorder stopping")
+            await rec.aclose()
+
+    _run_until_signal(main)
+    return 0
+
+
+# -- agent ----------------------------------------------------------------------------------
+def cmd_agent_devices(args: argparse.Namespace) -> int:
+    """``syncclass agent devices``: this PC's cameras, microphones and speakers by name."""
+    from edge_agent.device_list import list_devices
+
+    found = list_devices()
+    print(found.to_json() if args.json else found.to_text())
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    if args.action == "devices":
+        return cmd_agent_devices(args)
+    if not args.classroom:
+        print("syncclass agent: --classroom is required (or: syncclass agent devices)",
+              file=sys.stderr)
+        return 2
+    from edge_agent.agent import Agent
+    from edge_agent.control import serve_control
+    from syncclass.rtc import install_low_latency_jitter_buffers, use_host_addresses
+
+    config = _config(args)
+    use_host_addresses(config.mixer.ice_host_addresses)
+    from syncclass.liveness import tighten_ice_consent
+
+    tighten_ice_consent(config.mixer.ice_consent_interval_s, config.mixer.ice_consent_failures)
+    jb = os.environ.get("SYNCCLASS_JITTER_BUFFER", "low-latency")
+    install_low_latency_jitter_buffers(video=jb in ("low-latency", "video"),
+                                       audio=jb in ("low-latency", "audio"))
+    try:
+        room = config.classroom(args.classroom)
+    except KeyError:
+        known = ", ".join(c.id for c in config.classrooms)
+        print(f"syncclass agent: unknown classroom {args.classroom!r} (known: {known})",
+              file=sys.stderr)
+        return 2
+    if args.fallback_to_synthetic:
+        devices = room.devices.model_copy(update={"fallback_to_synthetic": True})
+        room = room.model_copy(update={"devices": devices})
+        rooms = [room if c.id == room.id else c for c in config.classrooms]
+        config = config.model_copy(update={"classrooms": rooms})
+    exit_code = 0
+
+    async def main(stop: asyncio.Event) -> None:
+        nonlocal exit_code
+        agent = Agent(config, room.id, mixer_url=args.mixer_url, token=args.token,
+                      out_dir=Path(args.out) if args.out else None)
+        port = room.control_port if args.control_port is None else args.control_port
+        runner, bound = await serve_control(agent, port)
+        logger.info("classroom %s: control page http://127.0.0.1:%d/", room.id, bound)
+        task = asyncio.create_task(agent.run())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        agent.stop()
+        await task
+        stopper.cancel()
+        await runner.cleanup()
+        if agent.state == "refused":
+            exit_code = 3
+
+    try:
+        _run_until_signal(main)
+    except DeviceError as exc:
+        print(f"syncclass agent: {exc}", file=sys.stderr)
+        return 4
+    if exit_code == 3:
+        print("syncclass agent: the mixer refused this classroom's credential", file=sys.stderr)
+    return exit_code
+
+
+# -- lesson -----------------------------------------------------------------------------------
+def cmd_lesson(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    config = _config(args)
+    try:
+        room = config.classroom(args.classroom)
+    except KeyError:
+        print(f"syncclass lesson: unknown classroom {args.classroom!r}", file=sys.stderr)
+        return 2
+    url = (args.mixer_url or config.mixer.url).rstrip("/") + f"/api/lessons/{args.action}"
+    body: dict[str, str] = {"classroom_id": room.id}
+    if args.timetable:
+        body["timetable_id"] = args.timetable
+
+    async def call() -> tuple[int, dict[str, object]]:
+        async with aiohttp.ClientSession() as http, http.post(
+            url, json=body, headers={"Authorization": f"Bearer {room.token}"}
+        ) as resp:
+            return resp.status, await resp.json()
+
+    try:
+        status, reply = asyncio.run(call())
+    except (aiohttp.ClientError, OSError) as exc:
+        print(f"syncclass lesson: cannot reach the mixer at {url}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"syncclass lesson: {reply.get('code')}: {reply.get('message')}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply, ensure_ascii=False, indent=2))
+    return 0
+
+
+# -- demo -----------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(
+        config_path=Path(args.config) if args.config else default_config_path(),
+        duration_s=args.duration,
+        out_dir=Path(args.out),
+        port=args.port,
+        log_level=args.log_level,
+    )
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """Print an ``ops.users`` entry: the password is read from the terminal (asked twice)
+    or, when piped, from the first line of standard input; it never appears in argv."""
+    import getpass
+
+    from .auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("syncclass hash-password: the passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < args.min_length:
+        print(f"syncclass hash-password: the password needs at least {args.min_length} "
+              "characters", file=sys.stderr)
+        return 2
+    encoded = hash_password(password)
+    if args.user:
+        print(f"    - name: {args.user}\n      password_hash: \"{encoded}\"")
+    else:
+        print(encoded)
+    return 0
+
+
+def cmd_hand(args: argparse.Namespace) -> int:
+    """Raise a receiving classroom's hand through the mixer's HTTP API."""
+    from .demo import http_json
+
+    config = _config(args)
+    try:
+        room = config.classroom(args.classroom)
+    except KeyError:
+        print(f"syncclass hand: unknown classroom {args.classroom!r}", file=sys.stderr)
+        return 2
+    url = (args.mixer_url or config.mixer.url).rstrip("/") + "/api/hand"
+    try:
+        status, reply = http_json(url, "POST", {"classroom_id": room.id}, token=room.token)
+    except OSError as exc:
+        print(f"syncclass hand: cannot reach the mixer at {url}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"syncclass hand: {reply.get('code')}: {reply.get('message')}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply, ensure_ascii=False))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Term figures per paired school and subject, against the configured targets."""
+    import datetime as dt
+
+    from mixer.report_term import render_csv, render_table, term_figures
+    from mixer.store import ReportStore
+
+    config = _config(args)
+    acfg = config.analytics
+    try:
+        start = dt.date.fromisoformat(args.from_date) if args.from_date else acfg.term_start
+        end = dt.date.fromisoformat(args.to_date) if args.to_date else acfg.term_end
+    except ValueError as exc:
+        print(f"syncclass report: bad date: {exc} (use YYYY-MM-DD)", file=sys.stderr)
+        return 2
+    today = dt.date.today()
+    start = start or today.replace(month=1 if today.month < 8 else 8, day=1)
+    end = end or today
+    url = args.database or acfg.database_url or \
+        f"sqlite:///{(Path(config.mixer.data_dir) / 'analytics.db').resolve()}"
+    try:
+        fig = term_figures(config, ReportStore(url), start, end)
+    except ValueError as exc:
+        print(f"syncclass report: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        text = json.dumps(fig, ensure_ascii=False, indent=2) + "\n"
+    elif args.format == "csv":
+        text = render_csv(fig)
+    else:
+        text = render_table(fig)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"syncclass report: wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _config(args)
+    print(f"{args.config or default_config_path()}: OK — county {config.county}, "
+          f"{len(config.classrooms)} classrooms, {len(config.pairings)} pairings, "
+          f"{len(config.timetable)} timetable entries, views {', '.join(config.views)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="syncclass",
+        description="Synchronous classrooms (专递课堂): a main classroom teaches rural "
+        "classrooms live through a central mixer.",
+    )
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-json", action="store_true", help="structured JSON log lines")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="county config YAML (default: the embedded sample county)")
+
+    p = sub.add_parser("mixer", help="run the central mixer (signaling, WebRTC, composition)",
+                       description="Run the mixer: classrooms connect to it over WebSocket "
+                       "signaling and WebRTC; it composes and encodes each view once.")
+    with_config(p)
+    p.add_argument("--host", help="listen address (default: mixer.host from the config)")
+    p.add_argument("--port", type=int, help="listen port (default: mixer.port; 0 = any)")
+    p.add_argument("--recorder-endpoint",
+                   help="ZeroMQ endpoint to publish the recording on (default: recorder.endpoint)")
+    p.add_argument("--data-dir", help="state and outputs directory (default: mixer.data_dir)")
+    p.set_defaults(func=cmd_mixer)
+
+    p = sub.add_parser("recorder", help="run the lesson recorder (同步录播)",
+                       description="Subscribe to the mixer's recorded view and full audio mix, "
+                       "write each lesson as crash-safe segments, then a faststart MP4, "
+                       "poster and metadata, and archive them (local folder or S3).")
+    with_config(p)
+    p.add_argument("--recorder-endpoint",
+                   help="mixer's ZeroMQ endpoint (default: recorder.endpoint from the config)")
+    p.add_argument("--out", help="segments and finished lessons (default: recorder.out_dir)")
+    p.add_argument("--archive-dir", help="local archive folder (default: recorder.archive_dir)")
+    p.add_argument("--spool-dir", help="pending uploads (default: recorder.spool_dir)")
+    p.set_defaults(func=cmd_recorder)
+
+    p = sub.add_parser("agent", help="run a classroom's edge agent",
+                       description="Run a classroom PC's agent: captures camera and mic, joins "
+                       "its paired lesson by itself, shows and plays what the mixer sends.")
+    with_config(p)
+    p.add_argument("action", nargs="?", choices=["run", "devices"], default="run",
+                   help="run (default): run the agent; devices: list this PC's cameras, "
+                   "microphones and speakers by name and index, for the config")
+    p.add_argument("--json", action="store_true", help="devices: print JSON")
+    p.add_argument("--classroom", help="classroom id from the config (required to run)")
+    p.add_argument("--mixer-url", help="mixer base URL (default: mixer.url from the config)")
+    p.add_argument("--token", help="credential (default: the classroom's token in the config)")
+    p.add_argument("--control-port", type=int,
+                   help="port of the local control page on 127.0.0.1 (0 = any free port)")
+    p.add_argument("--out", help="folder for the received-view PNG and JSON summary per lesson")
+    p.add_argument("--fallback-to-synthetic", action="store_true",
+                   help="use synthetic camera/mic when a configured device is missing")
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("lesson", help="start or end the main classroom's lesson",
+                       description="Start or end a lesson as the main classroom (uses its "
+                       "credential from the config).")
+    with_config(p)
+    p.add_argument("action", choices=["start", "end"])
+    p.add_argument("--classroom", required=True, help="the main classroom's id")
+    p.add_argument("--timetable", help="timetable entry id (default: nearest in time)")
+    p.add_argument("--mixer-url", help="mixer base URL (default: mixer.url from the config)")
+    p.set_defaults(func=cmd_lesson)
+
+    p = sub.add_parser("demo", help="run a whole lesson locally and report",
+                       description="Start a mixer and one main + two receiving classroom "
+                       "agents with synthetic camera and microphone, hold a lesson, and write "
+                       "each classroom's received view (PNG) and a JSON summary.")
+    with_config(p)
+    p.add_argument("--duration", type=float, default=30.0, help="lesson length in seconds")
+    p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
+    p.add_argument("--port", type=int, default=0, help="mixer port (default: any free port)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("hash-password", help="hash an ops dashboard password for the config",
+                       description="Read a password (asked on the terminal, or the first line "
+                       "of standard input) and print its scrypt hash for ops.users in the "
+                       "county config.")
+    p.add_argument("--user", help="also print the YAML entry for this user name")
+    p.add_argument("--min-length", type=int, default=10, help="refuse shorter passwords")
+    p.set_defaults(func=cmd_hash_password)
+
+    p = sub.add_parser("hand", help="raise a receiving classroom's hand (举手)",
+                       description="Raise a receiving classroom's hand in its live lesson; "
+                       "the main classroom's screen shows it (uses the classroom's credential "
+                       "from the config).")
+    with_config(p)
+    p.add_argument("action", choices=["raise"])
+    p.add_argument("--classroom", required=True, help="the receiving classroom's id")
+    p.add_argument("--mixer-url", help="mixer base URL (default: mixer.url from the config)")
+    p.set_defaults(func=cmd_hand)
+
+    p = sub.add_parser("report", help="term figures for the education bureau",
+                       description="Per paired school and subject: synchronous lessons held, "
+                       "hours and attendance, compared with analytics.targets.")
+    with_config(p)
+    p.add_argument("--from", dest="from_date",
+                   help="first day YYYY-MM-DD (default: analytics.term_start, else this term)")
+    p.add_argument("--to", dest="to_date", help="last day YYYY-MM-DD (default: today)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--database", help="database URL (default: analytics.database_url, else "
+                   "sqlite:///<mixer.data_dir>/analytics.db)")
+    p.add_argument("--out", help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("token", help="issue a signed, expiring classroom credential",
+                       description="Sign a classroom token with the county's first "
+                       "mixer.token_keys key (v1.<classroom>.<expires>.<key id>.<mac>).")
+    with_config(p)
+    p.add_argument("action", choices=["issue"])
+    p.add_argument("--classroom", required=True, help="classroom id")
+    p.add_argument("--days", type=float, default=180.0, help="validity in days (default 180)")
+    p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("check-config", help="validate a county config")
+    with_config(p)
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level, args.log_json)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"syncclass: invalid config:\n{exc}", file=sys.stderr)
+        return 2
+    except SyncClassError as exc:
+        print(f"syncclass: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,615 @@
+"""Deployment configuration: schools, classrooms, pairings (结对), timetable, views.
+
+A county's config is one YAML file (see ``configs/county.yaml``). :func:`load_config`
+turns it into typed, validated models; any problem raises :class:`ConfigError` naming
+the file, the field path (``classrooms[1].token``) and what is wrong.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+ClassroomRole = Literal["main", "receiving"]
+LayoutKind = Literal["speaker", "grid"]
+SourceSelector = Literal["main", "receiving"]
+ViewName = Identifier
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SchoolConfig(_Model):
+    id: Identifier
+    name: str = Field(min_length=1)
+    """Human name, e.g. 县第一实验小学."""
+    kind: Literal["main", "receiving"]
+    """``main``: the strong school that teaches (名校); ``receiving``: a rural teaching point."""
+
+
+class VideoDeviceConfig(_Model):
+    kind: Literal["synthetic", "file", "camera"] = "synthetic"
+    path: str | None = None
+    """Media file path (``file``), or device path / RTSP URL (``camera``)."""
+    index: int | None = Field(default=None, ge=0)
+    """OpenCV camera index (``camera``)."""
+    name: str | None = None
+    """Camera name or a unique part of it, as ``syncclass agent devices`` lists it
+    (``camera``; Linux V4L2 names)."""
+    width: int = Field(default=1280, ge=16, le=3840, multiple_of=2)
+    height: int = Field(default=720, ge=16, le=2160, multiple_of=2)
+    fps: float = Field(default=15.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _needs_location(self) -> VideoDeviceConfig:
+        if self.kind == "file" and not self.path:
+            raise ValueError("a 'file' camera needs 'path'")
+        if self.kind == "camera" and self.path is None and self.index is None and not self.name:
+            raise ValueError("a 'camera' needs 'index', 'name' or 'path' (device path or "
+                             "RTSP URL)")
+        return self
+
+
+class AudioDeviceConfig(_Model):
+    kind: Literal["synthetic", "file", "microphone", "script"] = "synthetic"
+    path: str | None = None
+    """Media file path (``file``), or a speech schedule JSON (``script``: clips played at
+    given epoch times, see :mod:`edge_agent.scripted`)."""
+    name: str | None = None
+    """sounddevice input device name or a unique part of it (``microphone``; see
+    ``syncclass agent devices``)."""
+    index: int | None = Field(default=None, ge=0)
+    """sounddevice input device index (``microphone``); takes precedence over ``name``."""
+    tone_hz: float | None = Field(default=None, gt=20, lt=20000)
+    """Synthetic tone frequency; defaults to the classroom's ``tone_hz``."""
+    aec: bool = True
+    """Cancel the echo of the classroom's speakers in the microphone (``microphone`` only:
+    synthetic, file and script sources do not hear the speakers)."""
+    noise_suppression: bool = True
+    """Suppress steady noise (fans, projector) in the microphone (``microphone`` only)."""
+    agc: bool = True
+    """Automatic gain control of the microphone (``microphone`` only)."""
+
+    @model_validator(mode="after")
+    def _needs_location(self) -> AudioDeviceConfig:
+        if self.kind in ("file", "script") and not self.path:
+            raise ValueError(f"a '{self.kind}' microphone needs 'path'")
+        return self
+
+
+class SinkConfig(_Model):
+    kind: Literal["null", "file", "window", "device"] = "null"
+    """``window``: screen window (for speakers, same as ``device``); ``device``: the
+    sound card (speakers) or the full-screen classroom display with status strip (screen)."""
+    path: str | None = None
+    """Output file for ``file`` sinks (video: .mp4/.mkv, audio: .wav)."""
+    fullscreen: bool = False
+    name: str | None = None
+    """Speakers: sounddevice output device name or a unique part of it (default output)."""
+    index: int | None = Field(default=None, ge=0)
+    """Speakers: sounddevice output device index; takes precedence over ``name``."""
+    buffer_ms: float = Field(default=60.0, ge=10, le=500)
+    """Speakers: playout buffer target, ms (playback starts at this fill)."""
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> SinkConfig:
+        if self.kind == "file" and not self.path:
+            raise ValueError("a 'file' sink needs 'path'")
+        return self
+
+
+class DevicesConfig(_Model):
+    camera: VideoDeviceConfig = VideoDeviceConfig()
+    microphone: AudioDeviceConfig = AudioDeviceConfig()
+    screen: SinkConfig = SinkConfig()
+    speakers: SinkConfig = SinkConfig()
+    fallback_to_synthetic: bool = False
+    """If a configured device is missing, use the synthetic source instead of failing."""
+
+
+class ClassroomConfig(_Model):
+    id: Identifier
+    school: Identifier
+    name: str = Field(min_length=1)
+    """Human name, e.g. 实验小学 三(1)班."""
+    label: str = Field(min_length=1, max_length=40, pattern=r"^[\x20-\x7e]+$")
+    """Short ASCII label burned into composed video (video fonts have no CJK glyphs)."""
+    role: ClassroomRole
+    token: str = Field(min_length=16)
+    """Credential the classroom's agent presents to the mixer."""
+    tone_hz: float = Field(default=440.0, gt=20, lt=20000)
+    """Frequency of the synthetic microphone tone, distinct per classroom for tests."""
+    devices: DevicesConfig = DevicesConfig()
+    control_port: int = Field(default=0, ge=0, le=65535)
+    """Port of the agent's local control page (0: pick a free one)."""
+
+
+class PairingConfig(_Model):
+    id: Identifier
+    main: Identifier
+    """The main classroom that teaches."""
+    receiving: list[Identifier] = Field(min_length=1)
+    """Receiving classrooms that join its lessons by themselves."""
+
+
+class ObserverConfig(_Model):
+    """A teaching researcher (教研员) who watches lessons from a browser (同步教研): sees
+    ``students_view``, hears the full mix, sends no media, writes time-stamped comments."""
+
+    id: Identifier
+    name: str = Field(min_length=1)
+    """Human name, e.g. 县教研室 李老师."""
+    token: str = Field(min_length=16)
+    """Credential the observer presents (unique among classrooms and observers)."""
+    pairings: list[Identifier] = Field(min_length=1)
+    """Pairings whose lessons this observer may watch and comment on."""
+
+
+class TimetableEntry(_Model):
+    id: Identifier
+    pairing: Identifier
+    subject: str = Field(min_length=1)
+    grade: str = Field(min_length=1)
+    teacher: str = Field(min_length=1)
+    start: dt.time
+    """Local start time of the lesson."""
+    duration_min: int = Field(default=40, gt=0, le=240)
+    weekdays: list[Annotated[int, Field(ge=1, le=7)]] = [1, 2, 3, 4, 5]
+    """ISO weekdays (1 = Monday) on which the lesson is held."""
+
+
+class ViewConfig(_Model):
+    layout: LayoutKind
+    featured: SourceSelector | None = None
+    """Source shown large (``speaker`` layout)."""
+    tiles: SourceSelector = "receiving"
+    """Sources shown as tiles."""
+    shown_to: SourceSelector
+    """Which classrooms receive this view."""
+    record: bool = False
+    """Whether this view is the one archived (同步录播)."""
+
+    @model_validator(mode="after")
+    def _speaker_needs_featured(self) -> ViewConfig:
+        if self.layout == "speaker" and self.featured is None:
+            raise ValueError("a 'speaker' layout needs 'featured'")
+        return self
+
+
+class AdaptationConfig(_Model):
+    """Video adaptation to thin links (see :mod:`syncclass.adapt`)."""
+
+    enabled: bool = False
+    """Agents follow their uplink's estimate (bitrate, then size, then frame rate) and the
+    mixer serves a lower rendition of a view to classrooms whose downlink needs it. Off by
+    default until verified: on a CPU-starved machine aiortc's delay-based estimate reports
+    congestion that is not there, and a 512 kbit/s link still drops the peer (see
+    ``benchmarks/uplink.py``)."""
+    min_bitrate_kbps: int = Field(default=100, ge=30, le=5000)
+    """No stream is adapted below this, kbit/s."""
+    low_rendition: bool = True
+    """Whether the mixer may encode a second, lower rendition of a view (one more encode
+    per view while any classroom needs it)."""
+
+
+class MediaConfig(_Model):
+    width: int = Field(default=1280, ge=160, le=3840, multiple_of=2)
+    height: int = Field(default=720, ge=90, le=2160, multiple_of=2)
+    fps: float = Field(default=15.0, gt=0, le=60)
+    bitrate_kbps: int = Field(default=2500, ge=100, le=20000)
+    """Bitrate of each composed view sent to classrooms."""
+    uplink_bitrate_kbps: int = Field(default=1500, ge=100, le=20000)
+    """Bitrate of each classroom's camera sent to the mixer (rural uplinks are thin)."""
+    keyframe_interval_s: float = Field(default=2.0, gt=0, le=60)
+    """Periodic keyframe interval of each view's encoder."""
+    keyframe_min_interval_s: float = Field(default=0.5, ge=0, le=10)
+    """Keyframe requests (PLI/FIR) closer together than this are merged."""
+    freeze_timeout_s: float = Field(default=1.5, gt=0, le=30)
+    """A feed with no new frame for this long is shown as frozen."""
+    sample_rate: Literal[48000] = 48000
+    audio_frame_ms: Literal[20] = 20
+    adaptation: AdaptationConfig = AdaptationConfig()
+    """Adapting video to thin links."""
+
+
+class TokenKeyConfig(_Model):
+    """A county key signing classroom tokens (see :mod:`syncclass.tokens`)."""
+
+    id: Identifier
+    secret: str = Field(min_length=32, repr=False)
+    """HMAC key; at least 32 characters (e.g. ``python -c "import secrets;
+    print(secrets.token_urlsafe(32))"``). Never logged."""
+
+
+class TlsConfig(_Model):
+    cert: str
+    """PEM certificate chain of the mixer."""
+    key: str
+    """PEM private key of the certificate."""
+
+
+class MixerConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8700, ge=0, le=65535)
+    url: str = "http://127.0.0.1:8700"
+    """Base URL agents use to reach the mixer."""
+    ice_host_addresses: list[str] | None = None
+    """Host addresses to offer as ICE candidates; ``None`` lets aioice enumerate
+    interfaces (which never offers 127.0.0.1). Set to ``[127.0.0.1]`` for one machine."""
+    max_message_bytes: int = Field(default=65536, ge=1024)
+    """Signaling messages larger than this are refused."""
+    data_dir: str = "var/mixer"
+    """Where the mixer keeps state and outputs (``lessons.json``: live lessons, so a
+    restarted mixer resumes them)."""
+    token_keys: list[TokenKeyConfig] = []
+    """County signing keys of classroom tokens (``syncclass token issue``). The first signs,
+    all verify (rotation: put the new key first, re-issue, then drop the old one)."""
+    allow_static_tokens: bool = True
+    """Also accept each classroom's static ``token`` from this file (demo and tests; set
+    false once every classroom has a signed, expiring token)."""
+    tls: TlsConfig | None = None
+    """Serve signaling, the join page and the dashboard over HTTPS/WSS."""
+    ca_file: str | None = None
+    """CA certificate(s) agents trust for the mixer's TLS certificate (PEM); ``None``: the
+    system trust store."""
+    heartbeat_s: float = Field(default=4.0, ge=1, le=60)
+    """WebSocket ping interval, s: a classroom whose link died is noticed (and marked
+    absent) about 1.5 × this later; agents use the same interval."""
+    ice_consent_interval_s: float = Field(default=1.0, ge=0.2, le=10)
+    """ICE consent freshness check interval (RFC 7675; aioice's default is 5 s)."""
+    ice_consent_failures: int = Field(default=5, ge=2, le=30)
+    """Consecutive failed consent checks after which a peer is closed (aioice: 6)."""
+    auth_failures_per_min: float = Field(default=10.0, gt=0)
+    """Failed hellos/credentials allowed per remote address per minute (burst the same)."""
+    joins_per_min: float = Field(default=30.0, gt=0)
+    """Hellos and offers allowed per classroom per minute (burst the same)."""
+    header_timeout_s: float = Field(default=10.0, ge=0.5, le=300)
+    """An HTTP request's line and headers must arrive within this many seconds of the
+    connection opening (or of the first byte of a keep-alive request); slower clients
+    (slow-loris) are disconnected."""
+    max_connections_per_client: int = Field(default=128, ge=1, le=100_000)
+    """Open TCP connections allowed per client address (agents, pages, dashboard viewers
+    of one school share its NAT address); more are refused with 503."""
+    hello_timeout_s: float = Field(default=10.0, ge=0.5, le=300)
+    """A signaling WebSocket must send its ``hello`` (or ``observer_hello``) within this
+    many seconds; otherwise it gets an ``auth_timeout`` error and is closed (code 4408)."""
+    send_timeout_s: float = Field(default=5.0, ge=0.1, le=120)
+    """A message to a WebSocket that does not read (its buffers full) is given up after
+    this many seconds and the connection is dropped; others are never held up by it."""
+
+
+class S3ArchiveConfig(_Model):
+    """S3-compatible object storage for finished lessons."""
+
+    endpoint_url: str | None = None
+    """e.g. ``http://127.0.0.1:9000``; ``None``: AWS's default endpoint."""
+    bucket: str = Field(min_length=3, max_length=63)
+    prefix: str = "lessons/"
+    """Key prefix; objects are ``{prefix}{lesson_id}/lesson.mp4`` etc."""
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    """``None``: boto3's usual credential chain (environment, files, instance role)."""
+    secret_access_key: str | None = None
+    part_size_mb: int = Field(default=8, ge=5, le=512)
+    """Multipart upload part size in MiB (S3's minimum is 5)."""
+    create_bucket: bool = False
+    """Create the bucket if it does not exist (test and single-site servers)."""
+    timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """Connect/read timeout of one request, in seconds."""
+
+
+class RecorderConfig(_Model):
+    """同步录播: how the mixer publishes the composed lesson and how it is archived."""
+
+    enabled: bool = True
+    """Whether the mixer publishes the recorded view (the one with ``record: true``)."""
+    endpoint: str = "tcp://127.0.0.1:8710"
+    """ZeroMQ endpoint the mixer binds and recorders connect to."""
+    queue_size: int = Field(default=256, ge=8, le=100_000)
+    """Messages buffered between the mixer's loop and a slow recorder (about 65 a second
+    at 15 fps); beyond it messages are dropped and counted, never waited for."""
+    meta_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """Lesson metadata is re-sent this often, so a restarted recorder picks the lesson up."""
+    replay_s: float = Field(default=10.0, ge=0, le=120)
+    """The mixer keeps this much of each lesson's recent stream (about 3 MB at 2.5 Mbit/s)
+    and replays it, from a keyframe, to a recorder that (re)connects: a recorder restart
+    loses at most the rest of one GOP instead of its whole downtime."""
+    out_dir: str = "var/recorder"
+    """Where the recorder writes segments and finished lessons."""
+    segment_s: float = Field(default=2.0, ge=0.5, le=2.0)
+    """Target segment length in seconds (segments start at keyframes)."""
+    idle_timeout_s: float = Field(default=15.0, gt=0, le=3600)
+    """A live lesson with no message for this long (mixer gone) is finalised as
+    interrupted, with what was written."""
+    archive: Literal["local", "s3"] = "local"
+    """Where finished lessons go: ``local`` (``archive_dir``) or ``s3``."""
+    archive_dir: str = "var/archive"
+    spool_dir: str = "var/recorder/spool"
+    """Finished lessons wait here until the archive has them (survives restarts)."""
+    retry_max_s: float = Field(default=60.0, gt=0, le=3600)
+    """Longest wait between upload retries (exponential backoff from 1 s)."""
+    s3: S3ArchiveConfig | None = None
+
+    @model_validator(mode="after")
+    def _s3_needs_settings(self) -> RecorderConfig:
+        if self.archive == "s3" and self.s3 is None:
+            raise ValueError("archive 's3' needs an 's3' section (bucket, endpoint_url, ...)")
+        return self
+
+
+class OpsUserConfig(_Model):
+    name: Identifier
+    password_hash: str
+    """``scrypt$...`` string from ``syncclass hash-password`` (never a plain password)."""
+
+    @model_validator(mode="after")
+    def _hashed(self) -> OpsUserConfig:
+        from .auth import check_password_hash_format
+
+        check_password_hash_format(self.password_hash)
+        return self
+
+
+class OpsThresholds(_Model):
+    """When a classroom is shown amber/red and alerted (defaults: ITU-T G.114 one-way delay)."""
+
+    latency_amber_ms: float = Field(default=150.0, gt=0)
+    """Glass-to-glass latency above this is amber (G.114: acceptable up to 150 ms)."""
+    latency_red_ms: float = Field(default=400.0, gt=0)
+    """Above this is red (G.114: unacceptable for general planning above 400 ms)."""
+    loss_percent: float = Field(default=1.0, ge=0, le=100)
+    """Packet loss above this (either direction) is red."""
+    jitter_ms: float = Field(default=50.0, gt=0)
+    """Interarrival jitter above this is amber (shown, not alerted)."""
+    min_fps: float = Field(default=8.0, ge=0)
+    """Camera frames reaching the mixer below this rate is amber (shown, not alerted)."""
+
+
+class WebhookConfig(_Model):
+    url: str = Field(pattern=r"^https?://")
+    secret: str = Field(min_length=16)
+    """HMAC-SHA256 key of the ``X-Syncclass-Signature`` header."""
+    events: list[str] = ["alert"]
+    """Event names to deliver (``*``: all), e.g. alert, recording_ready, report_ready."""
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    max_attempts: int = Field(default=6, ge=1, le=20)
+    """Attempts per event (backoff 0.5 s, 1 s, 2 s, ... capped at 30 s) before it is dropped."""
+    queue_size: int = Field(default=1000, ge=1)
+    """Undelivered events kept; when full the oldest is dropped (and counted)."""
+
+
+class OpsConfig(_Model):
+    """Ops dashboard, metrics, alerts and webhooks."""
+
+    users: list[OpsUserConfig] = []
+    """Who may log in to ``/dashboard``. None: the dashboard refuses every login."""
+    session_secret: str | None = Field(default=None, min_length=16)
+    """Key signing session cookies; unset: a random one per mixer start (logins then end
+    when the mixer restarts)."""
+    session_lifetime_s: int = Field(default=8 * 3600, ge=60)
+    login_max_failures: int = Field(default=5, ge=1)
+    """Failed logins allowed per client address and per user name within a minute."""
+    sample_interval_s: float = Field(default=1.0, ge=0.1, le=60)
+    """How often classroom health is sampled (network stats, rates, alerts)."""
+    history_s: float = Field(default=300.0, ge=10, le=3600)
+    """How much health history is kept per classroom (dashboard charts)."""
+    freeze_gap_ms: float = Field(default=500.0, gt=0)
+    """A gap between received camera frames longer than this counts as a freeze."""
+    thresholds: OpsThresholds = OpsThresholds()
+    alert_hold_s: float = Field(default=10.0, ge=0)
+    """A classroom must stay over a threshold (or out of its live lesson) this long before
+    an alert is raised."""
+    metrics_token: str | None = Field(default=None, min_length=16)
+    """If set, ``/metrics`` requires ``Authorization: Bearer <token>`` (or the
+    ``api_token``, or a dashboard session); unset: only loopback clients may scrape."""
+    api_token: str | None = Field(default=None, min_length=16)
+    """Bearer token for ops tools and scripts: reads every lesson on ``/api/lessons``,
+    ``/api/stats``, ``/api/recorder``, ``/api/observers``, ``/metrics`` and reports.
+    The ``SYNCCLASS_OPS_API_TOKEN`` environment variable of ``syncclass mixer`` sets it
+    too (``LocalDeployment`` passes a fresh one that way)."""
+    webhooks: list[WebhookConfig] = []
+
+
+class TermTargetsConfig(_Model):
+    """What the bureau expects of each paired school per term (学期)."""
+
+    min_subjects: int = Field(default=2, ge=0)
+    """Distinct subjects taught synchronously per pairing."""
+    min_lessons_per_subject: int = Field(default=10, ge=0)
+    """Synchronous lessons held per subject."""
+    min_attendance_ratio: float = Field(default=0.8, ge=0, le=1)
+    """Mean attendance ratio of the receiving classrooms."""
+
+
+class AnalyticsConfig(_Model):
+    """伴随式大数据: attendance, speech, S-T analysis, reports and their database."""
+
+    enabled: bool = True
+    st_interval_s: float = Field(default=30.0, gt=0, le=600)
+    """S-T sampling interval, s (the method's classic value is 30 s)."""
+    vad_aggressiveness: int = Field(default=2, ge=0, le=3)
+    """WebRTC VAD mode: 0 (least) .. 3 (most aggressive in rejecting non-speech)."""
+    vad_hangover_ms: int = Field(default=300, ge=0, le=5000)
+    """Pauses shorter than this stay inside one speech segment, ms."""
+    turn_gap_s: float = Field(default=1.5, ge=0, le=60)
+    """Pauses shorter than this stay inside one speaking turn, s."""
+    exchange_window_s: float = Field(default=3.0, gt=0, le=60)
+    """A receiving site starting to speak within this many seconds after the main site
+    stopped counts as an exchange."""
+    head_count_interval_s: float = Field(default=10.0, ge=0, le=600)
+    """How often each classroom camera is sampled for a head count, s (0 disables)."""
+    head_count_cascade: str | None = None
+    """Haar cascade XML for faces (default: the one Debian's ``opencv-data`` installs)."""
+    network_interval_s: float = Field(default=2.0, gt=0, le=60)
+    """How often network quality is sampled per classroom, s."""
+    database_url: str | None = None
+    """``sqlite:///path`` or ``postgresql://...``; default ``sqlite:///<data_dir>/analytics.db``."""
+    term_start: dt.date | None = None
+    """First day of the current term (``syncclass report`` default range)."""
+    term_end: dt.date | None = None
+    targets: TermTargetsConfig = TermTargetsConfig()
+
+
+class CountyConfig(_Model):
+    county: str
+    mixer: MixerConfig = MixerConfig()
+    media: MediaConfig = MediaConfig()
+    recorder: RecorderConfig = RecorderConfig()
+    ops: OpsConfig = OpsConfig()
+    analytics: AnalyticsConfig = AnalyticsConfig()
+    schools: list[SchoolConfig] = Field(min_length=1)
+    classrooms: list[ClassroomConfig] = Field(min_length=1)
+    pairings: list[PairingConfig] = Field(min_length=1)
+    timetable: list[TimetableEntry] = []
+    views: dict[ViewName, ViewConfig]
+    observers: list[ObserverConfig] = []
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> CountyConfig:
+        _unique("schools", [s.id for s in self.schools])
+        _unique("classrooms", [c.id for c in self.classrooms])
+        _unique("classrooms", [c.token for c in self.classrooms], what="token")
+        _unique("pairings", [p.id for p in self.pairings])
+        _unique("timetable", [t.id for t in self.timetable])
+        schools = {s.id for s in self.schools}
+        rooms = {c.id: c for c in self.classrooms}
+        for i, c in enumerate(self.classrooms):
+            if c.school not in schools:
+                raise _ref_error(f"classrooms[{i}].school", c.school, "school")
+        for i, p in enumerate(self.pairings):
+            main = rooms.get(p.main)
+            if main is None:
+                raise _ref_error(f"pairings[{i}].main", p.main, "classroom")
+            if main.role != "main":
+                raise ValueError(f"pairings[{i}].main: classroom {p.main!r} has role {main.role!r}")
+            for j, r in enumerate(p.receiving):
+                room = rooms.get(r)
+                if room is None:
+                    raise _ref_error(f"pairings[{i}].receiving[{j}]", r, "classroom")
+                if room.role != "receiving":
+                    raise ValueError(
+                        f"pairings[{i}].receiving[{j}]: classroom {r!r} has role {room.role!r}"
+                    )
+        pairings = {p.id for p in self.pairings}
+        for i, t in enumerate(self.timetable):
+            if t.pairing not in pairings:
+                raise _ref_error(f"timetable[{i}].pairing", t.pairing, "pairing")
+        _unique("observers", [o.id for o in self.observers])
+        _unique("observers", [o.token for o in self.observers], what="token")
+        room_tokens = {c.token for c in self.classrooms}
+        for i, o in enumerate(self.observers):
+            if o.token in room_tokens:
+                raise ValueError(f"observers[{i}].token: duplicate token (hidden)")
+            for j, pid in enumerate(o.pairings):
+                if pid not in pairings:
+                    raise _ref_error(f"observers[{i}].pairings[{j}]", pid, "pairing")
+        if not any(v.record for v in self.views.values()) and self.views:
+            pass  # recording is optional
+        return self
+
+    # -- lookups ---------------------------------------------------------------------------
+    def classroom(self, classroom_id: str) -> ClassroomConfig:
+        for c in self.classrooms:
+            if c.id == classroom_id:
+                return c
+        raise KeyError(classroom_id)
+
+    def school(self, school_id: str) -> SchoolConfig:
+        for s in self.schools:
+            if s.id == school_id:
+                return s
+        raise KeyError(school_id)
+
+    def pairing(self, pairing_id: str) -> PairingConfig:
+        for p in self.pairings:
+            if p.id == pairing_id:
+                return p
+        raise KeyError(pairing_id)
+
+    def observer(self, observer_id: str) -> ObserverConfig:
+        for o in self.observers:
+            if o.id == observer_id:
+                return o
+        raise KeyError(observer_id)
+
+    def pairing_of_main(self, classroom_id: str) -> PairingConfig | None:
+        return next((p for p in self.pairings if p.main == classroom_id), None)
+
+    def classroom_number(self, classroom_id: str) -> int:
+        """Small stable number of a classroom (its position in the config), burned into
+        synthetic video timecodes (0-255)."""
+        for i, c in enumerate(self.classrooms):
+            if c.id == classroom_id:
+                return i % 256
+        raise KeyError(classroom_id)
+
+
+def _unique(section: str, values: list[str], what: str = "id") -> None:
+    seen: set[str] = set()
+    for i, v in enumerate(values):
+        if v in seen:
+            shown = "(hidden)" if what == "token" else repr(v)
+            raise ValueError(f"{section}[{i}].{what}: duplicate {what} {shown}")
+        seen.add(v)
+
+
+def _ref_error(path: str, value: str, kind: str) -> ValueError:
+    return ValueError(f"{path}: unknown {kind} {value!r}")
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def parse_config(data: Any, source: str = "<config>") -> CountyConfig:
+    """Validate already-parsed YAML/JSON data; errors name ``source`` and the field path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: (top level): expected a mapping, got {type(data).__name__}")
+    try:
+        return CountyConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
+            msg = err["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+                # Cross-reference errors carry their own path.
+                if ": " in msg and not loc:
+                    problems.append(f"{source}: {msg}")
+                    continue
+            problems.append(f"{source}: {_format_loc(loc)}: {msg}")
+        raise ConfigError("\n".join(problems)) from None
+
+
+def load_config(path: str | Path) -> CountyConfig:
+    """Read and validate a county config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return parse_config(data, str(p))
+
+
+def default_config_path() -> Path:
+    """The sample county shipped with the package (used when no --config is given)."""
+    return Path(__file__).with_name("default_county.yaml")

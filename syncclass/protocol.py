@@ -1,0 +1,301 @@
+"""Signaling messages between classrooms and the mixer (JSON over WebSocket).
+
+Every message is a JSON object with a ``type``. :func:`parse_client_message` validates
+what a classroom sends and raises :class:`ProtocolError` (with a machine code and a
+human message) for anything malformed; :func:`encode` serialises any message.
+
+ICE: aiortc does not trickle candidates, so an ``offer`` carries a complete SDP (gathered
+before sending) and the ``answer`` does too.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from .errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_SDP_BYTES = 32_768
+LessonStateName = Literal["idle", "live", "ended"]
+ErrorCode = Literal[
+    "bad_json",
+    "bad_message",
+    "unknown_type",
+    "too_large",
+    "auth_required",
+    "auth_failed",
+    "auth_timeout",
+    "already_authenticated",
+    "not_allowed",
+    "not_paired",
+    "no_lesson",
+    "lesson_live",
+    "bad_sdp",
+    "rate_limited",
+    "internal",
+]
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- classroom -> mixer ----------------------------------------------------------------------
+class Hello(_Msg):
+    """First message of a connection: who the classroom is and its credential."""
+
+    type: Literal["hello"] = "hello"
+    classroom_id: str = Field(min_length=1, max_length=64)
+    token: str = Field(min_length=1, max_length=512)
+    client: Literal["agent", "browser", "cli"] = "agent"
+    protocol: int = PROTOCOL_VERSION
+
+
+class ObserverHello(_Msg):
+    """First message of an observer's (教研员) connection: who they are, their credential and
+    which pairing's lesson they watch (default: the first one they may watch)."""
+
+    type: Literal["observer_hello"] = "observer_hello"
+    observer_id: str = Field(min_length=1, max_length=64)
+    token: str = Field(min_length=1, max_length=512)
+    pairing_id: str | None = Field(default=None, min_length=1, max_length=64)
+    client: Literal["browser", "cli"] = "browser"
+    protocol: int = PROTOCOL_VERSION
+
+
+MAX_COMMENT_CHARS = 2000
+"""Longest comment (评课 note) an observer may write, in characters."""
+
+
+class Comment(_Msg):
+    """An observer's time-stamped note on the live lesson; the mixer stamps the time."""
+
+    type: Literal["comment"] = "comment"
+    text: str = Field(min_length=1, max_length=MAX_COMMENT_CHARS)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("comment text is blank")
+        return text
+
+
+class StartLesson(_Msg):
+    """The main classroom starts its lesson (optionally a given timetable entry)."""
+
+    type: Literal["start_lesson"] = "start_lesson"
+    timetable_id: str | None = Field(default=None, max_length=64)
+
+
+class EndLesson(_Msg):
+    type: Literal["end_lesson"] = "end_lesson"
+
+
+class Offer(_Msg):
+    """A complete SDP offer (ICE candidates already gathered)."""
+
+    type: Literal["offer"] = "offer"
+    sdp: str = Field(min_length=10, max_length=MAX_SDP_BYTES)
+
+
+class Stats(_Msg):
+    """Measurements a classroom reports about what it receives."""
+
+    type: Literal["stats"] = "stats"
+    frames_received: int = Field(ge=0)
+    fps: float = Field(ge=0, le=1000)
+    latency_ms: dict[str, float] = Field(default_factory=dict, max_length=64)
+    """Median glass-to-glass latency per source classroom over the last window, ms."""
+    reconnects: int = Field(default=0, ge=0)
+    """Times the agent reconnected its signaling connection since it started."""
+
+
+class Ping(_Msg):
+    type: Literal["ping"] = "ping"
+    id: int = 0
+
+
+class Leave(_Msg):
+    type: Literal["leave"] = "leave"
+
+
+class RaiseHand(_Msg):
+    """A receiving classroom raises its hand (举手): shown on the main classroom's screen."""
+
+    type: Literal["raise_hand"] = "raise_hand"
+
+
+ClientMessage = Annotated[
+    Hello | ObserverHello | StartLesson | EndLesson | Offer | Stats | Ping | Leave | Comment
+    | RaiseHand,
+    Field(discriminator="type"),
+]
+_client_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+CLIENT_TYPES = frozenset(["hello", "start_lesson", "end_lesson", "offer", "stats", "ping", "leave",
+                          "observer_hello", "comment", "raise_hand"])
+
+
+# -- mixer -> classroom ----------------------------------------------------------------------
+class LessonInfo(_Msg):
+    lesson_id: str
+    state: LessonStateName
+    pairing_id: str
+    main: str
+    receiving: list[str]
+    subject: str
+    grade: str
+    teacher: str
+    timetable_id: str | None = None
+    started_ms: int | None = None
+    """Epoch ms when the lesson started."""
+    ended_ms: int | None = None
+
+
+class Welcome(_Msg):
+    type: Literal["welcome"] = "welcome"
+    classroom_id: str
+    classroom_number: int
+    """Number burned into this classroom's synthetic timecodes."""
+    role: Literal["main", "receiving"]
+    name: str
+    lesson: LessonInfo | None
+    server_time_ms: int
+    protocol: int = PROTOCOL_VERSION
+
+
+class ObserverWelcome(_Msg):
+    """The mixer accepted an observer: the pairing they watch and its current lesson."""
+
+    type: Literal["observer_welcome"] = "observer_welcome"
+    observer_id: str
+    name: str
+    pairing_id: str
+    view: str
+    """The view the observer receives (``students_view``)."""
+    lesson: LessonInfo | None
+    server_time_ms: int
+    protocol: int = PROTOCOL_VERSION
+
+
+class CommentRecord(_Msg):
+    """A stored comment (also sent to the lesson's observers when it is added)."""
+
+    type: Literal["comment_added"] = "comment_added"
+    lesson_id: str
+    pairing_id: str
+    seq: int = Field(ge=1)
+    """1, 2, ... per lesson, in the order the mixer stored them."""
+    observer_id: str
+    author: str
+    text: str
+    lesson_ms: int
+    """Lesson-relative time: ms since the lesson started (lines up with its recording)."""
+    epoch_ms: int
+    """Wall-clock time the mixer received the comment, Unix epoch ms."""
+
+
+class LessonState(_Msg):
+    type: Literal["lesson_state"] = "lesson_state"
+    lesson: LessonInfo
+
+
+class Answer(_Msg):
+    type: Literal["answer"] = "answer"
+    sdp: str
+
+
+class Placement(_Msg):
+    classroom_id: str
+    classroom_number: int
+    label: str
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+class Layout(_Msg):
+    """Where each source classroom appears in the view this classroom receives."""
+
+    type: Literal["layout"] = "layout"
+    view: str
+    width: int
+    height: int
+    placements: list[Placement]
+
+
+class Error(_Msg):
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+    ref: str | None = None
+    """Type of the message that caused the error, when known."""
+
+
+class Pong(_Msg):
+    type: Literal["pong"] = "pong"
+    id: int
+    server_time_ms: int
+
+
+ServerMessage = Annotated[
+    Welcome | ObserverWelcome | LessonState | Answer | Layout | Error | Pong | CommentRecord,
+    Field(discriminator="type"),
+]
+_server_adapter: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
+
+
+def _decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
+    if len(raw) > max_bytes:
+        raise ProtocolError("too_large", f"message of {len(raw)} bytes exceeds {max_bytes}")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("bad_json", f"message is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("bad_message", "message must be a JSON object")
+    return data
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err["loc"][1:]) or "(message)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_client_message(raw: str | bytes, max_bytes: int = 65_536) -> ClientMessage:
+    """Parse and validate a message from a classroom.
+
+    Raises :class:`ProtocolError` with code ``too_large``, ``bad_json``, ``bad_message``
+    or ``unknown_type``.
+    """
+    data = _decode(raw, max_bytes)
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("bad_message", "message has no string 'type'")
+    if kind not in CLIENT_TYPES:
+        raise ProtocolError("unknown_type", f"unknown message type {kind[:40]!r}")
+    try:
+        return _client_adapter.validate_python(data)
+    except ValidationError as exc:
+        raise ProtocolError("bad_message", f"invalid {kind!r}: {_describe(exc)}") from None
+
+
+def parse_server_message(raw: str | bytes, max_bytes: int = 1_048_576) -> ServerMessage:
+    """Parse a message from the mixer (used by agents and tests)."""
+    data = _decode(raw, max_bytes)
+    try:
+        return _server_adapter.validate_python(data)
+    except ValidationError as exc:
+        raise ProtocolError("bad_message", f"invalid server message: {_describe(exc)}") from None
+
+
+def encode(message: BaseModel) -> str:
+    """Serialise a message to its JSON text."""
+    return message.model_dump_json()

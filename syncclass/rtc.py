@@ -1,0 +1,368 @@
+"""Small, tested adaptations of aiortc shared by the mixer and the agents.
+
+Written against aiortc 1.16 / aioice 0.13 (pinned in pyproject). Each hook touches one
+documented seam and is checked at import of the peer:
+
+- :func:`use_host_addresses` replaces aioice's interface enumeration, which never offers
+  127.0.0.1, so a whole lesson can run on one machine.
+- :func:`route_keyframe_requests` sends a receiver's PLI/FIR to our shared encoder: aiortc
+  only sets a private flag that it ignores when the track hands it encoded packets.
+- :func:`observe_rtcp_feedback` hands a sender's REMB, loss and RTT to our bitrate
+  adaptation (:mod:`syncclass.adapt`): aiortc only gives REMB to its own encoder, which a
+  track of pre-encoded packets does not use.
+- :func:`prefer_codec` restricts a transceiver to one codec (we send pre-encoded H.264).
+- :class:`MarkerJitterBuffer` hands a video frame to the decoder as soon as its last packet
+  (RTP marker bit) arrives; stock aiortc waits for the first packet of the *next* frame,
+  one frame interval (67 ms at 15 fps) of extra latency at every hop.
+- :class:`AudioJitterBuffer` keeps audio delay minimal and recovers after losses.
+  :func:`install_low_latency_jitter_buffers` makes aiortc's receivers use both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aioice.ice
+import aiortc.rtcrtpreceiver
+import av
+import numpy as np
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpSrPacket,
+    RtpPacket,
+    unpack_remb_fci,
+)
+
+from .adapt import LinkFeedback
+from .errors import ProtocolError
+from .lipsync import SenderClock, ntp_to_seconds
+
+logger = logging.getLogger(__name__)
+
+VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
+_original_get_host_addresses = aioice.ice.get_host_addresses
+
+
+def use_host_addresses(addresses: Sequence[str] | None) -> None:
+    """Offer exactly these host addresses as ICE candidates (``None`` restores aioice's)."""
+    if addresses is None:
+        aioice.ice.get_host_addresses = _original_get_host_addresses
+        return
+    fixed = list(addresses)
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in fixed if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+def new_peer_connection() -> RTCPeerConnection:
+    """A peer connection with no STUN/TURN servers (aiortc would default to a public
+    STUN server, which a school LAN and this project's tests cannot reach)."""
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+def route_keyframe_requests(sender: RTCRtpSender, callback: Callable[[], Any]) -> None:
+    """Call ``callback`` when the remote receiver asks ``sender`` for a keyframe."""
+    if not hasattr(sender, "_send_keyframe"):
+        raise RuntimeError("aiortc changed: RTCRtpSender._send_keyframe is gone")
+    sender._send_keyframe = callback  # type: ignore[method-assign]
+
+
+def prefer_codec(transceiver: RTCRtpTransceiver, mime_type: str) -> None:
+    """Negotiate only ``mime_type`` (e.g. ``video/H264``) on this transceiver."""
+    caps = RTCRtpSender.getCapabilities(transceiver.kind)
+    codecs = [c for c in caps.codecs if c.mimeType.lower() == mime_type.lower()]
+    if not codecs:
+        raise RuntimeError(f"aiortc offers no {mime_type} codec")
+    transceiver.setCodecPreferences(codecs)
+    # After setRemoteDescription aiortc has already negotiated the offer's codecs and
+    # answers with those, ignoring later preferences; a browser offers VP8 first, so the
+    # pre-encoded H.264 would go out under a VP8 payload type. Narrow the negotiated list.
+    negotiated = getattr(transceiver, "_codecs", None)
+    if negotiated:
+        keep = [c for c in negotiated if c.mimeType.lower() == mime_type.lower()]
+        if not keep:
+            raise ProtocolError("bad_sdp", f"the offer has no {mime_type} for this "
+                                           f"{transceiver.kind}")
+        payload_types = {c.payloadType for c in keep}
+        rtx = [c for c in negotiated
+               if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt") in payload_types]
+        transceiver._codecs = keep + rtx
+
+
+class MarkerJitterBuffer(JitterBuffer):
+    """aiortc's jitter buffer, but a video frame is complete at its marker-bit packet.
+
+    Frames are still assembled only from a contiguous run of packets starting at the
+    buffer's origin (so a hole waits for its NACK retransmission, as before); a frame
+    whose marker packet was lost is released, as in stock aiortc, when the next frame's
+    first packet arrives.
+    """
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        if not self._is_video or self._origin is None:
+            return super()._remove_frame(sequence_number)
+        packets: list[RtpPacket] = []
+        timestamp: int | None = None
+        for count in range(self._capacity):
+            packet = self._packets[(self._origin + count) % self._capacity]
+            if packet is None:
+                return None
+            if timestamp is None:
+                timestamp = packet.timestamp
+            elif packet.timestamp != timestamp:
+                self.remove(count)
+                return _assemble(packets, timestamp)
+            packets.append(packet)
+            if packet.marker:
+                self.remove(count + 1)
+                return _assemble(packets, timestamp)
+        return None
+
+
+def _assemble(packets: list[RtpPacket], timestamp: int) -> JitterFrame:
+    # aiortc stores each packet's depayloaded bytes in the ad-hoc attribute ``_data``.
+    data = b"".join(p._data for p in packets)  # type: ignore[attr-defined]
+    return JitterFrame(data=data, timestamp=timestamp)
+
+
+class PacketQueueTrack(MediaStreamTrack):
+    """A track whose ``recv`` hands out items put into a bounded queue.
+
+    Used for pre-encoded video (``av.Packet``) and for mixed audio (``av.AudioFrame``).
+    When the queue is full the oldest item is dropped and counted: a slow consumer must
+    never hold back the producer.
+    """
+
+    def __init__(self, kind: str, maxsize: int = 30, name: str = "") -> None:
+        super().__init__()
+        self.kind = kind
+        self.name = name
+        self._queue: asyncio.Queue[av.Packet | av.AudioFrame | None] = asyncio.Queue(maxsize)
+        self.dropped = 0
+        self.delivered = 0
+        self.on_overflow: Callable[[], object] | None = None
+
+    def put(self, item: av.Packet | av.AudioFrame) -> None:
+        if self.readyState != "live":
+            return
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+            if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
+                logger.warning("%s track %s: consumer slow, %d dropped", self.kind, self.name,
+                               self.dropped)
+            if self.on_overflow is not None:
+                self.on_overflow()
+        self._queue.put_nowait(item)
+
+    async def recv(self) -> av.Packet | av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        item = await self._queue.get()
+        if item is None:
+            raise MediaStreamError
+        self.delivered += 1
+        return item
+
+    def stop(self) -> None:
+        if self.readyState == "live":
+            super().stop()
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(None)
+
+
+async def recv_newest(track: MediaStreamTrack) -> tuple[Any, int]:
+    """The next frame of ``track`` or, if more are already waiting, the newest of them,
+    and how many older waiting frames were passed over.
+
+    aiortc's decoder thread hands decoded frames to ``RemoteStreamTrack`` through an
+    unbounded queue: a reader that was held up once (a busy moment on the machine) would
+    otherwise work through the backlog at the arrival rate and stay behind for the rest of
+    the lesson. A picture consumer (compositor, screen) wants the newest frame only.
+    Raises ``MediaStreamError`` like ``recv`` when the track ends."""
+    frame = await track.recv()
+    queue = getattr(track, "_queue", None)
+    skipped = 0
+    if isinstance(queue, asyncio.Queue):
+        while not queue.empty():
+            newer = queue.get_nowait()
+            if newer is None:  # end of stream: leave it for the next recv
+                queue.put_nowait(None)
+                break
+            frame = newer
+            skipped += 1
+    return frame, skipped
+
+
+def audio_frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
+    """Decoded aiortc audio (s16, packed, mono or stereo) → int16 mono samples."""
+    data = frame.to_ndarray().reshape(-1)
+    channels = len(frame.layout.channels)
+    if channels > 1:
+        data = data.reshape(-1, channels).mean(axis=1).astype(np.int16)
+    return np.ascontiguousarray(data, dtype=np.int16)
+
+
+class AudioJitterBuffer(JitterBuffer):
+    """A low-latency audio jitter buffer (one Opus frame per RTP packet).
+
+    Stock aiortc (capacity 16, prefetch 4) holds four frames back and, after a loss,
+    waits at the hole until the buffer overflows, then stays ~350 ms behind. Here a frame
+    is released as soon as it is next in order; a hole is given up (the frame is lost,
+    the mixer conceals it) once ``hole_wait`` later packets have arrived; and when more
+    than ``max_backlog`` frames are ready at once the oldest are dropped, so the delay
+    returns to the minimum after every disturbance.
+    """
+
+    def __init__(self, capacity: int = 16, prefetch: int = 0, is_video: bool = False,
+                 hole_wait: int = 2, max_backlog: int = 2) -> None:
+        super().__init__(capacity=capacity, prefetch=0, is_video=is_video)
+        self.hole_wait = hole_wait
+        self.max_backlog = max_backlog
+        self.frames_lost = 0
+        self.frames_dropped = 0
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        if self._origin is None:
+            return None
+        present = [
+            self._packets[(self._origin + i) % self._capacity] is not None
+            for i in range(self._capacity)
+        ]
+        # Give up a hole once enough later packets show it is not just reordering.
+        while not present[0] and sum(present[1:]) >= self.hole_wait:
+            self.remove(1)
+            self.frames_lost += 1
+            present = [*present[1:], False]
+        if not present[0]:
+            return None
+        ready = 0
+        while ready < len(present) and present[ready]:
+            ready += 1
+        if ready > self.max_backlog:
+            drop = ready - self.max_backlog
+            self.remove(drop)
+            self.frames_dropped += drop
+        packet = self._packets[self._origin % self._capacity]
+        assert packet is not None
+        self.remove(1)
+        return _assemble([packet], packet.timestamp)
+
+
+def install_low_latency_jitter_buffers(video: bool = True, audio: bool = True) -> None:
+    """Make every RTCRtpReceiver created from now on use our jitter buffers."""
+
+    class Factory:
+        def __new__(cls, capacity: int, prefetch: int = 0, is_video: bool = False) -> Any:
+            if is_video:
+                if video:
+                    return MarkerJitterBuffer(capacity=capacity, is_video=True)
+                return JitterBuffer(capacity=capacity, prefetch=prefetch, is_video=True)
+            if audio:
+                return AudioJitterBuffer(capacity=capacity)
+            return JitterBuffer(capacity=capacity, prefetch=prefetch)
+
+    aiortc.rtcrtpreceiver.JitterBuffer = Factory  # type: ignore[misc]
+
+
+async def close_peer(pc: RTCPeerConnection) -> None:
+    """Close ``pc`` and any ICE transport it still holds.
+
+    aiortc 1.16's ``close()`` stops only the transports attached to its transceivers; an ICE
+    transport created for an m-line and later left without a transceiver (seen with two
+    video sections from a browser-style offer) keeps its gathered UDP socket open.
+    """
+    await pc.close()
+    leftovers: set[Any] = getattr(pc, "_RTCPeerConnection__iceTransports", set())
+    for transport in list(leftovers):
+        if transport.state != "closed":
+            await transport.stop()
+
+
+def observe_rtcp_feedback(sender: RTCRtpSender,
+                          callback: Callable[[LinkFeedback], object]) -> None:
+    """Call ``callback`` with what each RTCP packet for ``sender`` says about its link:
+    REMB (kbit/s), receiver-report loss fraction and round-trip time.
+
+    aiortc hands REMB only to a sender-side encoder's ``target_bitrate``, which a track of
+    pre-encoded packets does not have; this wraps the sender's RTCP handler (aiortc 1.16's
+    ``RTCRtpSender._handle_rtcp_packet``, which the DTLS transport calls per packet) so the
+    packet is handled as before and then read. RTT is aiortc's smoothed value.
+    """
+    original = getattr(sender, "_handle_rtcp_packet", None)
+    if original is None:
+        raise RuntimeError("aiortc changed: RTCRtpSender._handle_rtcp_packet is gone")
+
+    async def handle(packet: Any) -> None:
+        await original(packet)
+        feedback = _link_feedback(sender, packet)
+        if feedback is not None:
+            try:
+                callback(feedback)
+            except Exception:  # a policy bug must not break RTCP handling
+                logger.exception("RTCP feedback callback failed")
+
+    sender._handle_rtcp_packet = handle  # type: ignore[method-assign]
+
+
+def observe_sender_reports(receiver: RTCRtpReceiver, clock: SenderClock) -> None:
+    """Feed ``clock`` every RTCP sender report that arrives for ``receiver``: the mapping
+    from a decoded frame's ``pts`` to the sender's NTP time that lip sync needs.
+
+    aiortc 1.16 keeps only the middle 32 bits of a report's NTP time (for its receiver
+    reports), and its receiver hands frames out with ``pts`` = RTP timestamp minus the
+    stream's first one (``TimestampMapper``); so this wraps
+    ``RTCRtpReceiver._handle_rtcp_packet`` (called by the DTLS transport per packet) and
+    moves each report's RTP timestamp onto the same origin as the frames' ``pts``."""
+    original = getattr(receiver, "_handle_rtcp_packet", None)
+    mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
+    if original is None or mapper is None or not hasattr(mapper, "_origin"):
+        raise RuntimeError("aiortc changed: RTCRtpReceiver's RTCP handler or timestamp "
+                           "mapper is gone")
+
+    async def handle(packet: Any) -> None:
+        await original(packet)
+        origin = mapper._origin
+        if isinstance(packet, RtcpSrPacket) and origin is not None:
+            info = packet.sender_info
+            clock.update(ntp_to_seconds(info.ntp_timestamp),
+                         (info.rtp_timestamp - origin) & 0xFFFFFFFF)
+
+    receiver._handle_rtcp_packet = handle  # type: ignore[method-assign]
+
+
+def _link_feedback(sender: RTCRtpSender, packet: Any) -> LinkFeedback | None:
+    ssrc = sender._ssrc
+    if isinstance(packet, RtcpRrPacket | RtcpSrPacket):
+        for report in packet.reports:
+            if report.ssrc == ssrc:
+                rtt = getattr(sender, "_RTCRtpSender__rtt", None)
+                return LinkFeedback(fraction_lost=report.fraction_lost / 256.0,
+                                    rtt_ms=None if rtt is None else rtt * 1000.0)
+    elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+        try:
+            bitrate, ssrcs = unpack_remb_fci(packet.fci)
+        except ValueError:
+            return None
+        if ssrc in ssrcs:
+            return LinkFeedback(remb_kbps=bitrate / 1000.0)
+    return None

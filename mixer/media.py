@@ -52,6 +52,8 @@ AUDIO_MAX_BUFFER = AUDIO_FRAME * 15
 may add to match a slow picture (300 ms) and a burst's backlog."""
 AUDIO_CONCEAL_FRAMES = 2
 """Underruns concealed by repeating the last block, attenuated, before falling silent."""
+AUDIO_JITTER_RESERVE = AUDIO_FRAME
+"""Samples lip sync's catch-up leaves in a classroom's FIFO after a block is taken."""
 
 
 @dataclass
@@ -119,7 +121,10 @@ class AudioInput:
             captured = self.clock.time_of(head_rtp) if head_rtp is not None else None
             if captured is not None:
                 self.sync.observe_audio(at_s - captured)
-        take = self.sync.take(n, self.buffered)
+        # Catching up never eats into one block kept back for arrival jitter: a FIFO drained
+        # to zero would underrun at the next late packet, and audio at its floor would be
+        # squeezed block after block (pitch raised, then concealed) for nothing.
+        take = self.sync.take(n, self.buffered - AUDIO_JITTER_RESERVE)
         if self.buffered - take > AUDIO_MAX_BUFFER - 2 * AUDIO_FRAME:
             take = max(take, n)  # no further delay than the FIFO holds
         self.sync.samples_stretched += n - take

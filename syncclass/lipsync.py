@@ -114,7 +114,8 @@ class LipSync:
         return self.video_age - self.audio_age
 
     def take(self, n: int, available: int) -> int:
-        """Samples to consume for an ``n``-sample block, ``available`` being buffered."""
+        """Samples to consume for an ``n``-sample block; ``available``: how many the FIFO
+        can give up (what it holds less any reserve it keeps)."""
         error = self.error_s
         if error is None:
             return n
@@ -129,7 +130,9 @@ class LipSync:
         step = max(1, min(step, round(abs(error) * self.sample_rate)))
         if error > 0:  # audio ahead: consume fewer samples, the FIFO (and delay) grows
             return n - step
-        return min(n + step, available)  # audio behind: consume more, if they are there
+        # Audio behind: consume more, from what ``available`` holds beyond this block. At
+        # the FIFO's floor there is nothing to catch up with: the block is taken unstretched.
+        return n + min(step, max(0, available - n))
 
 
 def stretch(block: np.ndarray, n: int) -> np.ndarray:

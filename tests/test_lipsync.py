@@ -110,6 +110,27 @@ def test_audio_behind_its_picture_catches_up_to_the_fifo_minimum() -> None:
     assert ain.underruns == 0
 
 
+def test_audio_behind_at_the_fifo_floor_is_not_squeezed_into_underruns() -> None:
+    """Packets in pairs every 40 ms (jitter) and audio 30 ms older than its picture, with
+    nothing buffered to catch up from: blocks go out unstretched and never run dry."""
+    sender = Sender(skew=-50.0)
+    ain = AudioInput("shanping-3", clock=sender.clock)
+    mix_t = 1000.0 + 0.040
+    out = []
+    for tick in range(250):  # 5 s
+        if tick % 2 == 0:
+            for _ in range(2):
+                ain.push(*sender.block())
+        ain.sync.observe_video(0.010)
+        block = ain.pull(AUDIO_FRAME, mix_t + sender.skew)
+        assert block is not None
+        out.append(block)
+        mix_t += AUDIO_FRAME / AUDIO_RATE
+    assert ain.sync.error_s is not None and ain.sync.error_s < -0.012  # behind, and stays
+    assert ain.underruns == 0
+    assert abs(_peak_hz(np.concatenate(out[-100:])) - 1000) < 3  # pitch untouched
+
+
 def test_in_sync_audio_is_left_alone_and_a_frozen_picture_stops_correction() -> None:
     sender = Sender()
     ain = AudioInput("shanping-3", clock=sender.clock)

@@ -55,14 +55,19 @@ export class Measurements {
              layout: this.layout,
              audio: this.audioContext ? this.audioContext.state : null };
   }
-  /** Level in dB (0 = full scale) of the received audio at `hz`, or null before audio. */
-  toneLevelDb(hz) {
+  /**
+   * Level in dB (0 = full scale) of the received audio at `hz` ± `spread` (a fraction of
+   * `hz`; at least ±1 bin), or null before audio. The mixer's lip sync may play a source
+   * up to 5 % fast or slow for a while, moving its tones by as much.
+   */
+  toneLevelDb(hz, spread = 0) {
     if (!this.analyser) return null;
     const bins = new Float32Array(this.analyser.frequencyBinCount);
     this.analyser.getFloatFrequencyData(bins);
     const binHz = this.audioContext.sampleRate / this.analyser.fftSize;
-    const i = Math.round(hz / binHz);
-    return Math.max(bins[i - 1], bins[i], bins[i + 1]);
+    const lo = Math.min(Math.round(hz * (1 - spread) / binHz), Math.round(hz / binHz) - 1);
+    const hi = Math.max(Math.round(hz * (1 + spread) / binHz), Math.round(hz / binHz) + 1);
+    return Math.max(...bins.subarray(Math.max(lo, 0), Math.min(hi + 1, bins.length)));
   }
 }
 

@@ -70,6 +70,8 @@ class Sample:
     """View frames the rural agent decoded."""
     view: dict[str, Any] = field(default_factory=dict)
     """The mixer's renditions stats of the rural classroom's view."""
+    link: dict[str, dict[str, int]] = field(default_factory=dict)
+    """The emulated link's packet counters (:meth:`EmulatedLink.stats`)."""
 
 
 def run_capped_lesson(tmp: Path, cap_kbps: float, adapt: bool, lesson_s: float = LESSON_S,
@@ -113,6 +115,7 @@ def run_capped_lesson(tmp: Path, cap_kbps: float, adapt: bool, lesson_s: float =
                     int(media["video_inputs"].get(RURAL, {}).get("frames", 0)),
                     int(rx.get("frames_received", 0)),
                     media["views"]["students_view"]["renditions"] or {},
+                    link.stats(),
                 ))
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - t0 - t)))
             summary_file = out / f"{RURAL}.json"
@@ -127,7 +130,29 @@ def run_capped_lesson(tmp: Path, cap_kbps: float, adapt: bool, lesson_s: float =
             raise
         finally:
             dep.stop_all()
-    return figures(samples, rx_summary, cap_kbps, adapt, settle_s)
+    result = figures(samples, rx_summary, cap_kbps, adapt, settle_s)
+    result["timeline"] = timeline(samples)
+    return result
+
+
+def timeline(samples: list[Sample]) -> list[dict[str, Any]]:
+    """Per-interval rates between consecutive samples: what happened when, for diagnosis."""
+    rows = []
+    for a, b in itertools.pairwise(samples):
+        dt = b.t - a.t
+        row: dict[str, Any] = {
+            "t": round(b.t, 1),
+            "uplink_kbps": round((b.uplink_bytes - a.uplink_bytes) * 8 / 1000 / dt, 1),
+            "target_kbps": b.uplink_target_kbps,
+            "fps_in": round((b.frames_in - a.frames_in) / dt, 1),
+            "fps_rx": round((b.frames_rx - a.frames_rx) / dt, 1),
+        }
+        for way in ("uplink", "downlink"):
+            sa, sb = a.link.get(way, {}), b.link.get(way, {})
+            row[f"{way}_dropped"] = (sb.get("dropped_queue", 0) - sa.get("dropped_queue", 0)
+                                     + sb.get("lost", 0) - sa.get("lost", 0))
+        rows.append(row)
+    return rows
 
 
 def _max_gap_s(samples: list[Sample], key: str) -> float:
@@ -180,6 +205,13 @@ def main() -> None:
     ap.add_argument("--modes", default="on,off", help="adaptation modes to alternate")
     ap.add_argument("--seconds", type=float, default=LESSON_S)
     ap.add_argument("--settle", type=float, default=SETTLE_S)
+    ap.add_argument("--hole-waits", default="",
+                    help="video jitter buffer hole waits to alternate, s, comma-separated "
+                         "(e.g. 0.5,inf; inf = stock aiortc's wait for 128 packets); "
+                         "default: the built-in one only")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--timeline", action="store_true",
+                    help="print each run's per-second timeline too (always in the JSON)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/syncclass-bench-uplink"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "uplink.json")
     args = ap.parse_args()
@@ -187,17 +219,27 @@ def main() -> None:
         raise SystemExit("the link emulator needs root (network namespaces, /dev/net/tun)")
     runs = []
     load_start = os.getloadavg()
-    for cap in (float(c) for c in args.caps.split(",")):
-        for mode in args.modes.split(","):
-            work = args.work / f"{int(cap)}-{mode}"
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-            try:
-                result = run_capped_lesson(work, cap, mode == "on", args.seconds, args.settle)
-            except Exception as exc:  # one failed run is a figure too
-                result = {"cap_kbps": cap, "adaptation": mode == "on", "error": repr(exc)}
-            print(json.dumps(result), flush=True)
-            runs.append(result)
+    waits = [w for w in args.hole_waits.split(",") if w] or [None]
+    for _round, cap, mode, wait in itertools.product(
+            range(args.rounds), (float(c) for c in args.caps.split(",")),
+            args.modes.split(","), waits):
+        if wait is None:
+            os.environ.pop("SYNCCLASS_VIDEO_HOLE_WAIT_S", None)
+        else:
+            os.environ["SYNCCLASS_VIDEO_HOLE_WAIT_S"] = wait  # the children inherit it
+        work = args.work / f"{int(cap)}-{mode}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            result = run_capped_lesson(work, cap, mode == "on", args.seconds, args.settle)
+        except Exception as exc:  # one failed run is a figure too
+            result = {"cap_kbps": cap, "adaptation": mode == "on", "error": repr(exc)}
+        result["hole_wait_s"] = wait
+        if args.timeline:
+            for row in result.get("timeline", []):
+                print(json.dumps(row), flush=True)
+        print(json.dumps({k: v for k, v in result.items() if k != "timeline"}), flush=True)
+        runs.append(result)
     out = {"benchmark": "uplink", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "cpus": os.cpu_count(), "loadavg_start": load_start,
            "loadavg_end": os.getloadavg(), "runs": runs}

@@ -65,6 +65,19 @@ def _setup_logging(level: str, json_logs: bool) -> None:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+def _install_jitter_buffers() -> None:
+    """Our jitter buffers in every receiver of this process. For side-by-side measurement
+    ``SYNCCLASS_JITTER_BUFFER=stock`` (or ``video`` / ``audio``: only that one of ours) and
+    ``SYNCCLASS_VIDEO_HOLE_WAIT_S`` (seconds; ``inf``: holes wait as in stock aiortc)."""
+    from syncclass.rtc import VIDEO_HOLE_WAIT_S, install_low_latency_jitter_buffers
+
+    jb = os.environ.get("SYNCCLASS_JITTER_BUFFER", "low-latency")
+    hole_wait_s = float(os.environ.get("SYNCCLASS_VIDEO_HOLE_WAIT_S", VIDEO_HOLE_WAIT_S))
+    install_low_latency_jitter_buffers(video=jb in ("low-latency", "video"),
+                                       audio=jb in ("low-latency", "audio"),
+                                       hole_wait_s=hole_wait_s)
+
+
 def _config(args: argparse.Namespace) -> CountyConfig:
     return load_config(args.config or default_config_path())
 
@@ -128,13 +141,11 @@ def cmd_mixer(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from mixer.server import create_app
-    from syncclass.rtc import install_low_latency_jitter_buffers, use_host_addresses
+    from syncclass.rtc import use_host_addresses
 
     config = _config(args)
     use_host_addresses(config.mixer.ice_host_addresses)
-    jb = os.environ.get("SYNCCLASS_JITTER_BUFFER", "low-latency")
-    install_low_latency_jitter_buffers(video=jb in ("low-latency", "video"),
-                                       audio=jb in ("low-latency", "audio"))
+    _install_jitter_buffers()
     host = args.host or config.mixer.host
     port = config.mixer.port if args.port is None else args.port
     config = _with_recorder_args(config, args)
@@ -227,16 +238,14 @@ def cmd_agent(args: argparse.Namespace) -> int:
         return 2
     from edge_agent.agent import Agent
     from edge_agent.control import serve_control
-    from syncclass.rtc import install_low_latency_jitter_buffers, use_host_addresses
+    from syncclass.rtc import use_host_addresses
 
     config = _config(args)
     use_host_addresses(config.mixer.ice_host_addresses)
     from syncclass.liveness import tighten_ice_consent
 
     tighten_ice_consent(config.mixer.ice_consent_interval_s, config.mixer.ice_consent_failures)
-    jb = os.environ.get("SYNCCLASS_JITTER_BUFFER", "low-latency")
-    install_low_latency_jitter_buffers(video=jb in ("low-latency", "video"),
-                                       audio=jb in ("low-latency", "audio"))
+    _install_jitter_buffers()
     try:
         room = config.classroom(args.classroom)
     except KeyError:

@@ -265,8 +265,12 @@ class MixerConfig(_Model):
     absent) about 1.5 × this later; agents use the same interval."""
     ice_consent_interval_s: float = Field(default=1.0, ge=0.2, le=10)
     """ICE consent freshness check interval (RFC 7675; aioice's default is 5 s)."""
-    ice_consent_failures: int = Field(default=5, ge=2, le=30)
-    """Consecutive failed consent checks after which a peer is closed (aioice: 6)."""
+    ice_consent_failures: int = Field(default=10, ge=2, le=30)
+    """Consecutive failed consent checks after which a peer is closed (aioice: 6). Each
+    check waits 0.5 s for its answer, so on a thin link whose queue holds ~0.5 s (the
+    first seconds before the sender adapts) checks fail in a row: 5 closed a 512 kbit/s
+    classroom ~7 s after it joined (``benchmarks/uplink.py``); 10 give ~11-17 s. A PC
+    that vanishes is noticed sooner by the signaling heartbeat (``heartbeat_s``)."""
     auth_failures_per_min: float = Field(default=10.0, gt=0)
     """Failed hellos/credentials allowed per remote address per minute (burst the same)."""
     joins_per_min: float = Field(default=30.0, gt=0)

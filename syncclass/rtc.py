@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,6 +49,7 @@ from aiortc.rtp import (
     RtpPacket,
     unpack_remb_fci,
 )
+from aiortc.utils import uint16_add, uint16_gt
 
 from .adapt import LinkFeedback
 from .errors import ProtocolError
@@ -107,34 +109,109 @@ def prefer_codec(transceiver: RTCRtpTransceiver, mime_type: str) -> None:
         transceiver._codecs = keep + rtx
 
 
+VIDEO_HOLE_WAIT_S = 0.5
+"""How long a hole in the video packet sequence may hold back the frames behind it, s.
+
+aiortc's receiver NACKs a missing packet once, when it notices the gap, and never again;
+if the retransmission is lost too (a thin link's queue overflowing drops both), stock
+aiortc holds every later frame until ``capacity`` (128) packets have arrived behind the
+hole: about 1 s at 720p but 5-6 s at 200 kbit/s, with one such stall per unrecovered hole
+(measured on a 512 kbit/s emulated link: the mixer decoded nothing of the classroom for
+17 s while its link had stopped dropping packets after 6 s). A retransmission comes one
+round trip after the gap, so a hole still open after this long (longer than the 100 ms +
+100 ms + queueing round trip of our lossy-link fault test) will not be filled."""
+
+
 class MarkerJitterBuffer(JitterBuffer):
-    """aiortc's jitter buffer, but a video frame is complete at its marker-bit packet.
+    """aiortc's jitter buffer, but a video frame is complete at its marker-bit packet, and a
+    hole no retransmission filled stops holding later frames after ``hole_wait_s``.
 
     Frames are still assembled only from a contiguous run of packets starting at the
     buffer's origin (so a hole waits for its NACK retransmission, as before); a frame
     whose marker packet was lost is released, as in stock aiortc, when the next frame's
-    first packet arrives.
+    first packet arrives. When a hole has blocked the origin for ``hole_wait_s`` (judged
+    by ``clock``, monotonic seconds, as packets arrive), the incomplete frame is dropped,
+    assembly resumes at the next certain frame start (a packet whose predecessor is
+    present and ends a frame), and the next :meth:`add` asks for a keyframe (PLI): the
+    frames after the hole reference a picture the decoder never got.
     """
+
+    def __init__(self, capacity: int, prefetch: int = 0, is_video: bool = False, *,
+                 hole_wait_s: float = VIDEO_HOLE_WAIT_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(capacity, prefetch, is_video)
+        self.hole_wait_s = hole_wait_s
+        self._clock = clock
+        self._hole_since: float | None = None
+        self._want_keyframe = False
+        self._newest: int | None = None
+        self.holes_skipped = 0
+        """Holes given up on (each dropped at least one frame and asked for a keyframe)."""
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self._newest is None or uint16_gt(seq, self._newest):
+            self._newest = seq
+        pli, frame = super().add(packet)
+        if self._want_keyframe:
+            self._want_keyframe = False
+            pli = True
+        return pli, frame
+
+    def _slot(self, count: int) -> RtpPacket | None:
+        assert self._origin is not None
+        return self._packets[(self._origin + count) % self._capacity]
 
     def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
         if not self._is_video or self._origin is None:
             return super()._remove_frame(sequence_number)
-        packets: list[RtpPacket] = []
-        timestamp: int | None = None
-        for count in range(self._capacity):
-            packet = self._packets[(self._origin + count) % self._capacity]
-            if packet is None:
+        while True:
+            packets: list[RtpPacket] = []
+            timestamp: int | None = None
+            for count in range(self._capacity):
+                packet = self._slot(count)
+                if packet is None:
+                    if not self._skip_hole(count):
+                        return None
+                    break  # the origin moved past the hole: assemble from there
+                if timestamp is None:
+                    timestamp = packet.timestamp
+                elif packet.timestamp != timestamp:
+                    self.remove(count)
+                    self._hole_since = None
+                    return _assemble(packets, timestamp)
+                packets.append(packet)
+                if packet.marker:
+                    self.remove(count + 1)
+                    self._hole_since = None
+                    return _assemble(packets, timestamp)
+            else:
                 return None
-            if timestamp is None:
-                timestamp = packet.timestamp
-            elif packet.timestamp != timestamp:
-                self.remove(count)
-                return _assemble(packets, timestamp)
-            packets.append(packet)
-            if packet.marker:
-                self.remove(count + 1)
-                return _assemble(packets, timestamp)
-        return None
+
+    def _skip_hole(self, count: int) -> bool:
+        """Slot ``count`` (from the origin) is empty: give up on it if it is a hole (later
+        packets are here) that has waited ``hole_wait_s`` and a frame certainly starts
+        after it. True if the origin moved past it."""
+        assert self._origin is not None and self._newest is not None
+        newest = uint16_add(self._newest, -self._origin)
+        if newest <= count or newest >= self._capacity:  # the next packet is not here yet
+            self._hole_since = None
+            return False
+        now = self._clock()
+        if self._hole_since is None:
+            self._hole_since = now
+        if now - self._hole_since < self.hole_wait_s:
+            return False
+        for i in range(count + 1, newest + 1):
+            before, packet = self._slot(i - 1), self._slot(i)
+            if (packet is not None and before is not None
+                    and (before.marker or before.timestamp != packet.timestamp)):
+                self.remove(i)
+                self._hole_since = None
+                self._want_keyframe = True
+                self.holes_skipped += 1
+                return True
+        return False
 
 
 def _assemble(packets: list[RtpPacket], timestamp: int) -> JitterFrame:
@@ -268,14 +345,17 @@ class AudioJitterBuffer(JitterBuffer):
         return _assemble([packet], packet.timestamp)
 
 
-def install_low_latency_jitter_buffers(video: bool = True, audio: bool = True) -> None:
-    """Make every RTCRtpReceiver created from now on use our jitter buffers."""
+def install_low_latency_jitter_buffers(video: bool = True, audio: bool = True,
+                                       hole_wait_s: float = VIDEO_HOLE_WAIT_S) -> None:
+    """Make every RTCRtpReceiver created from now on use our jitter buffers (video holes
+    wait ``hole_wait_s``; ``inf``: until 128 packets pass them, as stock aiortc)."""
 
     class Factory:
         def __new__(cls, capacity: int, prefetch: int = 0, is_video: bool = False) -> Any:
             if is_video:
                 if video:
-                    return MarkerJitterBuffer(capacity=capacity, is_video=True)
+                    return MarkerJitterBuffer(capacity=capacity, is_video=True,
+                                              hole_wait_s=hole_wait_s)
                 return JitterBuffer(capacity=capacity, prefetch=prefetch, is_video=True)
             if audio:
                 return AudioJitterBuffer(capacity=capacity)

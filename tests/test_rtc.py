@@ -104,6 +104,78 @@ def test_marker_jitter_buffer_lost_marker_falls_back_to_next_frame() -> None:
     assert frame is not None and frame.data == b"xy" and frame.timestamp == 10
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _frames(jb: MarkerJitterBuffer, packets: list[RtpPacket]) -> tuple[list[bytes], bool]:
+    """Feed ``packets``; the frames released (their data) and whether a PLI was asked."""
+    out, pli = [], False
+    for p in packets:
+        flag, frame = jb.add(p)
+        pli |= flag
+        if frame is not None:
+            out.append(frame.data)
+    return out, pli
+
+
+def _frame_packets(first_seq: int, index: int, n: int = 3) -> list[RtpPacket]:
+    """Frame ``index`` (timestamp 3000 per frame at 15 fps) as ``n`` packets from
+    ``first_seq``; data ``b"<index>:<k>"``."""
+    return [_packet(first_seq + k, 3000 * index, k == n - 1, f"{index}:{k}".encode())
+            for k in range(n)]
+
+
+def test_hole_never_retransmitted_stops_blocking_after_the_wait() -> None:
+    clock = _Clock()
+    jb = MarkerJitterBuffer(capacity=128, is_video=True, hole_wait_s=0.5, clock=clock)
+    frame0 = _frame_packets(0, 0)
+    frame1 = _frame_packets(3, 1)
+    assert _frames(jb, frame0) == ([b"0:0" + b"0:1" + b"0:2"], False)
+    # Frame 1 loses its middle packet and the retransmission never comes; frames 2.. arrive.
+    assert _frames(jb, [frame1[0], frame1[2]]) == ([], False)
+    later = [p for i in range(2, 5) for p in _frame_packets(6 + 3 * (i - 2), i)]
+    clock.now += 0.4  # still within the wait: everything behind the hole is held
+    assert _frames(jb, later[:3]) == ([], False)
+    clock.now += 0.2  # the wait is over: frame 1 is dropped, frame 2 comes out, PLI asked
+    released, pli = _frames(jb, later[3:4])
+    assert released == [b"2:0" + b"2:1" + b"2:2"] and pli
+    assert jb.holes_skipped == 1
+    # Frames behind are released one per arriving packet as before, with no further PLI.
+    released, pli = _frames(jb, later[4:])
+    assert released == [b"3:0" + b"3:1" + b"3:2", b"4:0" + b"4:1" + b"4:2"] and not pli
+    assert _frames(jb, _frame_packets(15, 5)) == ([b"5:0" + b"5:1" + b"5:2"], False)
+
+
+def test_hole_filled_by_a_retransmission_within_the_wait_loses_nothing() -> None:
+    clock = _Clock()
+    jb = MarkerJitterBuffer(capacity=128, is_video=True, hole_wait_s=0.5, clock=clock)
+    frame0, frame1, frame2 = _frame_packets(0, 0), _frame_packets(3, 1), _frame_packets(6, 2)
+    assert _frames(jb, [*frame0, frame1[0], frame1[2], *frame2])[0] == [b"0:00:10:2"]
+    clock.now += 0.3
+    released, pli = _frames(jb, [frame1[1]])  # the NACKed packet arrives
+    assert released == [b"1:01:11:2"] and not pli
+    assert _frames(jb, _frame_packets(9, 3)) == ([b"2:02:12:2", b"3:03:13:2"], False)
+    assert jb.holes_skipped == 0
+
+
+def test_slow_packets_without_a_hole_are_never_skipped() -> None:
+    # A frame whose packets trickle in over longer than the wait (a thin link) is no hole.
+    clock = _Clock()
+    jb = MarkerJitterBuffer(capacity=128, is_video=True, hole_wait_s=0.5, clock=clock)
+    packets = _frame_packets(0, 0, n=5)
+    for p in packets[:-1]:
+        assert jb.add(p) == (False, None)
+        clock.now += 0.3
+    pli, frame = jb.add(packets[-1])
+    assert not pli and frame is not None and frame.data == b"0:00:10:20:30:4"
+    assert jb.holes_skipped == 0
+
+
 def test_stock_jitter_buffer_waits_for_next_frame() -> None:
     # What MarkerJitterBuffer fixes (aiortc 1.16): the complete frame is held back.
     jb = JitterBuffer(capacity=128, is_video=True)

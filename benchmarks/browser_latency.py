@@ -38,6 +38,29 @@ from tests.test_browser_classroom import (  # noqa: E402
     wait_page,
 )
 
+RECEIVE_PATH_JS = """async () => {
+  // Where the page's time goes, from Chromium's own inbound-rtp video statistics
+  // (w3c webrtc-stats): per decoded or emitted frame, averaged over the lesson, ms.
+  const stats = await window.syncclass.pc.getStats();
+  for (const s of stats.values()) {
+    if (s.type !== "inbound-rtp" || s.kind !== "video" || !s.framesDecoded) continue;
+    const per = (total, count) => count ? Math.round(total / count * 1e4) / 10 : null;
+    return {
+      frames_decoded: s.framesDecoded, frames_dropped: s.framesDropped,
+      jitter_buffer_ms: per(s.jitterBufferDelay, s.jitterBufferEmittedCount),
+      jitter_buffer_target_ms: per(s.jitterBufferTargetDelay, s.jitterBufferEmittedCount),
+      jitter_buffer_minimum_ms: per(s.jitterBufferMinimumDelay, s.jitterBufferEmittedCount),
+      decode_ms: per(s.totalDecodeTime, s.framesDecoded),
+      assembly_ms: per(s.totalAssemblyTime, s.framesAssembledFromMultiplePackets),
+      receive_to_decoded_ms: per(s.totalProcessingDelay, s.framesDecoded),
+      interframe_ms: per(s.totalInterFrameDelay, s.framesDecoded),
+      decoder: s.decoderImplementation, jitter_ms: s.jitter * 1000,
+    };
+  }
+  return null;
+}"""
+"""JavaScript for the page: its video receive path's own figures."""
+
 
 def _stats(samples: list[float]) -> dict[str, Any]:
     data = np.asarray(samples, dtype=np.float64)
@@ -78,6 +101,7 @@ def run(seconds: float) -> dict[str, Any]:
                 # Both receivers' figures cover the whole lesson so far (same window).
                 page_samples = page.evaluate(f"() => window.syncclass.state.latency['{MAIN}'].all")
                 page_summary = page.evaluate("() => window.syncclass.summary()")
+                receive_path = page.evaluate(RECEIVE_PATH_JS)
                 mixer_stats = dep.mixer_stats()
                 dep.agent_command(MAIN, "end")
                 dep.wait_for(lambda: (out / f"{AGENT_RURAL}.json").exists(), 20, "agent summary")
@@ -91,6 +115,7 @@ def run(seconds: float) -> dict[str, Any]:
         "seconds": seconds,
         "machine": {"cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg()},
         "chromium_page": {**_stats(page_samples), "fps": round(page_summary["fps"], 1)},
+        "chromium_receive_path": receive_path,
         "agent": {
             "p50_ms": agent["latency_ms"][MAIN].get("p50_ms"),
             "p95_ms": agent["latency_ms"][MAIN].get("p95_ms"),

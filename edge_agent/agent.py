@@ -606,6 +606,7 @@ class Agent:
         enc.set_output(enc.width, enc.height, enc.fps)
         self.uplink, self.uplink_adapter = control, adapter
         sent = RateMeter()
+        sent.add(enc.bytes_out, time.monotonic())  # the first feedback then knows the rate
 
         def on_feedback(feedback: LinkFeedback) -> None:
             now = time.monotonic()

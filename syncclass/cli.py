@@ -65,11 +65,18 @@ def _setup_logging(level: str, json_logs: bool) -> None:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def _install_jitter_buffers() -> None:
-    """Our jitter buffers in every receiver of this process. For side-by-side measurement
+def _tune_aiortc(config: CountyConfig) -> None:
+    """Our jitter buffers in every receiver of this process, and the configured Opus
+    bitrate in every audio sender. For side-by-side measurement
     ``SYNCCLASS_JITTER_BUFFER=stock`` (or ``video`` / ``audio``: only that one of ours) and
     ``SYNCCLASS_VIDEO_HOLE_WAIT_S`` (seconds; ``inf``: holes wait as in stock aiortc)."""
-    from syncclass.rtc import VIDEO_HOLE_WAIT_S, install_low_latency_jitter_buffers
+    from syncclass.rtc import (
+        VIDEO_HOLE_WAIT_S,
+        install_low_latency_jitter_buffers,
+        use_opus_bitrate,
+    )
+
+    use_opus_bitrate(config.media.audio_bitrate_kbps)
 
     jb = os.environ.get("SYNCCLASS_JITTER_BUFFER", "low-latency")
     hole_wait_s = float(os.environ.get("SYNCCLASS_VIDEO_HOLE_WAIT_S", VIDEO_HOLE_WAIT_S))
@@ -145,7 +152,7 @@ def cmd_mixer(args: argparse.Namespace) -> int:
 
     config = _config(args)
     use_host_addresses(config.mixer.ice_host_addresses)
-    _install_jitter_buffers()
+    _tune_aiortc(config)
     host = args.host or config.mixer.host
     port = config.mixer.port if args.port is None else args.port
     config = _with_recorder_args(config, args)
@@ -245,7 +252,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from syncclass.liveness import tighten_ice_consent
 
     tighten_ice_consent(config.mixer.ice_consent_interval_s, config.mixer.ice_consent_failures)
-    _install_jitter_buffers()
+    _tune_aiortc(config)
     try:
         room = config.classroom(args.classroom)
     except KeyError:

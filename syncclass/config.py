@@ -190,9 +190,11 @@ class AdaptationConfig(_Model):
     enabled: bool = False
     """Agents follow their uplink's estimate (bitrate, then size, then frame rate) and the
     mixer serves a lower rendition of a view to classrooms whose downlink needs it. Off by
-    default until verified: on a CPU-starved machine aiortc's delay-based estimate reports
-    congestion that is not there, and a 512 kbit/s link still drops the peer (see
-    ``benchmarks/uplink.py``)."""
+    default: behind a capped link it keeps video moving where none gets through without it
+    (``benchmarks/uplink.py``), but aiortc's receive-side estimate lets the video fill the
+    link's queue (round trips of 180-420 ms on a 384 kbit/s link with 20 ms of delay), so
+    the picture stalls and catches up in bursts, and a lesson-long test of it failed 2 of
+    10 runs (fewer than 8 fps one way over 8 s)."""
     min_bitrate_kbps: int = Field(default=100, ge=30, le=5000)
     """No stream is adapted below this, kbit/s."""
     low_rendition: bool = True
@@ -216,6 +218,10 @@ class MediaConfig(_Model):
     """A feed with no new frame for this long is shown as frozen."""
     sample_rate: Literal[48000] = 48000
     audio_frame_ms: Literal[20] = 20
+    audio_bitrate_kbps: int = Field(default=32, ge=8, le=256)
+    """Opus bitrate of every audio stream sent over WebRTC (each classroom's microphone,
+    each classroom's mix). aiortc's own is 96 kbit/s, a quarter of a 384 kbit/s rural link;
+    32 kbit/s is libwebrtc's default for speech."""
     adaptation: AdaptationConfig = AdaptationConfig()
     """Adapting video to thin links."""
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import aioice.ice
+import aiortc.codecs.opus
 import aiortc.rtcrtpreceiver
 import av
 import numpy as np
@@ -362,6 +363,23 @@ def install_low_latency_jitter_buffers(video: bool = True, audio: bool = True,
             return JitterBuffer(capacity=capacity, prefetch=prefetch)
 
     aiortc.rtcrtpreceiver.JitterBuffer = Factory  # type: ignore[misc]
+
+
+def use_opus_bitrate(kbps: int) -> None:
+    """Make every Opus encoder aiortc creates from now on encode at ``kbps`` kbit/s (aiortc
+    1.16 fixes 96 kbit/s in ``OpusEncoder.__init__``; the codec opens at the first frame,
+    so setting it after the constructor takes effect)."""
+    if kbps <= 0:
+        raise ValueError(f"Opus bitrate must be positive, got {kbps}")
+    encoder_class = aiortc.codecs.opus.OpusEncoder
+    init = getattr(encoder_class, "_syncclass_original_init", encoder_class.__init__)
+
+    def __init__(self: Any) -> None:
+        init(self)
+        self.codec.bit_rate = kbps * 1000
+
+    encoder_class._syncclass_original_init = init  # type: ignore[attr-defined]
+    encoder_class.__init__ = __init__  # type: ignore[method-assign]
 
 
 async def close_peer(pc: RTCPeerConnection) -> None:

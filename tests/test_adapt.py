@@ -171,3 +171,31 @@ def test_encoder_changes_size_fps_and_bitrate_at_run_time() -> None:
         enc.set_output(320, 180, 30)
     with pytest.raises(ValueError):
         enc.set_output(321, 180, 15)
+
+
+def test_overuse_without_loss_or_queueing_does_not_cut_a_sender() -> None:
+    # Measured on a clean link of a busy machine: aiortc's receiver reported overuse 1-2 s
+    # after joining (REMB 1080-1300 for agents sending ~1500), with no loss; cutting to it
+    # cost two IDRs and 8 s of a poorer picture.
+    c = RateController(1500)
+    c.on_feedback(LinkFeedback(rtt_ms=2.0, fraction_lost=0.0), 0.5, sent_kbps=1450)
+    c.on_feedback(LinkFeedback(remb_kbps=1087, fraction_lost=0.0, rtt_ms=6.0), 1.0,
+                  sent_kbps=1450)
+    assert not c.remb_binding and c.target_kbps(1.0) == 1500
+    # A queue building up on the path (the round trip 80 ms above its floor): REMB binds.
+    c.on_feedback(LinkFeedback(remb_kbps=1100, rtt_ms=82.0), 2.0, sent_kbps=1450)
+    assert c.remb_binding and c.target_kbps(2.0) == 1100
+    c.on_feedback(LinkFeedback(remb_kbps=1400), 3.0, sent_kbps=1100)
+    assert c.target_kbps(3.0) == 1400
+
+
+def test_overuse_with_loss_cuts_at_once() -> None:
+    # A 512 kbit/s bottleneck under a 1500 kbit/s sender (benchmarks/uplink.py): REMB 264
+    # with 29 % loss in the same report.
+    c = RateController(1500)
+    c.on_feedback(LinkFeedback(remb_kbps=264, fraction_lost=0.29), 1.0, sent_kbps=1400)
+    assert c.remb_binding and c.target_kbps(1.0) == 264
+    # Callers that do not know what they send take every REMB as a limit.
+    c2 = RateController(1500)
+    c2.on_feedback(LinkFeedback(remb_kbps=1259), 1.0)
+    assert c2.target_kbps(1.0) == 1259

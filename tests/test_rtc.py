@@ -257,3 +257,32 @@ async def test_recv_newest_passes_over_a_backlog_and_keeps_the_end() -> None:
     assert frame.pts == 4 and skipped == 0
     with pytest.raises(MediaStreamError):  # the end of the track was kept
         await recv_newest(track)
+
+
+def test_use_opus_bitrate_sets_what_aiortc_encodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    from aiortc.codecs.opus import OpusEncoder
+
+    from syncclass.rtc import use_opus_bitrate
+
+    monkeypatch.setattr(OpusEncoder, "__init__", OpusEncoder.__init__)  # restored after
+
+    def kbps_of_one_second(encoder: OpusEncoder) -> float:
+        t = np.arange(48000) / 48000
+        pcm = (np.sin(2 * np.pi * 440 * t) * 8000 + np.random.default_rng(1).normal(
+            0, 2000, t.size)).astype(np.int16)
+        total = 0
+        for i in range(50):
+            frame = av.AudioFrame.from_ndarray(pcm[None, i * 960:(i + 1) * 960],
+                                               format="s16", layout="mono")
+            frame.sample_rate, frame.pts = 48000, i * 960
+            payloads, _ = encoder.encode(frame)
+            total += sum(len(p) for p in payloads)
+        return total * 8 / 1000
+
+    stock = kbps_of_one_second(OpusEncoder())
+    use_opus_bitrate(32)
+    ours = kbps_of_one_second(OpusEncoder())
+    assert 20 < ours < 40 < 70 < stock, (ours, stock)
+    use_opus_bitrate(24)  # a second call replaces the first, it does not stack
+    assert OpusEncoder().codec.bit_rate == 24000

@@ -381,7 +381,8 @@ class Agent:
                     self.reconnects += 1
                     logger.info("classroom %s: reconnecting in %.1f s", self.classroom.id, delay)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopping.wait(), delay)
+                        async with asyncio.timeout(delay):  # not wait_for (3.11 bug)
+                            await self._stopping.wait()
         finally:
             local_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -425,7 +426,8 @@ class Agent:
         self._waiters.append(waiter)
         try:
             await self._send(message)
-            return await asyncio.wait_for(fut, wait_s)
+            async with asyncio.timeout(wait_s):  # not wait_for (3.11 swallows cancellation)
+                return await fut
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)

@@ -946,7 +946,8 @@ class MicrophoneAudioSource:
         try:
             # While silent, the 20 ms timeout paces the silence frames.
             wait = self.stall_s if self.live else AUDIO_FRAME_SAMPLES / SAMPLE_RATE
-            seq, block = await asyncio.wait_for(self._queue.get(), wait)
+            async with asyncio.timeout(wait):  # not wait_for (3.11 swallows cancellation)
+                seq, block = await self._queue.get()
         except TimeoutError:
             if self.live:
                 logger.warning("microphone %r: no sound for %.1f s; sending silence, "

@@ -86,7 +86,8 @@ class Broadcaster:
         if self.closed:
             return False
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), max_wait_s)
+            async with asyncio.timeout(max_wait_s):  # not wait_for: see mixer.guard
+                await self._changed.wait()
         return self.version > version and not self.closed
 
     def close(self) -> None:

@@ -343,7 +343,10 @@ async def bounded_send(ws: web.WebSocketResponse, text: str, timeout_s: float,
     if ws.closed or (transport is not None and transport.is_closing()):
         return False
     try:
-        await asyncio.wait_for(ws.send_str(text), timeout_s)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+        # that arrives as the send completes, and the cancelled task runs on.
+        async with asyncio.timeout(timeout_s):
+            await ws.send_str(text)
         return True
     except TimeoutError:
         logger.warning("%s: does not read; dropped it after a send waited %.1f s",

@@ -64,6 +64,13 @@ LAYOUT_POLL_S = 0.5
 """How often an observer's layout is checked for changes, s."""
 
 
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Done callback of a task nobody awaits any more: take its outcome so asyncio does not
+    report it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 def observer_view(media: LessonMedia) -> str:
     """The view observers watch: ``students_view``, else the recorded one, else the first
     view shown to receiving classrooms."""
@@ -260,9 +267,10 @@ class ObserverHub:
         lesson_id, session.lesson_id = session.lesson_id, None
         task, session.layout_task = session.layout_task, None
         if task is not None:
+            # Not awaited: it only sends layouts, and nothing below may wait on a send or
+            # be skipped if the caller (a closing socket's handler) is cancelled meanwhile.
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            task.add_done_callback(_retrieve)
         media = self.mixer.media.get(lesson_id) if lesson_id else None
         key = media_key(session.observer.id)
         if media is not None:

@@ -347,7 +347,8 @@ class Uploader:
                 self._on_done(job, where)
             if failed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):  # not wait_for (3.11 bug)
+                        await self._wake.wait()
                 delay = min(self.retry_max_s, delay * 2)
             else:
                 await self._wake.wait()

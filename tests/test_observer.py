@@ -2,11 +2,10 @@
 comment stamping, storage, events and the comments API. The browser side is in
 tests/test_browser_classroom.py.
 
-Noticed and not understood (2026-12-02): when an observer's peer connection was still
-checking ICE against a closed port (a throw-away offer's), its WebSocket close was in
-about 1 run of 10 not seen by the mixer until ICE failed ~60 s later (no task was stuck in
-``ObserverHub.leave``: the handler never left ``async for msg in ws``); reproduced on the
-commit before that session's changes. The receive-only test keeps its peer up instead."""
+The receive-only test answers with a throw-away offer, so the mixer's peer is still
+checking ICE (against a closed port) when the observer disconnects: this caught, in ~1 run
+of 10, a cancellation swallowed by Python 3.11's asyncio.wait_for in the observer's layout
+sender (see tests/test_slowloris.py), which kept the observer subscribed for ~60 s."""
 
 from __future__ import annotations
 
@@ -21,7 +20,6 @@ import pytest
 import yaml
 from aiohttp import ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
-from aiortc import RTCSessionDescription
 
 from mixer.comments import CommentStore
 from mixer.observer import OBSERVERS_KEY
@@ -195,19 +193,12 @@ async def test_observer_media_is_receive_only(client: TestClient[Any, Any]) -> N
         await ws.send_json({"type": "offer", "sdp": sdp})
         err = await ws.receive_json(timeout=10)
         assert err["code"] == "not_allowed" and "sends no media" in err["message"], err
-        # A peer that stays up: the mixer's ICE checks then reach a live port (against the
-        # closed port of a throw-away offer, the observer's WebSocket close was now and then
-        # not seen until ICE failed 60 s later: see the note in the module docstring).
-        watcher = new_peer_connection()
-        for kind in ("video", "audio"):
-            watcher.addTransceiver(kind, direction="recvonly")
-        await watcher.setLocalDescription(await watcher.createOffer())
-        await ws.send_json({"type": "offer", "sdp": watcher.localDescription.sdp})
+        sdp = await _offer({"video": "recvonly", "audio": "recvonly"})
+        await ws.send_json({"type": "offer", "sdp": sdp})
         msg = await ws.receive_json(timeout=10)
         while msg["type"] == "layout":
             msg = await ws.receive_json(timeout=10)
         assert msg["type"] == "answer", msg
-        await watcher.setRemoteDescription(RTCSessionDescription(sdp=msg["sdp"], type="answer"))
         video, audio = _sections(msg["sdp"])
         assert "a=sendonly" in video and "a=sendonly" in audio
         assert "H264/90000" in video and "VP8" not in video
@@ -220,7 +211,6 @@ async def test_observer_media_is_receive_only(client: TestClient[Any, Any]) -> N
         if observer_pc is not None and observer_pc.connectionState == "closed":
             break
         await asyncio.sleep(0.1)
-    await watcher.close()
     assert "observer:jiaoyan-li" not in media.views["students_view"].subscribers
     assert media.full_mix_listeners == others
 

@@ -269,3 +269,32 @@ async def test_a_socket_that_never_reads_is_dropped_and_holds_up_nobody() -> Non
         writer.close()
     finally:
         await runner.cleanup()
+
+
+async def test_bounded_send_cancelled_as_its_send_completes_stays_cancelled() -> None:
+    # On Python 3.11 asyncio.wait_for swallows a cancellation that arrives in the step its
+    # awaitable completes: an observer's layout sender, cancelled when its socket closed,
+    # then ran on and held its media subscribed until ICE failed ~60 s later (1 disconnect
+    # in ~20 during ICE checks). bounded_send must let the cancellation through.
+    class Socket:
+        closed = False
+
+        def __init__(self) -> None:
+            self.taken = asyncio.Event()
+
+        async def send_str(self, text: str) -> None:
+            await self.taken.wait()
+
+    outcomes = []
+    for _ in range(50):
+        ws = Socket()
+        task = asyncio.ensure_future(
+            bounded_send(ws, "{}", 5.0, None, "test"))  # type: ignore[arg-type]
+        await asyncio.sleep(0)  # the send is under way
+        ws.taken.set()  # it completes ...
+        task.cancel()  # ... as its owner cancels it
+        try:
+            outcomes.append(await task)
+        except asyncio.CancelledError:
+            outcomes.append("cancelled")
+    assert outcomes == ["cancelled"] * 50, outcomes

@@ -192,15 +192,15 @@ def _pcts(values: list[float]) -> dict[str, float | int | None]:
 
 def peer_main(args: argparse.Namespace) -> int:
     """Entry of a child process: set up like ``syncclass agent`` and run one peer."""
-    from syncclass.cli import _tune_gc
+    from syncclass.cli import _tune_aiortc, _tune_gc
     from syncclass.liveness import tighten_ice_consent
-    from syncclass.rtc import install_low_latency_jitter_buffers, use_host_addresses
+    from syncclass.rtc import use_host_addresses
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     config = load_config(args.config)
     use_host_addresses(config.mixer.ice_host_addresses)
     tighten_ice_consent(config.mixer.ice_consent_interval_s, config.mixer.ice_consent_failures)
-    install_low_latency_jitter_buffers()
+    _tune_aiortc(config)
     _tune_gc()
     pairing = config.pairings[0]
     if args.peer == "sender":

@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 LOW_KEYFRAME_MIN_INTERVAL_S = 1.5
 """Requested keyframes of a low rendition come at most this often, s: its subscribers are
 on thin links, where a keyframe fills ~0.5 s of the link, and losses there make their
-decoders ask again and again (measured on a 384 kbit/s link: 62-70 requests and 21
-keyframes in 18 s with the views' 0.5 s)."""
+decoders ask again and again (measured on a 384 kbit/s link, four runs of ~18 s each:
+16-21 keyframes for 13-70 requests with the views' 0.5 s; 11-12 for 23-85 with 1.5 s)."""
 LOW_IDLE_CLOSE_S = 10.0
 """The low encoder is dropped after this long with no subscriber on or bound for it, s."""
 

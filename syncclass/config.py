@@ -193,8 +193,9 @@ class AdaptationConfig(_Model):
     default: behind a capped link it keeps video moving where none gets through without it
     (``benchmarks/uplink.py``), but aiortc's receive-side estimate lets the video fill the
     link's queue (round trips of 180-420 ms on a 384 kbit/s link with 20 ms of delay), so
-    the picture stalls and catches up in bursts, and a lesson-long test of it failed 2 of
-    10 runs (fewer than 8 fps one way over 8 s)."""
+    the picture stalls and catches up in bursts, and a 384 kbit/s test of it failed 3 of
+    14 runs over three successive versions of this code, 1 of 5 with the last (fewer than
+    8 fps one way over 8 s)."""
     min_bitrate_kbps: int = Field(default=100, ge=30, le=5000)
     """No stream is adapted below this, kbit/s."""
     low_rendition: bool = True

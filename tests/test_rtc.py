@@ -283,6 +283,6 @@ def test_use_opus_bitrate_sets_what_aiortc_encodes(monkeypatch: pytest.MonkeyPat
     stock = kbps_of_one_second(OpusEncoder())
     use_opus_bitrate(32)
     ours = kbps_of_one_second(OpusEncoder())
-    assert 20 < ours < 40 < 70 < stock, (ours, stock)
+    assert 20 < ours < 40 and stock > 70, (ours, stock)
     use_opus_bitrate(24)  # a second call replaces the first, it does not stack
     assert OpusEncoder().codec.bit_rate == 24000

@@ -467,7 +467,11 @@ class Agent:
         welcomed = False
         url = self.mixer_url.replace("http", "ws", 1) + "/ws"
         try:
-            async with http.ws_connect(url, heartbeat=self.config.mixer.heartbeat_s,
+            # Twice the mixer's interval: aiohttp gives up when no byte arrives within half
+            # the interval after its ping, and on a lossy link (5 % loss + 100 ms, one CI
+            # run) 2 s of TCP retransmission backoff cut a healthy lesson. The mixer's own
+            # heartbeat still marks a dead classroom absent at its pace.
+            async with http.ws_connect(url, heartbeat=2 * self.config.mixer.heartbeat_s,
                                        max_msg_size=4 << 20, ssl=self._ssl) as ws:
                 self._ws = ws
                 await self._send(Hello(classroom_id=self.classroom.id, token=self.token))

@@ -269,7 +269,8 @@ class MixerConfig(_Model):
     system trust store."""
     heartbeat_s: float = Field(default=4.0, ge=1, le=60)
     """WebSocket ping interval, s: a classroom whose link died is noticed (and marked
-    absent) about 1.5 × this later; agents use the same interval."""
+    absent) about 1.5 × this later; agents ping at twice this interval (so they wait
+    this long for an answer before reconnecting)."""
     ice_consent_interval_s: float = Field(default=1.0, ge=0.2, le=10)
     """ICE consent freshness check interval (RFC 7675; aioice's default is 5 s)."""
     ice_consent_failures: int = Field(default=10, ge=2, le=30)

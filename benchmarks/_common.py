@@ -103,20 +103,30 @@ def median_or_none(values: Sequence[float]) -> float | None:
 
 
 def start_lesson(dep: LocalDeployment, members: list[str], *, recorder: bool,
-                 connect_timeout_s: float = 90.0) -> dict[str, Any]:
+                 connect_timeout_s: float = 90.0,
+                 prerecorded: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Start the mixer (+ recorder) and one agent per classroom, wait until all are
-    connected, press Start lesson on the main classroom; returns the lesson."""
+    connected, press Start lesson on the main classroom; returns the lesson. Classrooms in
+    ``prerecorded`` run ``load_classroom.py`` (their camera encoded ahead of time)."""
     dep.start_mixer()
     if recorder:
         dep.start_recorder()
     for cid in members:
-        dep.start_agent(cid, out_dir=dep.work_dir / "classrooms")
+        dep.start_agent(cid, out_dir=dep.work_dir / "classrooms",
+                        wrap=_load_classroom_argv if cid in prerecorded else None)
     dep.wait_for(lambda: set(members) <= set(api_get(dep, "/api/lessons")["classrooms"]),
                  connect_timeout_s, "classrooms connected")
     status, lesson = dep.agent_command(members[0], "start")
     if status != 200:
         raise RuntimeError(f"start lesson failed: {status} {lesson}")
     return dict(lesson)
+
+
+def _load_classroom_argv(argv: list[str]) -> list[str]:
+    """``python -m syncclass …`` → ``python benchmarks/load_classroom.py …``."""
+    if argv[1:3] != ["-m", "syncclass"]:
+        raise ValueError(f"not a syncclass command line: {argv[:3]}")
+    return [argv[0], str(Path(__file__).with_name("load_classroom.py")), *argv[3:]]
 
 
 def measure_window(dep: LocalDeployment, members: list[str], seconds: float) -> dict[str, Any]:

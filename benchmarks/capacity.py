@@ -21,7 +21,12 @@ Setups: ``faithful`` = every classroom sends 1280x720; ``light`` = the main and 
 (``--light-size``). On a small machine the agents (~1/3 of a core each at 720p) are the
 bottleneck, not the mixer; ``light`` leaves the mixer more CPU, at the price of smaller
 input pictures for the mixer to decode and scale (so its per-classroom cost is lower than
-with real 720p cameras). Setups alternate per N so machine noise hits them alike.
+with real 720p cameras). ``prerecorded`` = every classroom sends 1280x720, but the
+receiving classrooms after the first ``--light-keep`` are ``load_classroom.py`` agents whose
+camera's H.264 was encoded once at start-up and is replayed: the mixer's load is that of
+real 720p cameras while those agents spend no encoder CPU (they still receive and decode
+their view, run audio, and report latency). Setups alternate per N so machine noise hits
+them alike.
 
     .venv/bin/python benchmarks/capacity.py --rural 1,2,4,8 --seconds 30 \\
         --setups faithful,light --out benchmarks/results/capacity.json
@@ -47,6 +52,8 @@ from _common import (
 )
 
 from syncclass.demo import LocalDeployment
+
+SETUPS = ("faithful", "light", "prerecorded")
 
 FRAME_RATE_OK = 0.95
 """A view "keeps up" if it composed at least this fraction of its nominal frames."""
@@ -75,9 +82,12 @@ def one_run(rural: int, setup: str, args: argparse.Namespace, work: Path) -> dic
     with LocalDeployment(config, work, log_level="warning") as dep:
         pairing = dep.config.pairings[0]
         members = [pairing.main, *pairing.receiving]
+        prerecorded = (frozenset(pairing.receiving[args.light_keep:])
+                       if setup == "prerecorded" else frozenset())
         t0 = time.monotonic()
         lesson = start_lesson(dep, members, recorder=True,
-                              connect_timeout_s=30.0 + 10.0 * len(members))
+                              connect_timeout_s=30.0 + 10.0 * len(members),
+                              prerecorded=prerecorded)
         time.sleep(args.settle)
         window = measure_window(dep, members, args.seconds)
         rec = api_get(dep, "/api/recorder")
@@ -96,9 +106,11 @@ def one_run(rural: int, setup: str, args: argparse.Namespace, work: Path) -> dic
         "setup": setup,
         "rural": rural,
         "lesson_id": lesson.get("lesson_id"),
-        "camera_sizes": ("all 1280x720" if light is None else
+        "camera_sizes": (f"all 1280x720, {len(prerecorded)} rural encoded ahead of time"
+                         if light is None else
                          f"main + {min(args.light_keep, rural)} rural 1280x720, "
                          f"{max(0, rural - args.light_keep)} rural {args.light_size}"),
+        "prerecorded": sorted(prerecorded),
         "mixer_cpu_percent": cpu.get("mixer"),
         "recorder_cpu_percent": cpu.get("recorder"),
         "agents_cpu_percent": agents,
@@ -173,19 +185,20 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=5.0,
                     help="wait after Start lesson before measuring, s")
     ap.add_argument("--setups", default="faithful,light",
-                    help="comma-separated: faithful, light (default both)")
+                    help=f"comma-separated: {', '.join(SETUPS)} (default faithful,light)")
     ap.add_argument("--light-size", default="320x180",
                     help="camera WxH of the light receiving classrooms")
     ap.add_argument("--light-keep", type=int, default=1,
-                    help="receiving classrooms that keep 1280x720 in the light setup")
+                    help="receiving classrooms that stay real 1280x720 agents in the light "
+                         "and prerecorded setups")
     ap.add_argument("--work", type=Path, default=Path("/tmp/syncclass-bench-capacity"))
     ap.add_argument("--out", type=Path, default=RESULTS / "capacity.json")
     args = ap.parse_args()
     counts = [int(x) for x in args.rural.split(",") if x]
     setups = [s for s in args.setups.split(",") if s]
     for s in setups:
-        if s not in ("faithful", "light"):
-            ap.error(f"unknown setup {s!r} (faithful, light)")
+        if s not in SETUPS:
+            ap.error(f"unknown setup {s!r} ({', '.join(SETUPS)})")
     try:
         parse_size(args.light_size)
     except ValueError as exc:

@@ -152,7 +152,10 @@ class LocalDeployment:
         return False
 
     def start_agent(self, classroom_id: str, out_dir: Path | None = None,
-                    token: str | None = None, extra: list[str] | None = None) -> Proc:
+                    token: str | None = None, extra: list[str] | None = None,
+                    wrap: Callable[[list[str]], list[str]] | None = None) -> Proc:
+        """A ``syncclass agent`` for ``classroom_id``; ``wrap`` rewrites its command line
+        (benchmarks run a variant of the agent this way)."""
         control_port = free_port()
         args = ["agent", "--config", str(self.config_path), "--classroom", classroom_id,
                 "--mixer-url", self.mixer_url, "--control-port", str(control_port)]
@@ -160,7 +163,7 @@ class LocalDeployment:
             args += ["--out", str(out_dir)]
         if token is not None:
             args += ["--token", token]
-        return self._spawn(classroom_id, args + (extra or []), control_port)
+        return self._spawn(classroom_id, args + (extra or []), control_port, wrap)
 
     def start_agent_behind(self, link: EmulatedLink, classroom_id: str, config_path: Path,
                            out_dir: Path | None = None) -> Proc:

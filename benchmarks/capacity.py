@@ -87,7 +87,7 @@ def one_run(rural: int, setup: str, args: argparse.Namespace, work: Path) -> dic
         t0 = time.monotonic()
         lesson = start_lesson(dep, members, recorder=True,
                               connect_timeout_s=30.0 + 10.0 * len(members),
-                              prerecorded=prerecorded)
+                              prerecorded=prerecorded, agents_nice=args.agents_nice)
         time.sleep(args.settle)
         window = measure_window(dep, members, args.seconds)
         rec = api_get(dep, "/api/recorder")
@@ -191,6 +191,10 @@ def main() -> int:
     ap.add_argument("--light-keep", type=int, default=1,
                     help="receiving classrooms that stay real 1280x720 agents in the light "
                          "and prerecorded setups")
+    ap.add_argument("--agents-nice", type=int, default=0, choices=range(20), metavar="0..19",
+                    help="run the agents at this nice level, so that the mixer (the machine "
+                         "under test; in a county the classrooms are other PCs) gets the CPU "
+                         "it needs first (default 0: equal priority)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/syncclass-bench-capacity"))
     ap.add_argument("--out", type=Path, default=RESULTS / "capacity.json")
     args = ap.parse_args()
@@ -227,6 +231,7 @@ def main() -> int:
         "environment_start": env_start,
         "environment_end": environment(),
         "args": {"rural": counts, "seconds": args.seconds, "settle": args.settle,
+                 "agents_nice": args.agents_nice,
                  "setups": setups, "light_size": args.light_size,
                  "light_keep": args.light_keep},
         "note": "views: students_view + teacher_view, 1280x720 @ county fps, each encoded "

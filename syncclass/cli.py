@@ -67,16 +67,20 @@ def _setup_logging(level: str, json_logs: bool) -> None:
 
 def _tune_aiortc(config: CountyConfig) -> None:
     """Our jitter buffers in every receiver of this process, and the configured Opus
-    bitrate in every audio sender. For side-by-side measurement
+    bitrate and a numpy audio level in every audio sender. For side-by-side measurement
+    ``SYNCCLASS_AUDIO_LEVEL=stock`` (aiortc's Python loop),
     ``SYNCCLASS_JITTER_BUFFER=stock`` (or ``video`` / ``audio``: only that one of ours) and
     ``SYNCCLASS_VIDEO_HOLE_WAIT_S`` (seconds; ``inf``: holes wait as in stock aiortc)."""
     from syncclass.rtc import (
         VIDEO_HOLE_WAIT_S,
         install_low_latency_jitter_buffers,
+        use_fast_audio_level,
         use_opus_bitrate,
     )
 
     use_opus_bitrate(config.media.audio_bitrate_kbps)
+    if os.environ.get("SYNCCLASS_AUDIO_LEVEL", "numpy") != "stock":
+        use_fast_audio_level()
 
     jb = os.environ.get("SYNCCLASS_JITTER_BUFFER", "low-latency")
     hole_wait_s = float(os.environ.get("SYNCCLASS_VIDEO_HOLE_WAIT_S", VIDEO_HOLE_WAIT_S))

@@ -16,6 +16,8 @@ documented seam and is checked at import of the peer:
   one frame interval (67 ms at 15 fps) of extra latency at every hop.
 - :class:`AudioJitterBuffer` keeps audio delay minimal and recovers after losses.
   :func:`install_low_latency_jitter_buffers` makes aiortc's receivers use both.
+- :func:`use_fast_audio_level` computes the RFC 6465 audio level every audio sender puts
+  in each packet with numpy instead of aiortc's per-sample Python loop.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,6 +33,7 @@ from typing import Any
 import aioice.ice
 import aiortc.codecs.opus
 import aiortc.rtcrtpreceiver
+import aiortc.rtp
 import av
 import numpy as np
 from aiortc import (
@@ -380,6 +384,31 @@ def use_opus_bitrate(kbps: int) -> None:
 
     encoder_class._syncclass_original_init = init  # type: ignore[attr-defined]
     encoder_class.__init__ = __init__  # type: ignore[method-assign]
+
+
+AIORTC_AUDIO_LEVEL: Callable[[av.AudioFrame], int] = aiortc.rtp.compute_audio_level_dbov
+"""aiortc's own audio level function (what :func:`use_fast_audio_level` replaces)."""
+
+
+def audio_level_dbov(frame: av.AudioFrame) -> int:
+    """The RFC 6465 (Appendix A) level of ``frame`` in -dBov, as aiortc 1.16's
+    ``rtp.compute_audio_level_dbov`` computes it (same value for every s16 frame: the RMS
+    over all of the first plane's samples, rounded, clamped to [-127, 0]), in numpy."""
+    samples = np.frombuffer(memoryview(frame.planes[0]), dtype=np.int16).astype(np.float64)
+    energy = float(np.dot(samples, samples))
+    rms = math.sqrt(energy / (frame.samples * 32767 * 32767))
+    if rms <= 0:
+        return -127
+    return round(min(max(20 * math.log10(rms), -127), 0))
+
+
+def use_fast_audio_level() -> None:
+    """Make every aiortc audio sender compute its packets' audio level with
+    :func:`audio_level_dbov`. aiortc 1.16 loops over the samples in Python while holding
+    the GIL: 83 µs per 20 ms mono frame (163 µs stereo) against 6 µs (7 µs), once per frame
+    per sender, so ~4-7 % of a core for a mixer sending audio to nine classrooms. The sender
+    looks the function up on the ``aiortc.rtp`` module at each frame."""
+    aiortc.rtp.compute_audio_level_dbov = audio_level_dbov
 
 
 async def close_peer(pc: RTCPeerConnection) -> None:

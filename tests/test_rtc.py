@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import aioice.ice
 import av
+import numpy as np
 import pytest
 from aiortc import RTCRtpSender
 from aiortc.jitterbuffer import JitterBuffer
@@ -286,3 +287,35 @@ def test_use_opus_bitrate_sets_what_aiortc_encodes(monkeypatch: pytest.MonkeyPat
     assert 20 < ours < 40 and stock > 70, (ours, stock)
     use_opus_bitrate(24)  # a second call replaces the first, it does not stack
     assert OpusEncoder().codec.bit_rate == 24000
+
+
+@pytest.mark.parametrize("layout", ["mono", "stereo"])
+def test_numpy_audio_level_equals_aiortcs(layout: str) -> None:
+    from syncclass.rtc import AIORTC_AUDIO_LEVEL, audio_level_dbov
+
+    channels = 1 if layout == "mono" else 2
+    rng = np.random.default_rng(7)
+    levels = set()
+    for amplitude in (0, 1, 3, 30, 300, 3000, 12000, 32767):
+        for _ in range(5):
+            data = np.clip(rng.standard_normal((1, 960 * channels)) * amplitude,
+                           -32768, 32767).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(data, format="s16", layout=layout)
+            frame.sample_rate = 48000
+            ours = audio_level_dbov(frame)
+            assert ours == AIORTC_AUDIO_LEVEL(frame), (amplitude, ours)
+            levels.add(ours)
+    full = av.AudioFrame.from_ndarray(np.full((1, 960 * channels), -32768, np.int16),
+                                      format="s16", layout=layout)
+    assert audio_level_dbov(full) == AIORTC_AUDIO_LEVEL(full) == 0
+    assert -127 in levels and len(levels) >= 6  # silence and a spread of levels
+
+
+def test_fast_audio_level_is_what_senders_call() -> None:
+    import aiortc.rtcrtpsender
+
+    from syncclass.rtc import audio_level_dbov, use_fast_audio_level
+
+    use_fast_audio_level()
+    # RTCRtpSender looks the function up on aiortc.rtp for each audio frame.
+    assert aiortc.rtcrtpsender.rtp.compute_audio_level_dbov is audio_level_dbov

@@ -105,11 +105,12 @@ def median_or_none(values: Sequence[float]) -> float | None:
 def start_lesson(dep: LocalDeployment, members: list[str], *, recorder: bool,
                  connect_timeout_s: float = 90.0,
                  prerecorded: frozenset[str] = frozenset(),
-                 agents_nice: int = 0) -> dict[str, Any]:
+                 agents_idle: bool = False) -> dict[str, Any]:
     """Start the mixer (+ recorder) and one agent per classroom, wait until all are
     connected, press Start lesson on the main classroom; returns the lesson. Classrooms in
     ``prerecorded`` run ``load_classroom.py`` (their camera encoded ahead of time); with
-    ``agents_nice`` > 0 the agents run at that lower scheduling priority (``nice``)."""
+    ``agents_idle`` the agents run under ``SCHED_IDLE`` (``chrt --idle 0``): they get only
+    the CPU that the mixer and the recorder leave."""
     dep.start_mixer()
     if recorder:
         dep.start_recorder()
@@ -117,7 +118,7 @@ def start_lesson(dep: LocalDeployment, members: list[str], *, recorder: bool,
         def wrap(argv: list[str], cid: str = cid) -> list[str]:
             if cid in prerecorded:
                 argv = _load_classroom_argv(argv)
-            return ["nice", "-n", str(agents_nice), *argv] if agents_nice > 0 else argv
+            return ["chrt", "--idle", "0", *argv] if agents_idle else argv
         dep.start_agent(cid, out_dir=dep.work_dir / "classrooms", wrap=wrap)
     dep.wait_for(lambda: set(members) <= set(api_get(dep, "/api/lessons")["classrooms"]),
                  connect_timeout_s, "classrooms connected")

@@ -83,11 +83,12 @@ def one_run(rural: int, setup: str, args: argparse.Namespace, work: Path) -> dic
         pairing = dep.config.pairings[0]
         members = [pairing.main, *pairing.receiving]
         prerecorded = (frozenset(pairing.receiving[args.light_keep:])
+                       | ({pairing.main} if args.prerecord_main else set())
                        if setup == "prerecorded" else frozenset())
         t0 = time.monotonic()
         lesson = start_lesson(dep, members, recorder=True,
                               connect_timeout_s=30.0 + 10.0 * len(members),
-                              prerecorded=prerecorded, agents_nice=args.agents_nice)
+                              prerecorded=prerecorded, agents_idle=args.agents_idle)
         time.sleep(args.settle)
         window = measure_window(dep, members, args.seconds)
         rec = api_get(dep, "/api/recorder")
@@ -97,6 +98,11 @@ def one_run(rural: int, setup: str, args: argparse.Namespace, work: Path) -> dic
         dep.agent_command(pairing.main, "end")
         startup_s = time.monotonic() - t0
     cpu = window["cpu_percent_of_one_core"]
+    # Inputs the agents could not send at the full rate (a starved agent) lighten the
+    # mixer's load: such a run says nothing about the mixer at this N.
+    inputs_fps = window["mixer_input_fps"]
+    inputs_full = (len(inputs_fps) == len(members) and min(inputs_fps.values())
+                   >= FRAME_RATE_OK * float(dep.config.media.fps))
     agents = {c: cpu.get(c, 0.0) for c in members}
     views = window["views"]
     keeps_up = not exited and all(v["frames_skipped"] == 0
@@ -119,8 +125,10 @@ def one_run(rural: int, setup: str, args: argparse.Namespace, work: Path) -> dic
         "composite_frames_composed": sum(v["frames_composed"] for v in views.values()),
         "composite_frames_skipped": sum(v["frames_skipped"] for v in views.values()),
         "keeps_up": keeps_up,
+        "inputs_at_full_rate": inputs_full,
+        "mixer_input_fps_min": min(inputs_fps.values(), default=None),
         "agents_exited": exited,
-        "valid": not exited,
+        "valid": not exited and inputs_full,
         "logs": str(work / "logs"),
         "latency_p50_ms_median": window["latency_p50_ms_median"],
         "latency_p95_ms_median": window["latency_p95_ms_median"],
@@ -133,7 +141,8 @@ def one_run(rural: int, setup: str, args: argparse.Namespace, work: Path) -> dic
 
 
 def summarise(all_runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Slopes and limits over the valid runs (no agent exited); the table lists all."""
+    """Slopes and limits over the valid runs (no agent exited, every input at >= 95 % of
+    its frame rate); the table lists all."""
     runs = [r for r in all_runs if r.get("valid", True)]
     xs = [float(r["rural"]) for r in runs]
     ys = [float(r["mixer_cpu_percent"]) for r in runs]
@@ -191,10 +200,13 @@ def main() -> int:
     ap.add_argument("--light-keep", type=int, default=1,
                     help="receiving classrooms that stay real 1280x720 agents in the light "
                          "and prerecorded setups")
-    ap.add_argument("--agents-nice", type=int, default=0, choices=range(20), metavar="0..19",
-                    help="run the agents at this nice level, so that the mixer (the machine "
-                         "under test; in a county the classrooms are other PCs) gets the CPU "
-                         "it needs first (default 0: equal priority)")
+    ap.add_argument("--prerecord-main", action="store_true",
+                    help="prerecorded setup: the main classroom replays too (no classroom "
+                         "then sends a timecode: no latency figures)")
+    ap.add_argument("--agents-idle", action="store_true",
+                    help="run the agents under SCHED_IDLE (chrt --idle 0): the mixer (the "
+                         "machine under test; in a county the classrooms are other PCs) gets "
+                         "all the CPU it asks for, the agents the rest")
     ap.add_argument("--work", type=Path, default=Path("/tmp/syncclass-bench-capacity"))
     ap.add_argument("--out", type=Path, default=RESULTS / "capacity.json")
     args = ap.parse_args()
@@ -221,7 +233,8 @@ def main() -> int:
                   f"{res['agents_cpu_percent_total']} %, recorder {res['recorder_cpu_percent']} %"
                   f", composed {res['composite_frames_composed']} skipped "
                   f"{res['composite_frames_skipped']} "
-                  f"{'' if res['valid'] else 'INVALID (agents exited: see logs) '}"
+                  f"{'' if res['valid'] else 'INVALID (an agent exited or sent < 95 % fps) '}"
+                  f"inputs >= {res['mixer_input_fps_min']} fps "
                   f"({ {k: v['composed_fps'] for k, v in res['views'].items()} } fps), "
                   f"p50 {res['latency_p50_ms_median']} p95 {res['latency_p95_ms_median']} ms, "
                   f"load {env_start['load_avg'][0]}→{environment()['load_avg'][0]}", flush=True)
@@ -231,7 +244,7 @@ def main() -> int:
         "environment_start": env_start,
         "environment_end": environment(),
         "args": {"rural": counts, "seconds": args.seconds, "settle": args.settle,
-                 "agents_nice": args.agents_nice,
+                 "agents_idle": args.agents_idle, "prerecord_main": args.prerecord_main,
                  "setups": setups, "light_size": args.light_size,
                  "light_keep": args.light_keep},
         "note": "views: students_view + teacher_view, 1280x720 @ county fps, each encoded "

@@ -2,7 +2,9 @@
 
 decode (aiortc receivers) → latest frame per classroom → compose each view in YUV420 →
 encode each view ONCE (H.264) → the same packets to every classroom showing that view.
-Audio: per-classroom FIFOs → every 20 ms an N-1 mix per listener + the full mix.
+Audio: per-classroom FIFOs → every 20 ms an N-1 mix per listener + the full mix; the
+listeners' mixes are Opus-encoded here (mono, all in one worker-thread call per 20 ms) and
+handed to aiortc as packets.
 
 Threads: composition of all views runs in one worker thread (sharing a scale cache), then
 the views' encoders run in parallel worker threads (PyAV releases the GIL), so the event
@@ -17,6 +19,7 @@ import contextlib
 import fractions
 import functools
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -177,6 +180,11 @@ class LessonMedia:
         self._video: dict[str, VideoInput] = {}
         self._audio: dict[str, AudioInput] = {}
         self._audio_out: dict[str, PacketQueueTrack] = {}
+        self._mix_encoders: dict[str, MixEncoder] = {}
+        self._encode_mixes = os.environ.get("SYNCCLASS_MIX_OPUS", "mixer") != "aiortc"
+        """Encode each listener's mix here (default) or hand aiortc frames (its Opus encoder
+        runs per sender in the default executor, upmixing to stereo): for side by side."""
+        self._audio_pool = concurrent.futures.ThreadPoolExecutor(1, "audio-encode")
         self.audio_taps: list[Callable[[str, np.ndarray], None]] = []
         """Called with (classroom_id, int16 mono 48 kHz block) for every decoded input block
         (analytics: voice activity)."""
@@ -294,6 +302,7 @@ class LessonMedia:
                 await t
         self._compose_pool.shutdown(wait=True)
         self._encode_pool.shutdown(wait=True)
+        self._audio_pool.shutdown(wait=True)
 
     # -- inputs -------------------------------------------------------------------------------
     def add_input(self, classroom_id: str, track: MediaStreamTrack,
@@ -335,6 +344,7 @@ class LessonMedia:
             if track is not None:
                 track.stop()
         out = self._audio_out.pop(classroom_id, None)
+        self._mix_encoders.pop(classroom_id, None)
         if out is not None:
             out.stop()
 
@@ -387,6 +397,8 @@ class LessonMedia:
             old.stop()
         track = PacketQueueTrack("audio", maxsize=10, name=f"mix->{classroom_id}")
         self._audio_out[classroom_id] = track
+        # A new track goes to a new sender and decoder: a new Opus stream too.
+        self._mix_encoders[classroom_id] = MixEncoder(self.media.audio_bitrate_kbps)
         return track
 
     def request_keyframe(self, view_name: str, classroom_id: str | None = None) -> None:
@@ -523,8 +535,16 @@ class LessonMedia:
                     ain.level_dbov = level_dbov(block)
             full, per_listener = mix_n_minus_1(blocks, list(self._audio_out),
                                                block_samples=AUDIO_FRAME)
-            for cid, track in self._audio_out.items():
-                track.put(_audio_frame(per_listener[cid], pts))
+            if self._encode_mixes:
+                jobs = [(self._audio_out[cid], enc, per_listener[cid])
+                        for cid, enc in self._mix_encoders.items() if cid in self._audio_out]
+                encoded = await loop.run_in_executor(self._audio_pool, _encode_mixes,
+                                                     jobs, pts)
+                for track, packet in encoded:
+                    track.put(packet)
+            else:
+                for cid, track in self._audio_out.items():
+                    track.put(_audio_frame(per_listener[cid], pts))
             if self.full_mix_listeners:
                 frame = _audio_frame(full, pts)
                 for listener in self.full_mix_listeners:
@@ -588,6 +608,43 @@ def _encode_view(view: ViewOutput, frame: av.VideoFrame) -> tuple[list[av.Packet
     if view.renditions is None:
         return view.encoder.encode(frame), []
     return view.renditions.encode(frame)
+
+
+class MixEncoder:
+    """Opus for one listener's N-1 mix: mono s16 48 kHz 20 ms blocks in, one packet each
+    out, stamped with the block's pts (aiortc only packetizes it: ``OpusEncoder.pack``).
+
+    aiortc's own sender-side encoder upmixes every block to stereo through a resampler and
+    runs in the default executor, one thread hand-off per block per listener; this encodes
+    mono and all listeners in one hand-off (``benchmarks/capacity.py``, README). Packets
+    carry no RFC 6465 audio-level extension (aiortc adds it only to frames it encodes).
+    """
+
+    def __init__(self, bitrate_kbps: int) -> None:
+        codec = av.CodecContext.create("libopus", "w")
+        codec.bit_rate = bitrate_kbps * 1000
+        codec.format = "s16"
+        codec.layout = "mono"
+        codec.sample_rate = AUDIO_RATE
+        codec.time_base = AUDIO_TIME_BASE
+        codec.options = {"application": "voip"}
+        self.codec: Any = codec
+
+    def encode(self, samples: np.ndarray, pts: int) -> list[av.Packet]:
+        packets: list[av.Packet] = self.codec.encode(_audio_frame(samples, pts))
+        for packet in packets:
+            # libopus reports pts minus its 312-sample look-ahead; the block's own pts keeps
+            # the RTP clock on the mix's (aiortc's encoder also starts its stream at 0).
+            packet.pts = pts
+            packet.time_base = AUDIO_TIME_BASE
+        return packets
+
+
+def _encode_mixes(jobs: list[tuple[PacketQueueTrack, MixEncoder, np.ndarray]],
+                  pts: int) -> list[tuple[PacketQueueTrack, av.Packet]]:
+    """Encode every listener's block (worker thread); (track, packet) pairs to queue."""
+    return [(track, packet) for track, enc, samples in jobs
+            for packet in enc.encode(samples, pts)]
 
 
 def _audio_frame(samples: np.ndarray, pts: int) -> av.AudioFrame:

@@ -616,8 +616,9 @@ class MixEncoder:
 
     aiortc's own sender-side encoder upmixes every block to stereo through a resampler and
     runs in the default executor, one thread hand-off per block per listener; this encodes
-    mono and all listeners in one hand-off (``benchmarks/capacity.py``, README). Packets
-    carry no RFC 6465 audio-level extension (aiortc adds it only to frames it encodes).
+    mono and all listeners in one hand-off: about half the CPU (``benchmarks/mix_audio.py``).
+    Packets carry no RFC 6465 audio-level extension (aiortc adds it only to frames it
+    encodes; nothing of ours reads it).
     """
 
     def __init__(self, bitrate_kbps: int) -> None:
@@ -642,9 +643,15 @@ class MixEncoder:
 
 def _encode_mixes(jobs: list[tuple[PacketQueueTrack, MixEncoder, np.ndarray]],
                   pts: int) -> list[tuple[PacketQueueTrack, av.Packet]]:
-    """Encode every listener's block (worker thread); (track, packet) pairs to queue."""
-    return [(track, packet) for track, enc, samples in jobs
-            for packet in enc.encode(samples, pts)]
+    """Encode every listener's block (worker thread); (track, packet) pairs to queue. A
+    block that fails to encode is logged and skipped: one listener's 20 ms, not the mix."""
+    out: list[tuple[PacketQueueTrack, av.Packet]] = []
+    for track, enc, samples in jobs:
+        try:
+            out.extend((track, packet) for packet in enc.encode(samples, pts))
+        except Exception as exc:  # one listener's failure must not stop everyone's audio
+            logger.warning("mix for %s: Opus encode failed: %s", track.name, exc)
+    return out
 
 
 def _audio_frame(samples: np.ndarray, pts: int) -> av.AudioFrame:

@@ -406,8 +406,10 @@ def use_fast_audio_level() -> None:
     """Make every aiortc audio sender compute its packets' audio level with
     :func:`audio_level_dbov`. aiortc 1.16 loops over the samples in Python while holding
     the GIL: 83 µs per 20 ms mono frame (163 µs stereo) against 6 µs (7 µs), once per frame
-    per sender, so ~4-7 % of a core for a mixer sending audio to nine classrooms. The sender
-    looks the function up on the ``aiortc.rtp`` module at each frame."""
+    per sender: 0.4 % of a core per agent's microphone stream, and ~4 % for a mixer whose
+    nine N-1 mixes go through aiortc's encoder (``SYNCCLASS_MIX_OPUS=aiortc``; by default
+    the mixer hands aiortc encoded packets, which get no level). The sender looks the
+    function up on the ``aiortc.rtp`` module at each frame."""
     aiortc.rtp.compute_audio_level_dbov = audio_level_dbov
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import av
 import numpy as np
 from aiortc.codecs.opus import OpusDecoder, OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
 
-from mixer.media import AUDIO_FRAME, MixEncoder
+from mixer.media import AUDIO_FRAME, MixEncoder, _encode_mixes
+from syncclass.rtc import PacketQueueTrack
 
 
 def test_mix_packets_decode_to_the_tone_at_the_blocks_clock() -> None:
@@ -42,3 +44,18 @@ def test_mix_bitrate_is_the_configured_one() -> None:
                               i * AUDIO_FRAME)[0].size for i in range(100))
         measured_kbps = size * 8 / 2.0 / 1000  # 100 blocks = 2 s
         assert 0.7 * kbps < measured_kbps < 1.3 * kbps, (kbps, measured_kbps)
+
+
+
+class _Broken(MixEncoder):
+    def encode(self, samples: np.ndarray, pts: int) -> list[av.Packet]:
+        raise av.FFmpegError(22, "Invalid argument")
+
+
+def test_a_failing_listener_loses_its_block_only() -> None:
+    block = np.zeros(AUDIO_FRAME, np.int16)
+    t1, t2, t3 = (PacketQueueTrack("audio", name=n) for n in "abc")
+    out = _encode_mixes([(t1, MixEncoder(32), block), (t2, _Broken(32), block),
+                         (t3, MixEncoder(32), block)], 0)
+    assert [track for track, _ in out] == [t1, t3]
+    assert all(packet.size > 0 for _, packet in out)

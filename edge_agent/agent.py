@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import ssl
 import time
@@ -712,12 +713,24 @@ class Agent:
         summary = {"classroom_id": self.classroom.id, "name": self.classroom.name,
                    "role": self.classroom.role, **rx.summary(self.tones),
                    "view": self.layout.view if self.layout else None}
+        # Written whole under a temporary name, then renamed: whoever waits for these files
+        # (the demo, tests, an operator's script) never reads half of one (a CI run read a
+        # truncated PNG once).
         if rx.last_frame is not None:
             png = base.with_suffix(".png")
-            cv2.imwrite(str(png), rx.last_frame.to_ndarray(format="bgr24"))
-            summary["png"] = str(png)
-            self.outputs.append(str(png))
+            ok, encoded = cv2.imencode(".png", rx.last_frame.to_ndarray(format="bgr24"))
+            if ok:
+                _write_atomically(png, encoded.tobytes())
+                summary["png"] = str(png)
+                self.outputs.append(str(png))
         js = base.with_suffix(".json")
-        js.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+        _write_atomically(js, json.dumps(summary, indent=2, ensure_ascii=False).encode())
         self.outputs.append(str(js))
         logger.info("classroom %s: wrote %s", self.classroom.id, js)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """``data`` to ``path`` via a temporary file in the same directory and a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

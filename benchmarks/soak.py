@@ -51,12 +51,21 @@ def main() -> None:
     ap.add_argument("--light", default="320x180",
                     help="camera size of receiving classrooms after the first ('' = all "
                          "1280x720); a 2-core machine cannot host 9 full agents")
+    ap.add_argument("--prerecorded", action="store_true",
+                    help="receiving classrooms after the first run load_classroom.py (their "
+                         "1280x720 camera encoded once and replayed: real 720p inputs for the "
+                         "mixer at a third of an agent's CPU); use with --light ''")
     ap.add_argument("--no-recorder", action="store_true")
     ap.add_argument("--sample-s", type=float, default=10.0)
     ap.add_argument("--work", default="/tmp/syncclass-soak")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "soak.json"))
     args = ap.parse_args()
-    from _common import api_get, county_config, environment  # imports this module
+    from _common import (  # imports this module
+        _load_classroom_argv,
+        api_get,
+        county_config,
+        environment,
+    )
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -70,8 +79,9 @@ def main() -> None:
         if not args.no_recorder:
             dep.start_recorder()
         members = [dep.config.pairings[0].main, *dep.config.pairings[0].receiving]
+        replayed = set(members[2:]) if args.prerecorded else set()
         for cid in members:
-            dep.start_agent(cid)
+            dep.start_agent(cid, wrap=_load_classroom_argv if cid in replayed else None)
         dep.wait_for(lambda: set(members) <= set(dep.mixer_status()["classrooms"]), 90,
                      "classrooms connected")
         status, lesson = dep.agent_command(members[0], "start")
@@ -112,6 +122,7 @@ def main() -> None:
     first5 = median_latency([s for s in samples if 60 <= s["t_s"] <= 360])
     last5 = median_latency([s for s in samples if s["t_s"] >= end - 300])
     result = {"minutes": args.minutes, "rural": args.rural, "light": args.light,
+              "prerecorded": args.prerecorded,
               "recorder": not args.no_recorder, "samples": len(samples),
               "rss_mb_first_last": [first["rss_mb"], last["rss_mb"]],
               "rss_growth_percent": round(100 * (last["rss_mb"] - first["rss_mb"])

@@ -117,7 +117,7 @@ def start_lesson(dep: LocalDeployment, members: list[str], *, recorder: bool,
     for cid in members:
         def wrap(argv: list[str], cid: str = cid) -> list[str]:
             if cid in prerecorded:
-                argv = _load_classroom_argv(argv)
+                argv = load_classroom_argv(argv)
             return ["chrt", "--idle", "0", *argv] if agents_idle else argv
         dep.start_agent(cid, out_dir=dep.work_dir / "classrooms", wrap=wrap)
     dep.wait_for(lambda: set(members) <= set(api_get(dep, "/api/lessons")["classrooms"]),
@@ -128,7 +128,7 @@ def start_lesson(dep: LocalDeployment, members: list[str], *, recorder: bool,
     return dict(lesson)
 
 
-def _load_classroom_argv(argv: list[str]) -> list[str]:
+def load_classroom_argv(argv: list[str]) -> list[str]:
     """``python -m syncclass …`` → ``python benchmarks/load_classroom.py …``."""
     if argv[1:3] != ["-m", "syncclass"]:
         raise ValueError(f"not a syncclass command line: {argv[:3]}")

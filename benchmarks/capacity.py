@@ -24,9 +24,9 @@ input pictures for the mixer to decode and scale (so its per-classroom cost is l
 with real 720p cameras). ``prerecorded`` = every classroom sends 1280x720, but the
 receiving classrooms after the first ``--light-keep`` are ``load_classroom.py`` agents whose
 camera's H.264 was encoded once at start-up and is replayed: the mixer's load is that of
-real 720p cameras while those agents spend no encoder CPU (they still receive and decode
-their view, run audio, and report latency). Setups alternate per N so machine noise hits
-them alike.
+real 720p cameras while those agents spend no camera or encoder CPU (they still receive
+their view without decoding it, and run audio; they report no latency). Setups alternate
+per N so machine noise hits them alike.
 
     .venv/bin/python benchmarks/capacity.py --rural 1,2,4,8 --seconds 30 \\
         --setups faithful,light --out benchmarks/results/capacity.json

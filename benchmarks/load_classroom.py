@@ -23,7 +23,6 @@ latency figures never come from them.
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from typing import Any
 
@@ -66,27 +65,23 @@ class PrerecordedEncoder(H264Encoder):
         # Counters describe the replay, not the encoding ahead of time.
         self.frames_in = self.frames_encoded = self.keyframes = self.bytes_out = 0
         self.total_encode_ms = 0.0
-        self._replay_lock = threading.Lock()
 
     def encode(self, frame: av.VideoFrame) -> list[av.Packet]:
-        with self._lock:
+        with self._lock:  # request_keyframe sets the flag from the event loop's thread
             restart = self._force_keyframe
             self._force_keyframe = False
             self.frames_in += 1
-        with self._replay_lock:
             if restart:
                 self._next = 0
+                self.keyframes += 1
+                self._last_keyframe_at = self._clock()
             data = self._loop[self._next]
             self._next = (self._next + 1) % len(self._loop)
+            self.frames_encoded += 1
+            self.bytes_out += len(data)
         packet = av.Packet(data)
         packet.pts = packet.dts = frame.pts
         packet.time_base = VIDEO_TIME_BASE
-        with self._lock:
-            self.frames_encoded += 1
-            self.bytes_out += len(data)
-            if restart:
-                self.keyframes += 1
-                self._last_keyframe_at = self._clock()
         return [packet]
 
 

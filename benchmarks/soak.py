@@ -54,17 +54,17 @@ def main() -> None:
     ap.add_argument("--prerecorded", action="store_true",
                     help="receiving classrooms after the first run load_classroom.py (their "
                          "1280x720 camera encoded once and replayed: real 720p inputs for the "
-                         "mixer at a third of an agent's CPU); use with --light ''")
+                         "mixer at about half an agent's CPU); use with --light ''")
     ap.add_argument("--no-recorder", action="store_true")
     ap.add_argument("--sample-s", type=float, default=10.0)
     ap.add_argument("--work", default="/tmp/syncclass-soak")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "soak.json"))
     args = ap.parse_args()
     from _common import (  # imports this module
-        _load_classroom_argv,
         api_get,
         county_config,
         environment,
+        load_classroom_argv,
     )
 
     work = Path(args.work)
@@ -81,7 +81,7 @@ def main() -> None:
         members = [dep.config.pairings[0].main, *dep.config.pairings[0].receiving]
         replayed = set(members[2:]) if args.prerecorded else set()
         for cid in members:
-            dep.start_agent(cid, wrap=_load_classroom_argv if cid in replayed else None)
+            dep.start_agent(cid, wrap=load_classroom_argv if cid in replayed else None)
         dep.wait_for(lambda: set(members) <= set(dep.mixer_status()["classrooms"]), 90,
                      "classrooms connected")
         status, lesson = dep.agent_command(members[0], "start")

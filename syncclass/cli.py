@@ -89,6 +89,16 @@ def _tune_aiortc(config: CountyConfig) -> None:
                                        hole_wait_s=hole_wait_s)
 
 
+def _tune_mixer_aiortc() -> None:
+    """The mixer receives an audio stream per classroom: decode each Opus frame to mono on
+    the event loop as it arrives instead of handing it to a thread per receiver and back
+    (``SYNCCLASS_AUDIO_DECODE=thread``: aiortc's decoder threads, for side by side)."""
+    from syncclass.rtc import use_inline_audio_decoding
+
+    if os.environ.get("SYNCCLASS_AUDIO_DECODE", "inline") != "thread":
+        use_inline_audio_decoding()
+
+
 def _config(args: argparse.Namespace) -> CountyConfig:
     return load_config(args.config or default_config_path())
 
@@ -157,6 +167,7 @@ def cmd_mixer(args: argparse.Namespace) -> int:
     config = _config(args)
     use_host_addresses(config.mixer.ice_host_addresses)
     _tune_aiortc(config)
+    _tune_mixer_aiortc()
     host = args.host or config.mixer.host
     port = config.mixer.port if args.port is None else args.port
     config = _with_recorder_args(config, args)

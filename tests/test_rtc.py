@@ -319,3 +319,130 @@ def test_fast_audio_level_is_what_senders_call() -> None:
     use_fast_audio_level()
     # RTCRtpSender looks the function up on aiortc.rtp for each audio frame.
     assert aiortc.rtcrtpsender.rtp.compute_audio_level_dbov is audio_level_dbov
+
+
+def _opus_tone_frames(hz: float, layout: str, count: int) -> list[bytes]:
+    """``count`` 20 ms Opus frames of a ``hz`` tone, encoded by aiortc's own encoder."""
+    from aiortc.codecs.opus import OpusEncoder
+
+    encoder = OpusEncoder()
+    channels = 1 if layout == "mono" else 2
+    t = np.arange(960 * count) / 48000
+    tone = (np.sin(2 * np.pi * hz * t) * 8000).astype(np.int16)
+    payloads: list[bytes] = []
+    for i in range(count):
+        block = np.repeat(tone[i * 960:(i + 1) * 960], channels)
+        frame = av.AudioFrame.from_ndarray(block[None, :], format="s16", layout=layout)
+        frame.sample_rate, frame.pts = 48000, i * 960
+        out, _ = encoder.encode(frame)
+        payloads.extend(out)
+    return payloads
+
+
+def _peak_hz(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(samples.size)))
+    return float(np.argmax(spectrum) * 48000 / samples.size)
+
+
+@pytest.mark.parametrize("layout", ["mono", "stereo"])
+async def test_inline_audio_decoder_queues_mono_frames_and_passes_the_end(
+        layout: str) -> None:
+    import asyncio
+    import threading
+
+    from aiortc.codecs import get_capabilities
+    from aiortc.jitterbuffer import JitterFrame
+
+    from syncclass.rtc import InlineAudioDecoder, audio_frame_to_mono
+
+    opus = next(c for c in get_capabilities("audio").codecs if c.name == "opus")
+    output: asyncio.Queue[av.AudioFrame | None] = asyncio.Queue()
+    error = threading.Event()
+    decoder = InlineAudioDecoder(output, error)
+    payloads = _opus_tone_frames(440.0, layout, 25)
+    for i, payload in enumerate(payloads):
+        decoder.put((opus, JitterFrame(data=payload, timestamp=i * 960)))
+    assert decoder.frames_decoded == output.qsize() == 25  # decoded as they were handed
+    frames = [output.get_nowait() for _ in range(25)]
+    assert all(f is not None and f.layout.name == "mono" and f.samples == 960
+               for f in frames)
+    assert [f.pts for f in frames if f is not None] == [i * 960 for i in range(25)]
+    samples = np.concatenate([audio_frame_to_mono(f) for f in frames[5:] if f is not None])
+    assert abs(_peak_hz(samples) - 440.0) < 5
+    assert 4000 < np.abs(samples).max() < 9000  # the tone's level, not a doubled downmix
+
+    decoder.put((opus, JitterFrame(data=b"\xff" * 3, timestamp=25 * 960)))  # malformed
+    assert error.is_set() and decoder.decode_errors == 1 and output.empty()
+
+    # The end of the stream goes to whoever waits in get() (aiortc's decoder thread).
+    ended = threading.Event()
+    waiter = threading.Thread(target=lambda: (decoder.get(), ended.set()))
+    waiter.start()
+    decoder.put(None)
+    waiter.join(5)
+    assert ended.is_set()
+
+
+async def test_receivers_decode_inline_over_a_real_connection() -> None:
+    """Two peers on loopback: the receiving one (with the seam installed) gets the tone as
+    mono frames decoded by an InlineAudioDecoder, and closing ends the track and lets
+    aiortc's decoder thread exit."""
+    import asyncio
+    import fractions
+    import threading
+
+    from aiortc import MediaStreamTrack, RTCRtpReceiver
+    from aiortc.mediastreams import MediaStreamError
+
+    from syncclass.rtc import (
+        InlineAudioDecoder,
+        audio_frame_to_mono,
+        use_inline_audio_decoding,
+        use_threaded_audio_decoding,
+    )
+
+    class Tone(MediaStreamTrack):
+        kind = "audio"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+
+        async def recv(self) -> av.AudioFrame:
+            await asyncio.sleep(0.02)
+            t = (np.arange(960) + self.n * 960) / 48000
+            block = (np.sin(2 * np.pi * 700 * t) * 8000).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(block[None, :], format="s16", layout="mono")
+            frame.sample_rate, frame.pts = 48000, self.n * 960
+            frame.time_base = fractions.Fraction(1, 48000)
+            self.n += 1
+            return frame
+
+    use_host_addresses(["127.0.0.1"])
+    use_inline_audio_decoding()
+    sender_pc, receiver_pc = new_peer_connection(), new_peer_connection()
+    received: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
+    receiver_pc.on("track", received.put_nowait)
+    try:
+        sender_pc.addTrack(Tone())
+        await sender_pc.setLocalDescription(await sender_pc.createOffer())
+        await receiver_pc.setRemoteDescription(sender_pc.localDescription)
+        await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
+        await sender_pc.setRemoteDescription(receiver_pc.localDescription)
+        track = await asyncio.wait_for(received.get(), 10)
+        frames = [await asyncio.wait_for(track.recv(), 10) for _ in range(30)]
+        receiver: RTCRtpReceiver = receiver_pc.getReceivers()[0]
+        inline = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
+        assert isinstance(inline, InlineAudioDecoder) and inline.frames_decoded >= 30
+        assert all(isinstance(f, av.AudioFrame) and f.layout.name == "mono" for f in frames)
+        samples = np.concatenate([audio_frame_to_mono(f) for f in frames[10:]])
+        assert abs(_peak_hz(samples) - 700.0) < 5
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+        use_threaded_audio_decoding()
+        use_host_addresses(None)
+    with pytest.raises(MediaStreamError):
+        while True:
+            await asyncio.wait_for(track.recv(), 5)
+    assert not [t for t in threading.enumerate() if t.name == "audio-decoder"]

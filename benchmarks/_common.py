@@ -139,15 +139,20 @@ def measure_window(dep: LocalDeployment, members: list[str], seconds: float) -> 
     """Measure a running lesson for ``seconds``: CPU % of one core of every process,
     the mixer's view/input counters (deltas), and the agents' latency summaries at the
     end of the window (an agent's summary covers its whole lesson so far)."""
+    # Each source is divided by its own interval: asking nine agents for their status
+    # takes seconds on a loaded machine, which must not count as window for the mixer.
+    rx_t0 = time.monotonic()
+    rx0 = {c: (dep.agent_status(c).get("reception") or {}) for c in members}
     stats0 = api_get(dep, "/api/stats")
     cpu0 = {n: p.cpu_s() for n, p in dep.procs.items()}
-    rx0 = {c: (dep.agent_status(c).get("reception") or {}) for c in members}
     t0 = time.monotonic()
     time.sleep(seconds)
-    elapsed = time.monotonic() - t0
-    cpu = {n: round(100.0 * (p.cpu_s() - cpu0[n]) / elapsed, 1) for n, p in dep.procs.items()}
-    rx1 = {c: (dep.agent_status(c).get("reception") or {}) for c in members}
+    cpu1 = {n: p.cpu_s() for n, p in dep.procs.items()}
     stats1 = api_get(dep, "/api/stats")
+    elapsed = time.monotonic() - t0
+    cpu = {n: round(100.0 * (cpu1[n] - cpu0[n]) / elapsed, 1) for n in cpu1}
+    rx1 = {c: (dep.agent_status(c).get("reception") or {}) for c in members}
+    rx_elapsed = time.monotonic() - rx_t0
     media0: dict[str, Any] = next(iter(stats0["media"].values()), {})
     media1: dict[str, Any] = next(iter(stats1["media"].values()), {})
     fps = float(dep.config.media.fps)
@@ -170,13 +175,19 @@ def measure_window(dep: LocalDeployment, members: list[str], seconds: float) -> 
     }
     received_fps = {
         c: round((rx1[c].get("frames_received", 0) - rx0[c].get("frames_received", 0))
-                 / elapsed, 2)
+                 / rx_elapsed, 2)
         for c in members
     }
     pairs = [row for c in members for row in latency_pairs(rx1[c], c)]
+    threads0 = (stats0.get("process") or {}).get("thread_cpu_s") or {}
+    threads1 = (stats1.get("process") or {}).get("thread_cpu_s") or {}
+    mixer_threads = dict(sorted(
+        ((name, round(100.0 * (s - threads0.get(name, 0.0)) / elapsed, 1))
+         for name, s in threads1.items()), key=lambda kv: -kv[1]))
     return {
         "elapsed_s": round(elapsed, 2),
         "cpu_percent_of_one_core": cpu,
+        "mixer_threads_cpu_percent": mixer_threads,
         "views": views,
         "mixer_input_fps": inputs,
         "agent_received_fps": received_fps,

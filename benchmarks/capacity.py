@@ -7,7 +7,9 @@ seconds it measures a window of ``--seconds``:
 
 - the mixer's composite frames per view (``/api/stats``): composed vs expected
   (fps x window) and skipped (the compose loop fell behind and dropped ticks);
-- CPU % of one core of the mixer, the recorder and every agent (``psutil``);
+- CPU % of one core of the mixer, the recorder and every agent (``psutil``), and the
+  mixer's split by kind of thread (event loop ``MainThread``, ``compose``, ``encode``,
+  decoders, ``native`` libav/x264 workers; ``/api/stats``);
 - frames per second the mixer received from each classroom and each agent received;
 - glass-to-glass latency (timecode burned in at capture, read by the receiving agents):
   median over (receiver, source) pairs of each pair's p50 and p95.
@@ -118,6 +120,7 @@ def one_run(rural: int, setup: str, args: argparse.Namespace, work: Path) -> dic
                          f"{max(0, rural - args.light_keep)} rural {args.light_size}"),
         "prerecorded": sorted(prerecorded),
         "mixer_cpu_percent": cpu.get("mixer"),
+        "mixer_threads_cpu_percent": window["mixer_threads_cpu_percent"],
         "recorder_cpu_percent": cpu.get("recorder"),
         "agents_cpu_percent": agents,
         "agents_cpu_percent_total": round(sum(agents.values()), 1),
@@ -238,6 +241,8 @@ def main() -> int:
                   f"({ {k: v['composed_fps'] for k, v in res['views'].items()} } fps), "
                   f"p50 {res['latency_p50_ms_median']} p95 {res['latency_p95_ms_median']} ms, "
                   f"load {env_start['load_avg'][0]}→{environment()['load_avg'][0]}", flush=True)
+            print(f"  mixer threads (% of a core): {res['mixer_threads_cpu_percent']}",
+                  flush=True)
     summaries = {s: summarise(rs) for s, rs in runs.items()}
     result = {
         "benchmark": "capacity",

@@ -5,7 +5,8 @@ Routes:
 - ``POST /api/lessons/start`` and ``/api/lessons/end`` — the main classroom's CLI
   (``Authorization: Bearer <classroom token>``).
 - ``GET /api/lessons`` — lessons and who is connected.
-- ``GET /api/stats`` — media counters (frames, encoder counts per view).
+- ``GET /api/stats`` — media counters (frames, encoder counts per view); for ops also
+  the process's tasks, threads, descriptors and CPU seconds per kind of thread.
   Both need a dashboard session, the ops API token or a classroom/observer credential
   (which sees only its own pairings' lessons); see :mod:`mixer.guard`.
 - ``GET /healthz`` (open).
@@ -78,6 +79,7 @@ from .guard import (
     setup_guard,
 )
 from .media import LessonMedia
+from .threadcpu import thread_cpu_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -618,7 +620,8 @@ async def stats(request: web.Request) -> web.Response:
         # For leak checks (soak benchmark): the event loop's tasks, threads, descriptors.
         body["process"] = {"tasks": len(asyncio.all_tasks()),
                            "threads": threading.active_count(),
-                           "fds": _open_fds()}
+                           "fds": _open_fds(),
+                           "thread_cpu_s": thread_cpu_seconds()}
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 

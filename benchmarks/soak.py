@@ -88,6 +88,8 @@ def main() -> None:
         assert status == 200, lesson
         t0 = time.monotonic()
         cpu0 = mixer.cpu_times()
+        threads0: dict[str, float] = {}
+        t_prev = t0
         while time.monotonic() - t0 < args.minutes * 60:
             time.sleep(args.sample_s)
             rooms = dep.mixer_status()["classrooms"]
@@ -96,6 +98,13 @@ def main() -> None:
                        .values()]
             proc = api_get(dep, "/api/stats").get("process", {})
             cpu1 = mixer.cpu_times()
+            now = time.monotonic()
+            # Per kind of thread (event loop, compose, encode, decoders…): which one grows
+            # when the mixer's CPU does.
+            threads1: dict[str, float] = proc.get("thread_cpu_s") or {}
+            threads_cpu = {name: round(100 * (sec - threads0.get(name, 0.0)) / (now - t_prev),
+                                       1) for name, sec in threads1.items()} if threads0 else {}
+            threads0, t_prev = threads1, now
             samples.append({"t_s": round(time.monotonic() - t0, 1),
                             "rss_mb": round(mixer.memory_info().rss / 2**20, 1),
                             "fds": mixer.num_fds(), "threads": mixer.num_threads(),
@@ -103,6 +112,7 @@ def main() -> None:
                             "mixer_cpu_percent": round(100 * (
                                 cpu1.user + cpu1.system - cpu0.user - cpu0.system)
                                 / args.sample_s, 1),
+                            "mixer_threads_cpu_percent": threads_cpu,
                             "connected": sum(r["peer"] == "connected" for r in rooms.values()),
                             "latency_p50_ms": round(statistics.median(latency), 1)
                             if latency else None})

@@ -87,6 +87,22 @@ def _planes(frame: av.VideoFrame) -> tuple[Plane, Plane, Plane]:
     return out[0], out[1], out[2]
 
 
+def _halvings(src: Plane, width: int, height: int) -> int:
+    """How many times ``src`` is halved (area averaging) on its way to ``width`` x
+    ``height``: while it is at least twice as large both ways."""
+    h, w = src.shape
+    count = 0
+    while w >= 2 * width and h >= 2 * height and w >= 2 and h >= 2:
+        w, h = w // 2, h // 2
+        count += 1
+    return count
+
+
+def _halve(src: Plane) -> Plane:
+    h, w = src.shape
+    return cast(Plane, cv2.resize(src, (w // 2, h // 2), interpolation=cv2.INTER_AREA))
+
+
 def _scale_plane(src: Plane, width: int, height: int, dst: Plane | None = None) -> Plane:
     """``src`` scaled to ``width`` x ``height`` px (into ``dst`` when given)."""
     h, w = src.shape
@@ -95,9 +111,15 @@ def _scale_plane(src: Plane, width: int, height: int, dst: Plane | None = None) 
             return src.copy()
         dst[...] = src
         return dst
-    while w >= 2 * width and h >= 2 * height and w >= 2 and h >= 2:
-        w, h = w // 2, h // 2
-        src = cast(Plane, cv2.resize(src, (w, h), interpolation=cv2.INTER_AREA))
+    for _ in range(_halvings(src, width, height)):
+        src = _halve(src)
+    return _finish_scale(src, width, height, dst)
+
+
+def _finish_scale(src: Plane, width: int, height: int, dst: Plane | None) -> Plane:
+    """The last step of :func:`_scale_plane`: ``src``, already halved as far as it goes,
+    to the exact size (bilinear)."""
+    h, w = src.shape
     if (w, h) == (width, height):
         if dst is None:
             return src
@@ -142,10 +164,14 @@ class ScaleCache:
         self._entries: dict[
             tuple[int, int, int], tuple[av.VideoFrame, tuple[Plane, Plane, Plane]]
         ] = {}
+        self._pyramids: dict[int, tuple[av.VideoFrame, list[list[Plane]]]] = {}
         self.hits = 0
         """Lookups served from the cache since creation."""
         self.misses = 0
         """Lookups that had to scale."""
+        self.halvings = 0
+        """Planes halved since creation: a picture shown at two sizes (a receiving
+        classroom in both views) is halved from full size once, not once per size."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -153,6 +179,26 @@ class ScaleCache:
     def clear(self) -> None:
         """Forget every entry (hit/miss counters are kept)."""
         self._entries.clear()
+        self._pyramids.clear()
+
+    def _levels(self, frame: av.VideoFrame) -> list[list[Plane]]:
+        """Per plane (Y, U, V): the plane, then its successive halvings so far."""
+        entry = self._pyramids.get(id(frame))
+        if entry is None or entry[0] is not frame:
+            entry = (frame, [[plane] for plane in _planes(frame)])
+            self._pyramids[id(frame)] = entry
+        return entry[1]
+
+    def _fit(self, levels: list[Plane], width: int, height: int) -> Plane:
+        """What :func:`_scale_plane` gives for ``levels[0]``, reusing the halvings."""
+        src = levels[0]
+        if src.shape == (height, width):
+            return src.copy()
+        count = _halvings(src, width, height)
+        while len(levels) <= count:
+            levels.append(_halve(levels[-1]))
+            self.halvings += 1
+        return _finish_scale(levels[count], width, height, None)
 
     def scaled(self, frame: av.VideoFrame, width: int, height: int) -> tuple[Plane, Plane, Plane]:
         """Y, U, V of ``frame`` (yuv420p) scaled to ``width`` x ``height`` px; read-only."""
@@ -162,7 +208,9 @@ class ScaleCache:
             self.hits += 1
             return entry[1]
         self.misses += 1
-        planes = _scale_frame(frame, width, height, None)
+        y, u, v = self._levels(frame)
+        planes = (self._fit(y, width, height), self._fit(u, width // 2, height // 2),
+                  self._fit(v, width // 2, height // 2))
         for plane in planes:
             plane.flags.writeable = False
         self._entries[key] = (frame, planes)

@@ -289,3 +289,29 @@ def _writable_planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.n
         buf = np.frombuffer(memoryview(p), np.uint8)
         out.append(buf.reshape(p.height, p.line_size)[:, : p.width])
     return out[0], out[1], out[2]
+
+
+def test_scale_cache_halves_a_picture_once_for_all_its_sizes() -> None:
+    """A receiving classroom is in both views at different sizes: the full-size picture is
+    halved once per tick, and every size is pixel for pixel what scaling alone gives."""
+    from mixer.compose import _planes, _scale_frame
+
+    rng = np.random.default_rng(3)
+    frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (720, 1280, 3), np.uint8),
+                                       format="bgr24").reformat(format="yuv420p")
+    cache = ScaleCache()
+    sizes = [(426, 240), (256, 144), (320, 180), (1280, 720), (640, 360), (960, 540)]
+    for w, h in sizes:
+        got = cache.scaled(frame, w, h)
+        want = _scale_frame(frame, w, h, None)
+        assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True)), (w, h)
+        assert got[0].shape == (h, w) and got[1].shape == (h // 2, w // 2)
+        assert not any(p.flags.writeable for p in got)
+    # 1280x720 -> 640x360 -> 320x180 is the deepest any size needed: two levels per plane.
+    assert cache.halvings == 2 * 3
+    # A full-size tile is a copy, never the decoded frame's own memory.
+    full = cache.scaled(frame, 1280, 720)[0]
+    assert not np.shares_memory(full, _planes(frame)[0])
+    cache.clear()
+    cache.scaled(frame, 256, 144)
+    assert cache.halvings == 2 * 3 + 2 * 3  # cleared with the tick: halved again

@@ -124,9 +124,14 @@ def _tune_opencv() -> None:
     threads = os.environ.get("SYNCCLASS_CV_THREADS", "1")
     if threads == "default":
         return
+    try:
+        count = int(threads)
+    except ValueError:
+        raise SystemExit(f"syncclass: SYNCCLASS_CV_THREADS must be a thread count or "
+                         f"'default', got {threads!r}") from None
     import cv2
 
-    cv2.setNumThreads(int(threads))
+    cv2.setNumThreads(count)
 
 
 def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -23,3 +23,12 @@ def test_opencv_runs_on_the_calling_thread(setting: str | None, expect_one: bool
     before, after = int(out[0]), int(out[1])
     assert before == 2
     assert after == (1 if expect_one else before)
+
+
+def test_opencv_thread_setting_rejects_garbage_clearly() -> None:
+    env = dict(os.environ, SYNCCLASS_CV_THREADS="two")
+    run = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
+                         text=True)
+    assert run.returncode != 0
+    assert "SYNCCLASS_CV_THREADS must be a thread count or 'default', got 'two'" in run.stderr
+    assert "Traceback" not in run.stderr

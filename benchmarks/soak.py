@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -68,6 +69,9 @@ def main() -> None:
     )
 
     work = Path(args.work)
+    # A fresh county: an interrupted soak leaves its lesson live in the mixer's state,
+    # which the next mixer would restore (and refuse to start another lesson).
+    shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     light = tuple(int(x) for x in args.light.split("x")) if args.light else None
     config = county_config(work, args.rural, light_size=light)  # type: ignore[arg-type]

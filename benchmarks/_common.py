@@ -54,19 +54,23 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
 
 
 def county_config(work: Path, rural: int, light_size: tuple[int, int] | None = None,
-                  light_keep: int = 1) -> Path:
+                  light_keep: int = 1, adaptation: bool | None = None) -> Path:
     """The sample county with 1 main + ``rural`` receiving classrooms (``soak.make_config``),
     with ``ops.api_token`` = :data:`API_TOKEN` (the mixer's read APIs need a credential).
 
     With ``light_size`` (width, height px), every receiving classroom after the first
     ``light_keep`` sends a synthetic camera of that size instead of 1280x720 (same fps):
     cheaper agents, so that a 2-core machine can host more of them. The main classroom
-    always sends 1280x720.
+    always sends 1280x720. ``adaptation`` sets ``media.adaptation.enabled`` (None: the
+    default).
     """
     work.mkdir(parents=True, exist_ok=True)
     path = make_config(work, rural)
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     data.setdefault("ops", {})["api_token"] = API_TOKEN
+    if adaptation is not None:
+        media = data.setdefault("media", {})
+        media["adaptation"] = {**(media.get("adaptation") or {}), "enabled": adaptation}
     if light_size is not None:
         rurals = [c for c in data["classrooms"] if c["role"] == "receiving"]
         for room in rurals[light_keep:]:
@@ -151,7 +155,8 @@ def measure_window(dep: LocalDeployment, members: list[str], seconds: float) -> 
     stats1 = api_get(dep, "/api/stats")
     elapsed = time.monotonic() - t0
     cpu = {n: round(100.0 * (cpu1[n] - cpu0[n]) / elapsed, 1) for n in cpu1}
-    rx1 = {c: (dep.agent_status(c).get("reception") or {}) for c in members}
+    status1 = {c: dep.agent_status(c) for c in members}
+    rx1 = {c: (status1[c].get("reception") or {}) for c in members}
     rx_elapsed = time.monotonic() - rx_t0
     media0: dict[str, Any] = next(iter(stats0["media"].values()), {})
     media1: dict[str, Any] = next(iter(stats1["media"].values()), {})
@@ -184,8 +189,23 @@ def measure_window(dep: LocalDeployment, members: list[str], seconds: float) -> 
     mixer_threads = dict(sorted(
         ((name, round(100.0 * (s - threads0.get(name, 0.0)) / elapsed, 1))
          for name, s in threads1.items()), key=lambda kv: -kv[1]))
+    # What adaptation did by the end of the window (media.adaptation): each agent's uplink
+    # encoder changes and target, each view's low rendition and subscribers on it.
+    adaptation = {
+        "uplinks": {c: status1[c].get("uplink") for c in members},
+        "views": {
+            name: None if v1.get("renditions") is None else {
+                "low_encoders_created": v1["renditions"]["low_encoders_created"],
+                "switches": v1["renditions"]["switches"],
+                "on_low": sorted(c for c, sub in v1["renditions"]["subscribers"].items()
+                                 if sub["route"] == "low"),
+            }
+            for name, v1 in (media1.get("views") or {}).items()
+        },
+    }
     return {
         "elapsed_s": round(elapsed, 2),
+        "adaptation": adaptation,
         "cpu_percent_of_one_core": cpu,
         "mixer_threads_cpu_percent": mixer_threads,
         "views": views,

@@ -78,9 +78,21 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
+def adaptation_summary(adaptation: dict[str, Any]) -> str:
+    """One line: agents whose uplink encoder changed, and each view's low rendition."""
+    changed = {c: (u["changes"], u["target_kbps"])
+               for c, u in adaptation["uplinks"].items() if u and u["changes"]}
+    views = {name: v and (v["low_encoders_created"], len(v["on_low"]))
+             for name, v in adaptation["views"].items()}
+    return (f"uplinks changed {changed or 'none'} "
+            f"(changes, target kbit/s); views (low encoders created, on low) {views}")
+
+
 def one_run(rural: int, setup: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     light = parse_size(args.light_size) if setup == "light" else None
-    config = county_config(work, rural, light_size=light, light_keep=args.light_keep)
+    adaptation = None if args.adaptation == "default" else args.adaptation == "on"
+    config = county_config(work, rural, light_size=light, light_keep=args.light_keep,
+                           adaptation=adaptation)
     with LocalDeployment(config, work, log_level="warning") as dep:
         pairing = dep.config.pairings[0]
         members = [pairing.main, *pairing.receiving]
@@ -210,6 +222,8 @@ def main() -> int:
                     help="run the agents under SCHED_IDLE (chrt --idle 0): the mixer (the "
                          "machine under test; in a county the classrooms are other PCs) gets "
                          "all the CPU it asks for, the agents the rest")
+    ap.add_argument("--adaptation", choices=("default", "on", "off"), default="default",
+                    help="media.adaptation.enabled of the county (default: the county's)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/syncclass-bench-capacity"))
     ap.add_argument("--out", type=Path, default=RESULTS / "capacity.json")
     args = ap.parse_args()
@@ -243,6 +257,8 @@ def main() -> int:
                   f"load {env_start['load_avg'][0]}→{environment()['load_avg'][0]}", flush=True)
             print(f"  mixer threads (% of a core): {res['mixer_threads_cpu_percent']}",
                   flush=True)
+            print(f"  adaptation: {adaptation_summary(res['window']['adaptation'])}",
+                  flush=True)
     summaries = {s: summarise(rs) for s, rs in runs.items()}
     result = {
         "benchmark": "capacity",
@@ -251,7 +267,7 @@ def main() -> int:
         "args": {"rural": counts, "seconds": args.seconds, "settle": args.settle,
                  "agents_idle": args.agents_idle, "prerecord_main": args.prerecord_main,
                  "setups": setups, "light_size": args.light_size,
-                 "light_keep": args.light_keep},
+                 "light_keep": args.light_keep, "adaptation": args.adaptation},
         "note": "views: students_view + teacher_view, 1280x720 @ county fps, each encoded "
                 "once; recorder process subscribed. CPU in % of one core.",
         "summary": summaries,

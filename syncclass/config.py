@@ -187,15 +187,16 @@ class ViewConfig(_Model):
 class AdaptationConfig(_Model):
     """Video adaptation to thin links (see :mod:`syncclass.adapt`)."""
 
-    enabled: bool = False
+    enabled: bool = True
     """Agents follow their uplink's estimate (bitrate, then size, then frame rate) and the
-    mixer serves a lower rendition of a view to classrooms whose downlink needs it. Off by
-    default: behind a capped link it keeps video moving where none gets through without it
-    (``benchmarks/uplink.py``), but aiortc's receive-side estimate lets the video fill the
-    link's queue (round trips of 180-420 ms on a 384 kbit/s link with 20 ms of delay), so
-    the picture stalls and catches up in bursts, and a 384 kbit/s test of it failed 3 of
-    14 runs over three successive versions of this code, 1 of 5 with the last (fewer than
-    8 fps one way over 8 s)."""
+    mixer serves a lower rendition of a view to classrooms whose downlink needs it. Behind
+    a capped link this keeps video moving where none gets through without it
+    (``benchmarks/uplink.py``: 0-0.23 fps without, ~15 fps with, at 512 and 1024 kbit/s);
+    on a clean link it changes nothing. Known limits: aiortc's receive-side estimate lets
+    the video fill a thin link's queue (round trips of 180-420 ms on a 384 kbit/s link
+    with 20 ms of delay), so there the picture stalls and catches up in bursts, and the
+    first seconds after joining a thin link freeze. ``false`` sends every stream at its
+    configured bitrate whatever the link."""
     min_bitrate_kbps: int = Field(default=100, ge=30, le=5000)
     """No stream is adapted below this, kbit/s."""
     low_rendition: bool = True

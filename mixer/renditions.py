@@ -206,7 +206,8 @@ class ViewRenditions:
                 cid: {"route": s.route, "pending": s.pending,
                       "target_kbps": round(s.control.target_kbps(now), 1),
                       "remb_kbps": s.control.remb_kbps, "loss": s.control.last_loss,
-                      "rtt_ms": s.control.rtt_ms, "failed_probes": s.selector.failed_probes}
+                      "rtt_ms": s.control.rtt_ms, "failed_probes": s.selector.failed_probes,
+                      "feedback": s.feedback}
                 for cid, s in self.subscribers.items()
             },
         }

@@ -70,7 +70,10 @@ def _tune_aiortc(config: CountyConfig) -> None:
     bitrate and a numpy audio level in every audio sender. For side-by-side measurement
     ``SYNCCLASS_AUDIO_LEVEL=stock`` (aiortc's Python loop),
     ``SYNCCLASS_JITTER_BUFFER=stock`` (or ``video`` / ``audio``: only that one of ours) and
-    ``SYNCCLASS_VIDEO_HOLE_WAIT_S`` (seconds; ``inf``: holes wait as in stock aiortc)."""
+    ``SYNCCLASS_VIDEO_HOLE_WAIT_S`` (seconds; ``inf``: holes wait as in stock aiortc).
+    Video NACKs and resends are bounded (:mod:`syncclass.nack`; ``SYNCCLASS_NACK=stock``:
+    aiortc's)."""
+    from syncclass.nack import use_bounded_nacks
     from syncclass.rtc import (
         VIDEO_HOLE_WAIT_S,
         install_low_latency_jitter_buffers,
@@ -87,6 +90,8 @@ def _tune_aiortc(config: CountyConfig) -> None:
     install_low_latency_jitter_buffers(video=jb in ("low-latency", "video"),
                                        audio=jb in ("low-latency", "audio"),
                                        hole_wait_s=hole_wait_s)
+    if os.environ.get("SYNCCLASS_NACK", "bounded") != "stock":
+        use_bounded_nacks()
 
 
 def _tune_mixer_aiortc() -> None:

@@ -46,12 +46,11 @@ SETTLE_S = 10.0
 """Figures are judged over the lesson's last ``LESSON_S - SETTLE_S`` seconds."""
 
 
-def write_configs(tmp: Path, link: EmulatedLink, adapt: bool,
-                  delay_based: bool = True) -> tuple[Path, Path]:
+def write_configs(tmp: Path, link: EmulatedLink, adapt: bool) -> tuple[Path, Path]:
     """County configs for the mixer side and for the agent inside the namespace."""
     data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
     data["media"].update(width=640, height=360, bitrate_kbps=1200, uplink_bitrate_kbps=1500,
-                         adaptation={"enabled": adapt, "delay_based": delay_based})
+                         adaptation={"enabled": adapt})
     for room in data["classrooms"]:
         room.setdefault("devices", {})["camera"] = {"kind": "synthetic", "width": 640,
                                                     "height": 360, "fps": 15}
@@ -77,14 +76,14 @@ class Sample:
 
 
 def run_capped_lesson(tmp: Path, cap_kbps: float, adapt: bool, lesson_s: float = LESSON_S,
-                      settle_s: float = SETTLE_S, delay_based: bool = True) -> dict[str, Any]:
+                      settle_s: float = SETTLE_S) -> dict[str, Any]:
     """Run one lesson with the rural classroom behind a ``cap_kbps`` link; its figures.
 
     Bitrates in kbit/s, rates in frames/s, over the window ``[settle_s, lesson_s]``.
     """
     out = tmp / "classrooms"
     with EmulatedLink("upl", seed=3) as link:
-        main_cfg, ns_cfg = write_configs(tmp, link, adapt, delay_based)
+        main_cfg, ns_cfg = write_configs(tmp, link, adapt)
         dep = LocalDeployment(main_cfg, tmp)
         try:
             dep.start_mixer()
@@ -133,7 +132,6 @@ def run_capped_lesson(tmp: Path, cap_kbps: float, adapt: bool, lesson_s: float =
         finally:
             dep.stop_all()
     result = figures(samples, rx_summary, cap_kbps, adapt, settle_s)
-    result["delay_based"] = adapt and delay_based
     result["timeline"] = timeline(samples)
     return result
 
@@ -205,9 +203,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="Video adaptation on capped rural links: with "
                                  "and without adaptation, side by side in one run.")
     ap.add_argument("--caps", default="1024,512", help="link caps, kbit/s, comma-separated")
-    ap.add_argument("--modes", default="on,off",
-                    help="adaptation modes to alternate: on, off, or on-nodelay (on without "
-                         "the delay-based estimate)")
+    ap.add_argument("--modes", default="on,off", help="adaptation modes to alternate")
     ap.add_argument("--seconds", type=float, default=LESSON_S)
     ap.add_argument("--settle", type=float, default=SETTLE_S)
     ap.add_argument("--hole-waits", default="",
@@ -236,11 +232,9 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         try:
-            result = run_capped_lesson(work, cap, mode != "off", args.seconds, args.settle,
-                                       delay_based=mode != "on-nodelay")
+            result = run_capped_lesson(work, cap, mode == "on", args.seconds, args.settle)
         except Exception as exc:  # one failed run is a figure too
-            result = {"cap_kbps": cap, "adaptation": mode != "off", "mode": mode,
-                      "error": repr(exc)}
+            result = {"cap_kbps": cap, "adaptation": mode == "on", "error": repr(exc)}
         result["hole_wait_s"] = wait
         if args.timeline:
             for row in result.get("timeline", []):

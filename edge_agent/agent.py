@@ -605,8 +605,7 @@ class Agent:
         """Adapt the camera encoder to the uplink's estimate (:mod:`syncclass.adapt`):
         bitrate first, then picture size, then frame rate. Each lesson starts in full."""
         enc, media = self.encoder, self.config.media
-        policy = AdaptPolicy(min_bitrate_kbps=media.adaptation.min_bitrate_kbps,
-                             delay_based=media.adaptation.delay_based)
+        policy = AdaptPolicy(min_bitrate_kbps=media.adaptation.min_bitrate_kbps)
         control = RateController(media.uplink_bitrate_kbps, policy)
         adapter = EncoderAdapter(enc.width, enc.height, enc.fps, media.uplink_bitrate_kbps,
                                  policy)

@@ -241,8 +241,7 @@ class LessonMedia:
         for v in self.views.values():
             v.renditions = ViewRenditions(
                 v.name, self.media, v.encoder,
-                AdaptPolicy(min_bitrate_kbps=adapt.min_bitrate_kbps,
-                            delay_based=adapt.delay_based),
+                AdaptPolicy(min_bitrate_kbps=adapt.min_bitrate_kbps),
                 enabled=adapt.enabled and adapt.low_rendition,
             )
         self.encoders_created = len(self.views)

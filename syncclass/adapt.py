@@ -70,8 +70,6 @@ class LinkFeedback:
     """Receiver report's fraction of our packets lost since its previous report, 0..1."""
     rtt_ms: float | None = None
     """Round-trip time (smoothed, from SR/RR timestamps), ms."""
-    rtt_sample_ms: float | None = None
-    """This report's own round trip (unsmoothed), ms."""
 
 
 @dataclass(frozen=True)
@@ -99,15 +97,6 @@ class AdaptPolicy:
     the stream sends, with loss or queueing (see :attr:`RateController.remb_binding`)."""
     queue_rtt_ms: float = 50.0
     """A round trip this much above the smallest seen means a queue on the path, ms."""
-    delay_based: bool = True
-    """Whether a growing round trip cuts the target before any loss (see
-    :attr:`RateController.delay_kbps`)."""
-    delay_cut: float = 0.85
-    """A queue on the path cuts the delay-based estimate to this fraction of what is sent."""
-    delay_holdoff_s: float = 2.0
-    """Shortest interval between two delay-based cuts, s: the queue drains only slowly."""
-    delay_increase: float = 1.08
-    """Growth factor of the delay-based estimate per report with no queue."""
     min_change_s: float = 1.0
     """Shortest interval between two encoder changes, s (each costs an IDR)."""
     down_step: float = 0.10
@@ -234,19 +223,6 @@ class RateController:
     rtt_min_ms: float | None = None
     """The smallest round trip seen: the path without queueing, ms."""
     loss_cut_at_s: float = -math.inf
-    delay_kbps: float = math.inf
-    """The delay-based estimate, kbit/s. Each receiver report's own round trip is compared
-    with the smallest seen: ``queue_rtt_ms`` above it and growing means the bottleneck's
-    queue fills, and the estimate drops to ``delay_cut`` x what is sent, at most once per
-    ``delay_holdoff_s``; less than half that above it lets the estimate grow by
-    ``delay_increase`` per report, until it no longer limits. This reacts while the queue
-    fills, before it overflows: the loss-based estimate reacts only once packets are lost,
-    and aiortc's receiver-side REMB lets a thin link's queue fill (round trips of
-    180-420 ms on a 384 kbit/s link)."""
-    rtt_sample_min_ms: float | None = None
-    queue_ms: float | None = None
-    """The last report's round trip above the smallest seen, ms."""
-    delay_cut_at_s: float = -math.inf
 
     def __post_init__(self) -> None:
         if self.max_kbps <= 0:
@@ -255,7 +231,7 @@ class RateController:
 
     def target_kbps(self, now_s: float) -> float:
         """The current target at monotonic time ``now_s`` (s), kbit/s."""
-        target = min(self.loss_kbps, self.delay_kbps)
+        target = self.loss_kbps
         if (self.remb_binding and self.remb_kbps is not None
                 and now_s - self.remb_at_s <= self.policy.remb_max_age_s):
             target = min(target, self.remb_kbps)
@@ -280,8 +256,6 @@ class RateController:
                 self.remb_binding = True
         if feedback.fraction_lost is not None:
             self._on_loss(feedback.fraction_lost, now_s, sent_kbps)
-        if feedback.rtt_sample_ms is not None and self.policy.delay_based:
-            self._on_rtt_sample(feedback.rtt_sample_ms, now_s, sent_kbps)
         if not self.remb_binding and self.remb_kbps is not None and sent_kbps:
             p = self.policy
             queued = (self.rtt_ms is not None and self.rtt_min_ms is not None
@@ -289,25 +263,6 @@ class RateController:
             self.remb_binding = (self.remb_kbps < sent_kbps * p.remb_binding_ratio
                                  and now_s - self.remb_at_s <= p.remb_max_age_s
                                  and (self.last_loss >= p.low_loss or queued))
-
-    def _on_rtt_sample(self, rtt_ms: float, now_s: float, sent_kbps: float | None) -> None:
-        if rtt_ms < 0:
-            return  # clocks stepped; not a measurement
-        p = self.policy
-        self.rtt_sample_min_ms = min(self.rtt_sample_min_ms or math.inf, rtt_ms)
-        previous, self.queue_ms = self.queue_ms, rtt_ms - self.rtt_sample_min_ms
-        if self.queue_ms >= p.queue_rtt_ms:
-            growing = previous is None or self.queue_ms >= previous
-            if growing and now_s - self.delay_cut_at_s >= p.delay_holdoff_s:
-                base = min(self.delay_kbps, self.target_kbps(now_s))
-                if sent_kbps:
-                    base = min(base, sent_kbps)
-                self.delay_kbps = max(p.min_bitrate_kbps, base * p.delay_cut)
-                self.delay_cut_at_s = now_s
-        elif self.queue_ms < p.queue_rtt_ms / 2 and math.isfinite(self.delay_kbps):
-            self.delay_kbps *= p.delay_increase
-            if self.delay_kbps >= self.max_kbps:
-                self.delay_kbps = math.inf
 
     def _on_loss(self, loss: float, now_s: float, sent_kbps: float | None) -> None:
         if not 0.0 <= loss <= 1.0:

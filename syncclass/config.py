@@ -199,9 +199,6 @@ class AdaptationConfig(_Model):
     configured bitrate whatever the link."""
     min_bitrate_kbps: int = Field(default=100, ge=30, le=5000)
     """No stream is adapted below this, kbit/s."""
-    delay_based: bool = True
-    """A round trip growing 50 ms above its floor lowers a stream's bitrate before packets
-    are lost (:attr:`syncclass.adapt.RateController.delay_kbps`)."""
     low_rendition: bool = True
     """Whether the mixer may encode a second, lower rendition of a view (one more encode
     per view while any classroom needs it)."""

@@ -581,16 +581,8 @@ def _link_feedback(sender: RTCRtpSender, packet: Any) -> LinkFeedback | None:
         for report in packet.reports:
             if report.ssrc == ssrc:
                 rtt = getattr(sender, "_RTCRtpSender__rtt", None)
-                # This report's own round trip, as aiortc 1.16 computes it before smoothing:
-                # it answers our latest sender report.
-                sample = None
-                lsr_time = getattr(sender, "_RTCRtpSender__lsr_time", None)
-                if (report.dlsr and lsr_time is not None
-                        and getattr(sender, "_RTCRtpSender__lsr", None) == report.lsr):
-                    sample = (time.time() - lsr_time - report.dlsr / 65536) * 1000.0
                 return LinkFeedback(fraction_lost=report.fraction_lost / 256.0,
-                                    rtt_ms=None if rtt is None else rtt * 1000.0,
-                                    rtt_sample_ms=sample)
+                                    rtt_ms=None if rtt is None else rtt * 1000.0)
     elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
         try:
             bitrate, ssrcs = unpack_remb_fci(packet.fci)

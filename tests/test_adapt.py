@@ -199,39 +199,3 @@ def test_overuse_with_loss_cuts_at_once() -> None:
     c2 = RateController(1500)
     c2.on_feedback(LinkFeedback(remb_kbps=1259), 1.0)
     assert c2.target_kbps(1.0) == 1259
-
-
-def test_growing_round_trip_cuts_before_any_loss_then_recovers() -> None:
-    # A 600 kbit/s sender into a 512 kbit/s bottleneck: the queue grows by ~90 kbit/s, so
-    # the round trip climbs report by report while nothing is lost yet.
-    c = RateController(1500)
-    c.on_feedback(LinkFeedback(rtt_sample_ms=40.0, fraction_lost=0.0), 1.0, sent_kbps=600)
-    c.on_feedback(LinkFeedback(rtt_sample_ms=70.0, fraction_lost=0.0), 2.0, sent_kbps=600)
-    assert c.target_kbps(2.0) == 1500  # 30 ms above the floor: no queue yet
-    c.on_feedback(LinkFeedback(rtt_sample_ms=110.0, fraction_lost=0.0), 3.0, sent_kbps=600)
-    assert c.target_kbps(3.0) == pytest.approx(510)  # 0.85 x what is sent
-    # While it drains the round trip stays high: no second cut within the hold-off, and
-    # none once it falls.
-    c.on_feedback(LinkFeedback(rtt_sample_ms=120.0, fraction_lost=0.0), 4.0, sent_kbps=510)
-    c.on_feedback(LinkFeedback(rtt_sample_ms=100.0, fraction_lost=0.0), 5.5, sent_kbps=510)
-    assert c.target_kbps(5.5) == pytest.approx(510)
-    # Drained: the estimate grows by 8 % per report until it no longer limits.
-    c.on_feedback(LinkFeedback(rtt_sample_ms=45.0, fraction_lost=0.0), 6.5, sent_kbps=510)
-    assert c.target_kbps(6.5) == pytest.approx(510 * 1.08)
-    for i in range(20):
-        c.on_feedback(LinkFeedback(rtt_sample_ms=42.0, fraction_lost=0.0), 7.5 + i,
-                      sent_kbps=510)
-    assert c.delay_kbps == float("inf") and c.target_kbps(30.0) == 1500
-
-
-def test_round_trip_jitter_below_the_queue_threshold_never_cuts() -> None:
-    # A busy machine's clean link (1 + 4 lessons measured 7-11 ms smoothed round trips).
-    c = RateController(1500)
-    for i, rtt in enumerate([3.0, 12.0, 30.0, 8.0, 45.0, 5.0, 40.0] * 3):
-        c.on_feedback(LinkFeedback(rtt_sample_ms=rtt, fraction_lost=0.0), float(i),
-                      sent_kbps=1450)
-    assert c.target_kbps(30.0) == 1500
-    off = RateController(1500, AdaptPolicy(delay_based=False))
-    off.on_feedback(LinkFeedback(rtt_sample_ms=5.0), 1.0, sent_kbps=600)
-    off.on_feedback(LinkFeedback(rtt_sample_ms=400.0), 2.0, sent_kbps=600)
-    assert off.target_kbps(2.0) == 1500

@@ -446,29 +446,3 @@ async def test_receivers_decode_inline_over_a_real_connection() -> None:
         while True:
             await asyncio.wait_for(track.recv(), 5)
     assert not [t for t in threading.enumerate() if t.name == "audio-decoder"]
-
-
-def test_link_feedback_carries_this_reports_own_round_trip() -> None:
-    import time as _time
-
-    from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket
-
-    from syncclass.rtc import _link_feedback
-
-    class Sender:
-        _ssrc = 1234
-        _RTCRtpSender__rtt = 0.020  # aiortc's smoothed value, s
-        _RTCRtpSender__lsr = 0x12345678
-        _RTCRtpSender__lsr_time = _time.time() - 0.300  # our last SR left 300 ms ago
-
-    def report(lsr: int) -> RtcpRrPacket:
-        info = RtcpReceiverInfo(ssrc=1234, fraction_lost=64, packets_lost=3,
-                                highest_sequence=100, jitter=0, lsr=lsr,
-                                dlsr=int(0.100 * 65536))  # it waited 100 ms to answer
-        return RtcpRrPacket(ssrc=1, reports=[info])
-
-    fb = _link_feedback(Sender(), report(0x12345678))  # type: ignore[arg-type]
-    assert fb is not None and fb.fraction_lost == 0.25 and fb.rtt_ms == 20.0
-    assert fb.rtt_sample_ms is not None and 195 < fb.rtt_sample_ms < 230
-    stale = _link_feedback(Sender(), report(0x11111111))  # type: ignore[arg-type]
-    assert stale is not None and stale.rtt_sample_ms is None  # answers an older SR

@@ -78,6 +78,8 @@ class BoundedNackGenerator:
             return False
         if uint16_gt(seq, self.max_seq):
             gap = uint16_add(self.max_seq, 1)
+            if uint16_gt(uint16_add(seq, -TRACKED), gap):  # a jump: only the last ones count
+                gap = uint16_add(seq, -TRACKED)
             while uint16_gt(seq, gap):
                 self._lost[gap] = [-math.inf, 0.0]
                 gap = uint16_add(gap, 1)

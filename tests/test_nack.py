@@ -71,6 +71,8 @@ def test_bounded_generator_forgets_what_arrives_or_is_too_old() -> None:
     assert _asks(gen, [2]) == [[65535]]
     clock.t += NACK_RETRY_S
     assert _asks(gen, [200]) == [list(range(72, 200))]  # 3..199 missing: the last 128 kept
+    clock.t += NACK_RETRY_S
+    assert _asks(gen, [20000]) == [list(range(19872, 20000))]  # a jump: the last 128 only
 
 
 async def test_bounded_nacks_in_real_peers_and_resends_bounded() -> None:

@@ -10,8 +10,8 @@ Stock aiortc 1.16 answers loss in a way that feeds congestion:
 
 On a link that loses packets because it is full, each loss then brings back a burst of
 old packets, which fill the queue further. Behind a 512 kbit/s link the downlink kept
-dropping 45-700 packets a second for ~12 s after the mixer had moved the classroom to a
-370 kbit/s rendition (``benchmarks/uplink.py``, 2026-12-03). libwebrtc bounds both sides:
+dropping 22-698 packets a second for ~12 s after the mixer had moved the classroom to a
+390 kbit/s rendition (``benchmarks/uplink.py``, 2026-12-03). libwebrtc bounds both sides:
 its NACK module asks for a packet a limited number of times, spaced by the round trip,
 and its sender does not resend a packet within a round trip of resending it.
 

@@ -191,7 +191,7 @@ class AdaptationConfig(_Model):
     """Agents follow their uplink's estimate (bitrate, then size, then frame rate) and the
     mixer serves a lower rendition of a view to classrooms whose downlink needs it. Behind
     a capped link this keeps video moving where none gets through without it
-    (``benchmarks/uplink.py``: 0-0.23 fps without, ~15 fps with, at 512 and 1024 kbit/s);
+    (``benchmarks/uplink.py``: 0-1.3 fps without, ~15 fps with, at 512 and 1024 kbit/s);
     on a clean link it changes nothing. Known limits: aiortc's receive-side estimate lets
     the video fill a thin link's queue (round trips of 180-420 ms on a 384 kbit/s link
     with 20 ms of delay), so there the picture stalls and catches up in bursts, and the

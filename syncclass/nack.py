@@ -18,8 +18,8 @@ and its sender does not resend a packet within a round trip of resending it.
 - :class:`BoundedNackGenerator` asks for a missing packet when its gap appears and again
   at most every ``retry_s``, at most ``max_nacks`` times. Our video jitter buffer gives up
   on a hole after 0.5 s anyway (``rtc.VIDEO_HOLE_WAIT_S``) and asks for a keyframe.
-- :func:`use_bounded_retransmissions` makes a sender skip a packet it resent less than a
-  round trip ago (at least ``min_interval_s``).
+- a sender skips a packet it resent less than a round trip ago (and less than
+  ``RESEND_MIN_INTERVAL_S``), wrapping ``RTCRtpSender._retransmit``.
 
 :func:`use_bounded_nacks` installs both for receivers and senders created from now on
 (the mixer's and the agents' peers). ``SYNCCLASS_NACK=stock`` keeps aiortc's behaviour
@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
 
 import aiortc.rtcrtpreceiver
 from aiortc import RTCRtpSender
@@ -123,24 +122,13 @@ async def _bounded_retransmit(self: RTCRtpSender, sequence_number: int) -> None:
     await _stock_retransmit(self, sequence_number)
 
 
-def use_bounded_retransmissions() -> None:
-    RTCRtpSender._retransmit = _bounded_retransmit  # type: ignore[method-assign]
-
-
 def use_bounded_nacks() -> None:
     """Bounded NACKs in receivers and bounded resends in senders created from now on."""
-    if not hasattr(RTCRtpSender, "_retransmit") or not callable(_StockNackGenerator):
-        raise RuntimeError("aiortc changed: RTCRtpSender._retransmit or NackGenerator is gone")
     aiortc.rtcrtpreceiver.NackGenerator = BoundedNackGenerator  # type: ignore[misc,assignment]
-    use_bounded_retransmissions()
+    RTCRtpSender._retransmit = _bounded_retransmit  # type: ignore[method-assign]
 
 
 def use_stock_nacks() -> None:
     """Undo :func:`use_bounded_nacks`."""
     aiortc.rtcrtpreceiver.NackGenerator = _StockNackGenerator  # type: ignore[misc]
     RTCRtpSender._retransmit = _stock_retransmit  # type: ignore[method-assign]
-
-
-def stats(sender: RTCRtpSender) -> dict[str, Any]:
-    """Resends a sender skipped as too soon (0 with stock aiortc)."""
-    return {"resends_skipped": getattr(sender, "_syncclass_resends_skipped", 0)}

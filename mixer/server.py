@@ -59,6 +59,7 @@ from syncclass.protocol import (
     parse_client_message,
 )
 from syncclass.ratelimit import RateLimiter
+from syncclass.remb import remb_counts
 from syncclass.rtc import (
     close_peer,
     new_peer_connection,
@@ -621,7 +622,8 @@ async def stats(request: web.Request) -> web.Response:
         body["process"] = {"tasks": len(asyncio.all_tasks()),
                            "threads": threading.active_count(),
                            "fds": _open_fds(),
-                           "thread_cpu_s": thread_cpu_seconds()}
+                           "thread_cpu_s": thread_cpu_seconds(),
+                           "remb": remb_counts()}
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import aiortc.rtcrtpreceiver
 from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
 from aiortc.rate import BandwidthUsage, RemoteBitrateEstimator
@@ -56,10 +54,10 @@ def test_paced_estimator_lowers_its_estimate_once_per_interval_and_follows_the_c
     # at most one per reduction interval (plus aiortc's 500 ms feedback): ~50, not ~540
     assert len(paced) <= 10_000 / REDUCTION_INTERVAL_MS + 1
     assert len(paced) * 5 < len(stock)
-    decreases = [b for a, b in itertools.pairwise(paced) if b[1] < a[1]]
+    decreases = [b for a, b in zip(paced, paced[1:], strict=False) if b[1] < a[1]]
     assert decreases, "overuse must still lower the estimate"
     times = [t for t, _ in paced]
-    assert min(b - a for a, b in itertools.pairwise(times)) >= REDUCTION_INTERVAL_MS
+    assert min(b - a for a, b in zip(times, times[1:], strict=False)) >= REDUCTION_INTERVAL_MS
     # both end near the 1 Mbit/s cap, well under the 1.5 Mbit/s sent
     assert 800_000 < paced[-1][1] < 1_200_000
     assert abs(paced[-1][1] - stock[-1][1]) < 0.15 * stock[-1][1]

@@ -59,7 +59,6 @@ from syncclass.protocol import (
     parse_client_message,
 )
 from syncclass.ratelimit import RateLimiter
-from syncclass.remb import remb_counts
 from syncclass.rtc import (
     close_peer,
     new_peer_connection,
@@ -622,8 +621,7 @@ async def stats(request: web.Request) -> web.Response:
         body["process"] = {"tasks": len(asyncio.all_tasks()),
                            "threads": threading.active_count(),
                            "fds": _open_fds(),
-                           "thread_cpu_s": thread_cpu_seconds(),
-                           "remb": remb_counts()}
+                           "thread_cpu_s": thread_cpu_seconds()}
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 

@@ -72,10 +72,8 @@ def _tune_aiortc(config: CountyConfig) -> None:
     ``SYNCCLASS_JITTER_BUFFER=stock`` (or ``video`` / ``audio``: only that one of ours) and
     ``SYNCCLASS_VIDEO_HOLE_WAIT_S`` (seconds; ``inf``: holes wait as in stock aiortc).
     Video NACKs and resends are bounded (:mod:`syncclass.nack`; ``SYNCCLASS_NACK=stock``:
-    aiortc's), and so are the REMBs of a receiver that sees overuse (:mod:`syncclass.remb`;
-    ``SYNCCLASS_REMB=stock``: one per video packet, as aiortc)."""
+    aiortc's)."""
     from syncclass.nack import use_bounded_nacks
-    from syncclass.remb import REDUCTION_INTERVAL_MS, use_paced_remb
     from syncclass.rtc import (
         VIDEO_HOLE_WAIT_S,
         install_low_latency_jitter_buffers,
@@ -94,8 +92,6 @@ def _tune_aiortc(config: CountyConfig) -> None:
                                        hole_wait_s=hole_wait_s)
     if os.environ.get("SYNCCLASS_NACK", "bounded") != "stock":
         use_bounded_nacks()
-    use_paced_remb(0 if os.environ.get("SYNCCLASS_REMB", "paced") == "stock"
-                   else REDUCTION_INTERVAL_MS)
 
 
 def _tune_mixer_aiortc() -> None:

@@ -272,9 +272,11 @@ def mixer_round(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         start_lesson(dep, members, recorder=args.record)
         time.sleep(args.settle)
         window = measure_window(dep, members, args.seconds)
+        split = mixer_split(dep, pairing.main)
         dep.agent_command(pairing.main, "end")
     teacher = [p for p in window["latency_pairs"] if p["source"] == pairing.main]
     return {
+        "split": split,
         "all_pairs_p50_ms_median": window["latency_p50_ms_median"],
         "all_pairs_p95_ms_median": window["latency_p95_ms_median"],
         "teacher_to_rural_p50_ms_median": median_or_none([p["p50_ms"] for p in teacher]),
@@ -282,6 +284,36 @@ def mixer_round(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "cpu_percent_of_one_core": window["cpu_percent_of_one_core"],
         "views": window["views"],
         "latency_pairs": window["latency_pairs"],
+    }
+
+
+def mixer_split(dep: LocalDeployment, main: str, samples: int = 10) -> dict[str, Any]:
+    """Where the teacher's picture is when the mixer composes it, from the mixer's
+    ``/api/stats``, ``samples`` times 0.5 s apart (medians): its age since capture at the
+    composition instant (the lip-sync estimate: capture time from the teacher's RTCP
+    sender reports, smoothed), how long the composition tick waited for the teacher's
+    frames (:class:`~mixer.tickphase.TickPhase`), and each view's mean encode time. The rest
+    of the glass-to-glass time is composition, encode, the second hop and the classroom's
+    jitter buffer and decode."""
+    ages, waits = [], []
+    encode: dict[str, list[float]] = {}
+    for _ in range(samples):
+        media = next(iter(dep.mixer_stats()["media"].values()), {})
+        sync = ((media.get("audio_inputs") or {}).get(main) or {}).get("lipsync") or {}
+        if sync.get("video_age_ms") is not None:
+            ages.append(float(sync["video_age_ms"]))
+        wait = (media.get("tick_phase") or {}).get("teacher_wait_ms")
+        if wait is not None:
+            waits.append(float(wait))
+        for name, view in (media.get("views") or {}).items():
+            ms = (view.get("encoder") or {}).get("mean_encode_ms")
+            if ms is not None:
+                encode.setdefault(name, []).append(float(ms))
+        time.sleep(0.5)
+    return {
+        "teacher_age_at_composition_ms": median_or_none(ages),
+        "tick_wait_for_teacher_ms": median_or_none(waits),
+        "mean_encode_ms": {name: median_or_none(v) for name, v in encode.items()},
     }
 
 
@@ -325,7 +357,8 @@ def main() -> int:
                 print(f"round {r + 1} mixer: all pairs p50 {res['all_pairs_p50_ms_median']} "
                       f"p95 {res['all_pairs_p95_ms_median']}, teacher→rural p50 "
                       f"{res['teacher_to_rural_p50_ms_median']} p95 "
-                      f"{res['teacher_to_rural_p95_ms_median']} ms (load {load})", flush=True)
+                      f"{res['teacher_to_rural_p95_ms_median']} ms (load {load}); the "
+                      f"teacher's picture at composition: {res['split']}", flush=True)
 
     def med(values: list[float | None]) -> float | None:
         return median_or_none([v for v in values if v is not None])
@@ -341,6 +374,8 @@ def main() -> int:
                                               for x in mixer]),
         "mixer_teacher_to_rural_p95_ms": med([x["teacher_to_rural_p95_ms_median"]
                                               for x in mixer]),
+        "mixer_teacher_age_at_composition_ms": med(
+            [x["split"]["teacher_age_at_composition_ms"] for x in mixer]),
     }
     if summary["p2p_p50_ms"] and summary["mixer_p50_ms"] is not None:
         summary["ratio_mixer_over_p2p_p50"] = round(summary["mixer_p50_ms"]

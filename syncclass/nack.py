@@ -64,7 +64,8 @@ class BoundedNackGenerator:
         self.clock = clock
         self.max_seq: int | None = None
         self._lost: dict[int, list[float]] = {}
-        """Missing sequence number → [time of its last NACK, NACKs so far]."""
+        """Missing sequence number still to be asked for → [time of its last NACK, NACKs
+        so far]."""
         self.missing: set[int] = set()
         """What the next NACK asks for (read by aiortc right after :meth:`add`)."""
         self.nacked = 0
@@ -98,6 +99,10 @@ class BoundedNackGenerator:
                 state[0] = now
                 state[1] += 1
                 due.add(s)
+        # A packet asked for max_nacks times is never asked for again: forget it now, so
+        # that this per-packet loop only walks packets that may still be due.
+        for s in [s for s in due if self._lost[s][1] >= self.max_nacks]:
+            del self._lost[s]
         self.missing = due
         self.nacked += len(due)
         return bool(due)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -62,6 +63,7 @@ class Run:
         self.mixer_status: dict[str, Any] = {}
         self.codecs: dict[str, Any] = {}
         self.tones_db: dict[str, float] = {}
+        self.tone_readings: list[dict[str, float]] = []
 
     def token(self, cid: str) -> str:
         return next(c.token for c in self.dep.config.classrooms if c.id == cid)
@@ -144,6 +146,16 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 for hz in (440, 660, 1000)
             }
             r.agent_during = dep.agent_status(MAIN)
+            # The main agent's tone levels cover the last second it heard. On a loaded CI
+            # machine one second lacked the browser's tone once (-55.4 dB, the other rural
+            # classroom's -13.6 dB); read again for up to 10 s, keeping every reading.
+            r.tone_readings = [r.agent_during["reception"]["tone_levels_db"]]
+            deadline = time.monotonic() + 10.0
+            while (not hears_browser(r.tone_readings[-1])
+                   and time.monotonic() < deadline):
+                time.sleep(0.5)
+                r.agent_during = dep.agent_status(MAIN)
+                r.tone_readings.append(r.agent_during["reception"]["tone_levels_db"])
             r.mixer_stats = dep.mixer_stats()
             r.mixer_status = dep.mixer_status()
             (tmp / "browser-latency.json").write_text(json.dumps({
@@ -203,6 +215,12 @@ def test_page_plays_n_minus_1_mix(run: Run) -> None:
     assert tones["1000"] > tones["660"] + 15, (tones, audio_inputs)
 
 
+def hears_browser(levels: dict[str, float]) -> bool:
+    """The main classroom hears the browser's tone well above its own (absent from its
+    N-1 mix: the level of silence)."""
+    return levels.get(BROWSER, -math.inf) > levels.get(MAIN, math.inf) + 20
+
+
 def test_mixer_composes_chromium_camera(run: Run) -> None:
     media = next(iter(run.mixer_stats["media"].values()))
     assert media["video_inputs"][BROWSER]["frames"] >= 2 * MEASURE_S
@@ -215,8 +233,9 @@ def test_mixer_composes_chromium_camera(run: Run) -> None:
     browser_src = rx["latency_ms"][BROWSER]
     assert browser_src["timecode_advances"] >= 20, browser_src
     # ... and hears the browser's microphone (hetou-3's 660 Hz) in its N-1 mix.
-    levels = rx["tone_levels_db"]
-    assert levels[BROWSER] > levels[MAIN] + 20, levels
+    audio_in = {lesson_id: (media.get("audio_inputs") or {}).get(BROWSER)
+                for lesson_id, media in run.mixer_stats.get("media", {}).items()}
+    assert hears_browser(rx["tone_levels_db"]), (run.tone_readings, audio_in)
 
 
 def test_observer_watches_and_comments(run: Run) -> None:

@@ -343,7 +343,7 @@ def test_hand_raises_counted_and_shown(run: Run) -> None:
         return int(((rr > 180) & (g > 160) & (b < 90)).sum())
 
     # (hetou films grey gravel and faces: nothing else there is yellow; expiry is covered
-    # by tests/test_hand_badge.py, shanping's synthetic picture has yellow bars.)
+    # by tests/mixer/test_hand_badge.py, shanping's synthetic picture has yellow bars.)
     assert yellow(HETOU) > 300, "no raised-hand badge in the teacher view"
 
 

@@ -1,11 +1,11 @@
 """Observers (教研员) and comments, in process: auth, pairing rules, receive-only media,
 comment stamping, storage, events and the comments API. The browser side is in
-tests/test_browser_classroom.py.
+tests/browser/test_browser_classroom.py.
 
 The receive-only test answers with a throw-away offer, so the mixer's peer is still
 checking ICE (against a closed port) when the observer disconnects: this caught, in ~1 run
 of 10, a cancellation swallowed by Python 3.11's asyncio.wait_for in the observer's layout
-sender (see tests/test_slowloris.py), which kept the observer subscribed for ~60 s."""
+sender (see tests/mixer/test_slowloris.py), which kept the observer subscribed for ~60 s."""
 
 from __future__ import annotations
 

@@ -14,28 +14,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from playwright.sync_api import Page, expect
 
 from syncclass.demo import LocalDeployment
 from tests.browser_support import chromium
+from tests.county import County
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 MAIN, RURAL = "main-3-1", ["hetou-3", "shanping-3"]
 
 
 @pytest.fixture(scope="module")
 def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
     tmp = tmp_path_factory.mktemp("control")
-    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
-    data["media"].update(width=640, height=360)  # keep the machine's 2 cores for the rest
-    for room in data["classrooms"]:
-        room.setdefault("devices", {})["camera"] = {"kind": "synthetic", "width": 640,
-                                                    "height": 360}
-    config = tmp / "county.yaml"
-    config.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    county = County(tmp)
+    county.data["media"].update(width=640, height=360)  # keep the machine's 2 cores for the rest
+    config = county.synthetic_cameras(width=640, height=360).write()
     state = tmp / "state"
     mp = pytest.MonkeyPatch()
     mp.setenv("SYNCCLASS_STATE_DIR", str(state))  # the agents keep device choices here

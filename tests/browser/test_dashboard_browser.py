@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from syncclass.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_webhook
 from syncclass.demo import LocalDeployment, free_port
+from tests.county import County
 
 pytestmark = pytest.mark.integration
 
@@ -71,15 +71,13 @@ class Hooks:
 
 
 def make_config(tmp: Path, webhook_url: str) -> Path:
-    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
-    data["ops"].update({
+    county = County(tmp)
+    county.data["ops"].update({
         "alert_hold_s": 2.0,
         "webhooks": [{"url": webhook_url, "secret": WEBHOOK_SECRET,
                       "events": ["alert", "lesson_started"]}],
     })
-    path = tmp / "county.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    return path
+    return county.write()
 
 
 class Lesson:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -19,6 +18,7 @@ from syncclass.auth import (
 )
 from syncclass.config import OpsUserConfig, default_config_path, load_config
 from syncclass.errors import ConfigError
+from tests.county import County
 
 
 def test_password_round_trip_and_salt() -> None:
@@ -46,13 +46,9 @@ def test_config_refuses_plain_password() -> None:
         OpsUserConfig(name="ops", password_hash="hunter2hunter2")
 
 
-def test_config_error_names_the_field(tmp_path: Path) -> None:
-    import yaml
-
-    data = yaml.safe_load(default_config_path().read_text(encoding="utf-8"))
-    data["ops"]["users"][0]["password_hash"] = "plaintext-password"
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+def test_config_error_names_the_field(county: County) -> None:
+    county.data["ops"]["users"][0]["password_hash"] = "plaintext-password"
+    path = county.write("c.yaml")
     with pytest.raises(ConfigError, match=r"ops\.users\[0\]"):
         load_config(path)
 

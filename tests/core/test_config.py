@@ -11,13 +11,12 @@ import yaml
 
 from syncclass.config import default_config_path, load_config, parse_config
 from syncclass.errors import ConfigError
-
-SAMPLE = Path(__file__).resolve().parents[2] / "configs" / "county.yaml"
+from tests.county import SAMPLE, County
 
 
 @pytest.fixture
-def data() -> dict[str, Any]:
-    return dict(yaml.safe_load(SAMPLE.read_text(encoding="utf-8")))
+def data(county: County) -> dict[str, Any]:
+    return county.data
 
 
 def test_sample_county_loads() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -19,8 +18,8 @@ from hypothesis import strategies as st
 from syncclass.config import parse_config
 from syncclass.errors import ConfigError, ProtocolError
 from syncclass.protocol import CLIENT_TYPES, parse_client_message
+from tests.county import SAMPLE
 
-SAMPLE = Path(__file__).resolve().parents[2] / "configs" / "county.yaml"
 BASE = yaml.safe_load(SAMPLE.read_text(encoding="utf-8"))
 
 json_values = st.recursive(

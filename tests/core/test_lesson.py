@@ -9,7 +9,7 @@ import pytest
 from syncclass.config import load_config
 from syncclass.errors import AuthError, InvalidStateError
 from syncclass.lesson import Lesson, LessonRegistry, pick_timetable_entry
-from tests.core.test_config import SAMPLE
+from tests.county import SAMPLE
 
 
 def registry() -> tuple[LessonRegistry, list[Lesson]]:

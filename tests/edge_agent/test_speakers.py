@@ -13,7 +13,6 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-import yaml
 
 from edge_agent.agent import Agent, SourceAudioTrack
 from edge_agent.audio_processing import AudioProcessor, AudioProcessorOptions
@@ -23,10 +22,10 @@ from syncclass.audio import spectrum_peaks
 from syncclass.config import load_config
 from syncclass.errors import DeviceError
 from tests.aec_room import FAR_TEXT, energy_db, fit, speech, to_i16
+from tests.county import County
 from tests.jack_support import jack_server
 
 RATE = 48000
-ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- PlayoutBuffer (pure) -------------------------------------------------------------------
@@ -178,21 +177,19 @@ async def test_loopback_echo_is_cancelled_in_real_time(jack: str) -> None:
 
 
 async def test_agent_feeds_what_its_speakers_play_to_its_echo_canceller(
-    jack: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    jack: str, tmp_path: Path, county: County, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The agent as configured on a classroom PC (microphone + speakers = the JACK device):
     the speaker sink's played blocks are the canceller's reference, and the microphone
     track sends the cleaned signal. The loopback carries the speakers into the mic."""
     monkeypatch.setenv("SYNCCLASS_STATE_DIR", str(tmp_path / "state"))
-    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
+    data = county.data
     data["classrooms"][0]["devices"] = {
         "microphone": {"kind": "microphone", "name": "system"},
         "speakers": {"kind": "device", "name": "system"},
         "camera": {"kind": "synthetic", "width": 320, "height": 180},
     }
-    path = tmp_path / "county.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    config = load_config(path)
+    config = load_config(county.write())
     agent = Agent(config, data["classrooms"][0]["id"])
     try:
         assert isinstance(agent.audio_sink, SpeakerAudioSink)

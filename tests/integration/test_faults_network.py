@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from syncclass.demo import LocalDeployment, http_json, write_link_configs
 from syncclass.netem import EmulatedLink, Impairment
+from tests.county import County
 
 pytestmark = pytest.mark.integration
 
@@ -68,14 +68,12 @@ class Net:
 
 
 def _write_configs(tmp: Path, link: EmulatedLink) -> tuple[Path, Path]:
-    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
+    county = County(tmp)
     # Small pictures: the fault is the point here, and the machine is shared.
-    data["media"].update(width=640, height=360, bitrate_kbps=800, uplink_bitrate_kbps=500)
-    for room in data["classrooms"]:
-        room.setdefault("devices", {})["camera"] = {"kind": "synthetic", "width": 320,
-                                                    "height": 180, "fps": 15}
-    data["analytics"] = {"enabled": False}
-    return write_link_configs(data, link, tmp)
+    county.data["media"].update(width=640, height=360, bitrate_kbps=800, uplink_bitrate_kbps=500)
+    county.synthetic_cameras(width=320, height=180, fps=15)
+    county.data["analytics"] = {"enabled": False}
+    return write_link_configs(county.data, link, tmp)
 
 
 @pytest.fixture(scope="module")

@@ -14,28 +14,22 @@ from typing import Any
 
 import av
 import pytest
-import yaml
 
 from syncclass.demo import LocalDeployment
+from tests.county import County
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 MAIN, RURAL = "main-3-1", "hetou-3"
 
 
 @pytest.fixture
-def dep(tmp_path: Path) -> Iterator[LocalDeployment]:
-    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
-    data["mixer"]["data_dir"] = str(tmp_path / "mixer-data")
-    data["media"].update(width=640, height=360, bitrate_kbps=800, uplink_bitrate_kbps=500)
-    for room in data["classrooms"]:
-        room.setdefault("devices", {})["camera"] = {"kind": "synthetic", "width": 320,
-                                                    "height": 180, "fps": 15}
-    data["analytics"] = {"enabled": False}
-    path = tmp_path / "county.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    d = LocalDeployment(path, tmp_path)
+def dep(tmp_path: Path, county: County) -> Iterator[LocalDeployment]:
+    county.mixer["data_dir"] = str(tmp_path / "mixer-data")
+    county.data["media"].update(width=640, height=360, bitrate_kbps=800, uplink_bitrate_kbps=500)
+    county.synthetic_cameras(width=320, height=180, fps=15)
+    county.data["analytics"] = {"enabled": False}
+    d = LocalDeployment(county.write(), tmp_path)
     try:
         yield d
     except BaseException:

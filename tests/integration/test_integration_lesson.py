@@ -19,13 +19,12 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
-import yaml
 
 from syncclass.demo import LocalDeployment
+from tests.county import County
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 MAIN, RURAL = "main-3-1", ["hetou-3", "shanping-3"]
 OUTSIDER = "outsider-9"
 OUTSIDER_TOKEN = "outsider-token-0123456789"
@@ -35,9 +34,9 @@ MIN_FPS = 10.0
 
 
 def make_config(tmp: Path) -> Path:
-    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
+    county = County(tmp)
     # A classroom with a valid credential that is in no pairing.
-    data["classrooms"].append(
+    county.data["classrooms"].append(
         {
             "id": OUTSIDER,
             "school": "hetou-point",
@@ -48,9 +47,7 @@ def make_config(tmp: Path) -> Path:
             "tone_hz": 1500,
         }
     )
-    path = tmp / "county.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    return path
+    return county.write()
 
 
 class Run:

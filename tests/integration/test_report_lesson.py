@@ -29,11 +29,11 @@ import av
 import cv2
 import numpy as np
 import pytest
-import yaml
 
 from syncclass.analytics.st import st_analysis
 from syncclass.demo import LocalDeployment, http_json
 from syncclass.layout import grid_layout
+from tests.county import County
 from tests.headcount_scenes import make_scene
 from tests.speech_fixtures import make_clips
 
@@ -112,7 +112,8 @@ def write_schedules(tmp: Path, base_ms: int | None, clips: dict[str, Path]) -> N
 
 
 def write_config(tmp: Path, faces: Path) -> Path:
-    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
+    county = County(tmp)
+    data = county.data
     data["mixer"]["data_dir"] = str(tmp / "mixer-data")
     data["analytics"] = {"st_interval_s": ST_INTERVAL_S, "head_count_interval_s": 2.0,
                          "network_interval_s": 1.0}
@@ -124,9 +125,7 @@ def write_config(tmp: Path, faces: Path) -> Path:
         if cid == HETOU:
             devices["camera"] = {"kind": "file", "path": str(faces), "width": 1280,
                                  "height": 720, "fps": 15}
-    path = tmp / "county.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    return path
+    return county.write()
 
 
 def now_ms() -> int:

@@ -14,13 +14,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from mixer.app import create_app
 from mixer.dashboard import metrics
-from syncclass.config import CountyConfig, default_config_path, parse_config
+from syncclass.config import CountyConfig
+from tests.county import County
 from tests.mixer.test_dashboard_auth import DEMO_PASSWORD, DEMO_USER
 
 API_TOKEN = "ops-api-token-0123456789abcdef"
@@ -30,14 +30,13 @@ OPEN = {"/healthz", "/readyz", "/join", "/observe", "/dashboard/login", "/metric
 """Routes served without a credential (``/metrics``: to loopback clients only)."""
 
 
-def two_pairings_config(tmp: Any, **ops: Any) -> CountyConfig:
+def two_pairings(county: County) -> County:
     """The example county plus a second pairing (another main and rural classroom)."""
-    data = yaml.safe_load(default_config_path().read_text(encoding="utf-8"))
-    data["mixer"]["data_dir"] = str(tmp)
-    data["media"].update({"width": 320, "height": 180, "fps": 10})
+    data = county.data
+    data["mixer"]["data_dir"] = str(county.tmp)
+    county.for_ops(api_token=API_TOKEN)
     data["recorder"] = {"enabled": False}
     data["analytics"] = {"enabled": True, "head_count_interval_s": 0}
-    data["ops"].update({"api_token": API_TOKEN, "sample_interval_s": 0.2, **ops})
     data["classrooms"] += [
         {"id": OTHER_MAIN, "school": "shiyan-primary", "name": "实验小学 三(2)班",
          "label": "Shiyan 3-2", "role": "main", "token": "other-main-token-0123456789"},
@@ -46,7 +45,7 @@ def two_pairings_config(tmp: Any, **ops: Any) -> CountyConfig:
     ]
     data["pairings"].append({"id": "other-pairing", "main": OTHER_MAIN,
                              "receiving": [OTHER_RURAL]})
-    return parse_config(data, "test")
+    return county
 
 
 @dataclass
@@ -60,8 +59,8 @@ class Running:
 
 
 @pytest.fixture
-async def mixer(tmp_path: Any) -> AsyncIterator[Running]:
-    config = two_pairings_config(tmp_path)
+async def mixer(county: County) -> AsyncIterator[Running]:
+    config = two_pairings(county).config("test")
     app = create_app(config)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -164,9 +163,9 @@ async def test_wrong_credentials_are_refused_then_rate_limited(mixer: Running) -
             assert r.status == 429
 
 
-async def test_metrics_remote_scrapers_need_a_token(tmp_path: Any) -> None:
+async def test_metrics_remote_scrapers_need_a_token(county: County) -> None:
     """Without ``ops.metrics_token`` only loopback scrapes; a remote one needs a token."""
-    app = create_app(two_pairings_config(tmp_path))
+    app = create_app(two_pairings(county).config("test"))
     remote = make_mocked_request("GET", "/metrics", app=app).clone(remote="203.0.113.7")
     with pytest.raises(web.HTTPUnauthorized, match="Unauthorized"):
         await metrics(remote)
@@ -176,7 +175,8 @@ async def test_metrics_remote_scrapers_need_a_token(tmp_path: Any) -> None:
                                      headers={"Authorization": f"Bearer {API_TOKEN}"})
     assert (await metrics(with_token.clone(remote="203.0.113.7"))).status == 200
     # With a metrics token even loopback needs it.
-    app2 = create_app(two_pairings_config(tmp_path, metrics_token="scrape-token-0123456789"))
+    county.data["ops"]["metrics_token"] = "scrape-token-0123456789"
+    app2 = create_app(county.config("test"))
     with pytest.raises(web.HTTPUnauthorized):
         await metrics(make_mocked_request("GET", "/metrics", app=app2).clone(remote="127.0.0.1"))
     scrape = make_mocked_request("GET", "/metrics", app=app2,

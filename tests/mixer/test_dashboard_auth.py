@@ -11,14 +11,14 @@ import pytest
 from aiohttp import web
 
 from mixer.app import create_app
-from tests.mixer.test_metrics import ops_config
+from tests.county import County
 
 DEMO_USER, DEMO_PASSWORD = "ops", "syncclass-demo"
 
 
 @pytest.fixture
-async def url() -> AsyncIterator[str]:
-    app = create_app(ops_config(login_max_failures=3))
+async def url(county: County) -> AsyncIterator[str]:
+    app = create_app(county.for_ops(login_max_failures=3).config("test"))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -127,10 +127,10 @@ async def test_event_stream_pushes_samples(url: str) -> None:
     assert events[2][1]["ts_ms"] > events[1][1]["ts_ms"]  # type: ignore[operator]
 
 
-async def test_shutdown_ends_open_event_streams() -> None:
+async def test_shutdown_ends_open_event_streams(county: County) -> None:
     """A viewer's open stream must not hold the mixer's shutdown (aiohttp would wait up to
     its shutdown timeout for the handler)."""
-    app = create_app(ops_config())
+    app = create_app(county.for_ops().config("test"))
     runner = web.AppRunner(app, shutdown_timeout=30.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

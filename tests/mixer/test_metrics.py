@@ -9,21 +9,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from mixer.app import create_app
-from syncclass.config import CountyConfig, default_config_path, parse_config
+from tests.county import County
 
 METRICS_TOKEN = "metrics-token-0123456789"
-
-
-def ops_config(**ops: Any) -> CountyConfig:
-    data = yaml.safe_load(default_config_path().read_text(encoding="utf-8"))
-    data["media"].update({"width": 320, "height": 180, "fps": 10})  # light on 2 cores
-    data["ops"].update({"sample_interval_s": 0.2, **ops})
-    return parse_config(data, "test")
 
 
 class Mixer:
@@ -32,8 +24,8 @@ class Mixer:
 
 
 @pytest.fixture
-async def mixer() -> AsyncIterator[Mixer]:
-    app = create_app(ops_config(metrics_token=METRICS_TOKEN))
+async def mixer(county: County) -> AsyncIterator[Mixer]:
+    app = create_app(county.for_ops(metrics_token=METRICS_TOKEN).config("test"))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from aiohttp import ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -29,25 +28,25 @@ from syncclass.config import parse_config
 from syncclass.errors import ConfigError
 from syncclass.protocol import MAX_COMMENT_CHARS, CommentRecord
 from syncclass.rtc import new_peer_connection, use_host_addresses
-from tests.core.test_config import SAMPLE
+from tests.county import County
 
 OBSERVER, OBS_TOKEN = "jiaoyan-li", "demo-observer-li-4b7e19c2d8"
 OTHER_MAIN, OTHER_TOKEN = "other-main", "other-main-token-0123456789"
 
 
-def county(tmp: Path) -> dict[str, Any]:
-    data = yaml.safe_load(SAMPLE.read_text(encoding="utf-8"))
-    data["mixer"]["data_dir"] = str(tmp / "data")
-    # A second pairing the observer may not watch.
+def with_other_pairing(county: County) -> County:
+    """The example county plus a second pairing the observer may not watch."""
+    data = county.data
+    data["mixer"]["data_dir"] = str(county.tmp / "data")
     data["classrooms"].append({"id": OTHER_MAIN, "school": "shiyan-primary", "name": "其他",
                                "label": "Other", "role": "main", "token": OTHER_TOKEN})
     data["pairings"].append({"id": "other-pair", "main": OTHER_MAIN, "receiving": ["hetou-3"]})
-    return data
+    return county
 
 
 @pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
-    config = parse_config(county(tmp_path))
+async def client(county: County) -> AsyncIterator[TestClient[Any, Any]]:
+    config = with_other_pairing(county).config()
     use_host_addresses(config.mixer.ice_host_addresses)
     app = create_app(config)
     async with TestClient(TestServer(app)) as c:
@@ -271,8 +270,8 @@ async def test_comment_store_numbers_after_restart(tmp_path: Path) -> None:
     assert (await CommentStore(tmp_path).add(fields)).seq == 2
 
 
-def test_observer_config_validation(tmp_path: Path) -> None:
-    data = county(tmp_path)
+def test_observer_config_validation(county: County) -> None:
+    data = with_other_pairing(county).data
     bad = copy.deepcopy(data)
     bad["observers"][0]["pairings"] = ["no-such-pairing"]
     with pytest.raises(ConfigError, match=r"observers\[0\]\.pairings\[0\]: unknown pairing"):

@@ -5,27 +5,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from mixer.app import create_app
-from syncclass.config import CountyConfig, parse_config
+from syncclass.config import CountyConfig
 from syncclass.lesson import LessonRegistry, load_lessons, save_lessons
+from tests.county import County
 
-ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_800_000_000_000
 
 
-def _config(tmp: Path) -> CountyConfig:
-    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
-    data["mixer"]["data_dir"] = str(tmp)
-    data["analytics"] = {"enabled": False}
-    data["recorder"] = {"enabled": False}
-    return parse_config(data)
+@pytest.fixture
+def config(county: County, tmp_path: Path) -> CountyConfig:
+    county.mixer["data_dir"] = str(tmp_path)
+    return county.without_services().config()
 
 
-def test_round_trip_and_atomic_file(tmp_path: Path) -> None:
-    config = _config(tmp_path)
+def test_round_trip_and_atomic_file(config: CountyConfig, tmp_path: Path) -> None:
     reg = LessonRegistry(config, lambda: T0)
     lesson = reg.start("main-3-1")
     path = tmp_path / "lessons.json"
@@ -41,8 +38,7 @@ def test_round_trip_and_atomic_file(tmp_path: Path) -> None:
     assert nxt.lesson_id != lesson.lesson_id  # ids are never reused after a restore
 
 
-def test_old_and_unknown_lessons_not_resumed(tmp_path: Path) -> None:
-    config = _config(tmp_path)
+def test_old_and_unknown_lessons_not_resumed(config: CountyConfig, tmp_path: Path) -> None:
     reg = LessonRegistry(config, lambda: T0)
     reg.start("main-3-1")
     path = tmp_path / "lessons.json"
@@ -54,8 +50,7 @@ def test_old_and_unknown_lessons_not_resumed(tmp_path: Path) -> None:
     assert load_lessons(path, config, now_ms=T0) == []
 
 
-def test_corrupt_file_kept_aside(tmp_path: Path) -> None:
-    config = _config(tmp_path)
+def test_corrupt_file_kept_aside(config: CountyConfig, tmp_path: Path) -> None:
     path = tmp_path / "lessons.json"
     for bad in ["{not json", '{"version": 1, "lessons": [{"x": 1}]}', "[]", '{"version": 9}']:
         path.write_text(bad)
@@ -65,8 +60,7 @@ def test_corrupt_file_kept_aside(tmp_path: Path) -> None:
     assert load_lessons(tmp_path / "missing.json", config) == []
 
 
-async def test_restarted_app_resumes_same_lesson(tmp_path: Path) -> None:
-    config = _config(tmp_path)
+async def test_restarted_app_resumes_same_lesson(config: CountyConfig, tmp_path: Path) -> None:
     token = config.classroom("main-3-1").token
     auth = {"Authorization": f"Bearer {token}"}  # the read APIs need a credential
     async with TestClient(TestServer(create_app(config, resume_lessons=True))) as client:

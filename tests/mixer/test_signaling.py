@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from mixer.app import create_app
 from mixer.core import MIXER_KEY
 from syncclass.config import load_config
-from tests.core.test_config import SAMPLE
+from tests.county import SAMPLE
 
 CONFIG = load_config(SAMPLE)
 TOKENS = {c.id: c.token for c in CONFIG.classrooms}

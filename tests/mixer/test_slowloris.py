@@ -13,27 +13,22 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import yaml
 from aiohttp import web
 
 from mixer.app import create_app
 from mixer.guard import GUARD_KEY, WS_CLOSE_AUTH_TIMEOUT, GuardedAppRunner, bounded_send
-from syncclass.config import CountyConfig, parse_config
+from syncclass.config import CountyConfig
 from syncclass.demo import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.county import County
 
 
 def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-async def test_slow_oversized_and_garbage_clients(tmp_path: Path) -> None:
-    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
-    data["mixer"]["data_dir"] = str(tmp_path)
-    data["analytics"] = {"enabled": False}
-    data["recorder"] = {"enabled": False}
-    config = parse_config(data)
+async def test_slow_oversized_and_garbage_clients(tmp_path: Path, county: County) -> None:
+    county.mixer["data_dir"] = str(tmp_path)
+    config = county.without_services().config()
     token = config.classroom("hetou-3").token
     port = free_port()
     runner = GuardedAppRunner(create_app(config))  # what `syncclass mixer` runs
@@ -96,14 +91,6 @@ async def test_slow_oversized_and_garbage_clients(tmp_path: Path) -> None:
         await runner.cleanup()
 
 
-def _config(tmp_path: Path, **mixer: object) -> CountyConfig:
-    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
-    data["mixer"].update(data_dir=str(tmp_path), **mixer)
-    data["analytics"] = {"enabled": False}
-    data["recorder"] = {"enabled": False}
-    return parse_config(data)
-
-
 @contextlib.asynccontextmanager
 async def _serve(config: CountyConfig) -> AsyncIterator[tuple[web.Application, int]]:
     app = create_app(config)
@@ -124,8 +111,9 @@ async def _closed(reader: asyncio.StreamReader) -> bytes:
     return b""
 
 
-async def test_slow_headers_are_dropped_at_the_deadline(tmp_path: Path) -> None:
-    config = _config(tmp_path, header_timeout_s=1.0)
+async def test_slow_headers_are_dropped_at_the_deadline(tmp_path: Path, county: County) -> None:
+    county.mixer.update(data_dir=str(tmp_path), header_timeout_s=1.0)
+    config = county.without_services().config()
     async with _serve(config) as (app, port), aiohttp.ClientSession() as http:
         url = f"http://127.0.0.1:{port}"
         assert (await http.get(url + "/healthz")).status == 200  # warm up
@@ -174,8 +162,9 @@ async def test_slow_headers_are_dropped_at_the_deadline(tmp_path: Path) -> None:
         assert _fds() <= fds0
 
 
-async def test_connections_per_address_are_capped(tmp_path: Path) -> None:
-    config = _config(tmp_path, max_connections_per_client=5, header_timeout_s=30)
+async def test_connections_per_address_are_capped(tmp_path: Path, county: County) -> None:
+    county.mixer.update(data_dir=str(tmp_path), max_connections_per_client=5, header_timeout_s=30)
+    config = county.without_services().config()
     async with _serve(config) as (app, port):
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -199,8 +188,9 @@ async def test_connections_per_address_are_capped(tmp_path: Path) -> None:
             w.close()
 
 
-async def test_websocket_without_hello_is_closed(tmp_path: Path) -> None:
-    config = _config(tmp_path, hello_timeout_s=1.0)
+async def test_websocket_without_hello_is_closed(tmp_path: Path, county: County) -> None:
+    county.mixer.update(data_dir=str(tmp_path), hello_timeout_s=1.0)
+    config = county.without_services().config()
     token = config.classroom("hetou-3").token
     async with _serve(config) as (app, port), aiohttp.ClientSession() as http:
         ws_url = f"ws://127.0.0.1:{port}/ws"

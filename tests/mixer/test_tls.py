@@ -15,7 +15,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import yaml
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -25,12 +24,11 @@ from cryptography.x509.oid import NameOID
 from mixer.app import create_app
 from mixer.core import MIXER_KEY
 from mixer.tls import server_ssl_context
-from syncclass.config import parse_config
 from syncclass.demo import free_port
 from syncclass.errors import ConfigError
 from syncclass.tokens import SigningKey, issue_token
+from tests.county import County
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "county-signing-secret-0123456789abcdef"
 
 
@@ -55,19 +53,17 @@ def make_cert(tmp: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-async def test_tls_signaling_pages_and_agent(tmp_path: Path,
+async def test_tls_signaling_pages_and_agent(tmp_path: Path, county: County,
                                              caplog: pytest.LogCaptureFixture) -> None:
     cert, key = make_cert(tmp_path)
     port = free_port()
-    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
-    data["mixer"].update(url=f"https://127.0.0.1:{port}", port=port,
-                         data_dir=str(tmp_path / "data"), ca_file=str(cert),
-                         tls={"cert": str(cert), "key": str(key)},
-                         token_keys=[{"id": "k1", "secret": SECRET}])
-    data["analytics"] = {"enabled": False}
-    config_path = tmp_path / "county.yaml"
-    config_path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    config = parse_config(data)
+    county.mixer.update(url=f"https://127.0.0.1:{port}", port=port,
+                        data_dir=str(tmp_path / "data"), ca_file=str(cert),
+                        tls={"cert": str(cert), "key": str(key)},
+                        token_keys=[{"id": "k1", "secret": SECRET}])
+    county.data["analytics"] = {"enabled": False}
+    config_path = county.write()
+    config = county.config()
     assert config.mixer.tls is not None
     signed = issue_token(SigningKey("k1", SECRET.encode()), "hetou-3", 2_000_000_000)
     app = create_app(config)

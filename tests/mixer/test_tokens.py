@@ -8,17 +8,15 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mixer.app import create_app
-from syncclass.config import parse_config
 from syncclass.errors import AuthError
 from syncclass.tokens import SigningKey, issue_token, looks_signed, verify_token
+from tests.county import County
 
-ROOT = Path(__file__).resolve().parents[2]
 K1 = SigningKey("k2025", b"a" * 32)
 K2 = SigningKey("k2026", b"b" * 32)
 NOW = 1_800_000_000
@@ -77,21 +75,18 @@ def test_fuzz_verify_only_auth_errors(text: str) -> None:
         assert exc.code == "auth_failed"
 
 
-def _config(tmp: Path, allow_static: bool = True) -> Path:
-    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
-    data["mixer"]["token_keys"] = [{"id": "k2026", "secret": "s" * 40},
-                                   {"id": "k2025", "secret": "t" * 40}]
-    data["mixer"]["allow_static_tokens"] = allow_static
-    data["mixer"]["data_dir"] = str(tmp / "data")
-    data["mixer"]["joins_per_min"] = 3
-    data["mixer"]["auth_failures_per_min"] = 4
-    path = tmp / "county.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    return path
+@pytest.fixture
+def signed(county: County, tmp_path: Path) -> County:
+    """The example county with two signing keys and tight join/failure limits."""
+    county.mixer.update(token_keys=[{"id": "k2026", "secret": "s" * 40},
+                                    {"id": "k2025", "secret": "t" * 40}],
+                        allow_static_tokens=True, data_dir=str(tmp_path / "data"),
+                        joins_per_min=3, auth_failures_per_min=4)
+    return county
 
 
-def test_cli_token_issue_verifies_with_first_key(tmp_path: Path) -> None:
-    path = _config(tmp_path)
+def test_cli_token_issue_verifies_with_first_key(signed: County) -> None:
+    path = signed.write()
     out = subprocess.run([sys.executable, "-m", "syncclass", "token", "issue", "--config",
                           str(path), "--classroom", "hetou-3", "--days", "2"],
                          capture_output=True, text=True, timeout=60)
@@ -112,8 +107,9 @@ async def _hello(client: TestClient, cid: str, token: str) -> dict[str, object]:
         return dict(await ws.receive_json(timeout=5))
 
 
-async def test_mixer_accepts_signed_refuses_posing_and_rate_limits(tmp_path: Path) -> None:
-    config = parse_config(yaml.safe_load(_config(tmp_path, allow_static=False).read_text()))
+async def test_mixer_accepts_signed_refuses_posing_and_rate_limits(signed: County) -> None:
+    signed.mixer["allow_static_tokens"] = False
+    config = signed.config()
     key = SigningKey("k2025", b"t" * 40)  # the second (old) key still verifies
     token = issue_token(key, "hetou-3", int(time.time()) + 600)
     async with TestClient(TestServer(create_app(config))) as client:
@@ -138,8 +134,8 @@ async def test_mixer_accepts_signed_refuses_posing_and_rate_limits(tmp_path: Pat
         assert resp.status == 429
 
 
-async def test_joins_rate_limited_per_classroom(tmp_path: Path) -> None:
-    config = parse_config(yaml.safe_load(_config(tmp_path).read_text()))
+async def test_joins_rate_limited_per_classroom(signed: County) -> None:
+    config = signed.config()
     token = config.classroom("hetou-3").token  # static tokens still work by default
     async with TestClient(TestServer(create_app(config))) as client:
         codes = [(await _hello(client, "hetou-3", token)).get("code", "welcome")

@@ -28,21 +28,20 @@ from typing import Any
 import av
 import boto3
 import pytest
-import yaml
 
 from edge_agent.agent import FREEZE_GAP_S
 from syncclass.demo import LocalDeployment, free_port
+from tests.county import County
 from tests.recorder.test_recorder_s3 import S3Server
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 MAIN, RURAL = "main-3-1", ["hetou-3", "shanping-3"]
 
 
 def write_config(tmp: Path, s3_url: str | None = None) -> Path:
-    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
-    rec = data.setdefault("recorder", {})
+    county = County(tmp)
+    rec = county.data.setdefault("recorder", {})
     rec["idle_timeout_s"] = 4
     rec["retry_max_s"] = 2
     rec["replay_s"] = 30  # covers a recorder restart on a loaded CI machine
@@ -51,9 +50,7 @@ def write_config(tmp: Path, s3_url: str | None = None) -> Path:
         rec["s3"] = {"endpoint_url": s3_url, "bucket": "lesson-archive",
                      "access_key_id": "test", "secret_access_key": "test",
                      "create_bucket": True, "timeout_s": 2}
-    path = tmp / ("county-s3.yaml" if s3_url else "county.yaml")
-    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    return path
+    return county.write("county-s3.yaml" if s3_url else "county.yaml")
 
 
 def journal(lesson_dir: Path) -> list[dict[str, Any]]:

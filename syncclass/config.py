@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .auth import check_password_hash_format
 from .errors import ConfigError
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
@@ -365,8 +366,6 @@ class OpsUserConfig(_Model):
 
     @model_validator(mode="after")
     def _hashed(self) -> OpsUserConfig:
-        from .auth import check_password_hash_format
-
         check_password_hash_format(self.password_hash)
         return self
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import av
 import numpy as np
@@ -43,15 +43,13 @@ from syncclass.events import Event
 from syncclass.httperrors import json_error
 from syncclass.lesson import Lesson
 
+from .core import Mixer
 from .guard import REPORT_COOKIE, issue_report_grant, reader_of, report_grant_valid
 from .headcount import HeadCounter
+from .media import LessonMedia
 from .netstats import ClassroomHealth, MixerHealth, NetStatsCollector
 from .report import LessonData, build_report, db_rows, write_report
 from .store import ReportStore
-
-if TYPE_CHECKING:
-    from .core import Mixer
-    from .media import LessonMedia
 
 logger = logging.getLogger(__name__)
 

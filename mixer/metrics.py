@@ -8,18 +8,16 @@ mixers in one process (tests) do not clash.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from .alerts import AlertEngine
-    from .core import Mixer
-    from .netstats import NetStatsCollector
-    from .webhooks import WebhookSender
+from .alerts import AlertEngine
+from .core import Mixer
+from .netstats import NetStatsCollector
+from .webhooks import WebhookSender
 
 __all__ = ["CONTENT_TYPE_LATEST", "SyncclassCollector", "make_registry", "render"]
 

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import av
 import psutil
@@ -32,9 +32,8 @@ import psutil
 from syncclass.config import OpsConfig, OpsThresholds
 from syncclass.events import Event
 
-if TYPE_CHECKING:
-    from .core import Mixer
-    from .media import LessonMedia
+from .core import Mixer
+from .media import LessonMedia
 
 logger = logging.getLogger(__name__)
 

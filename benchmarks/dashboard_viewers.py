@@ -149,15 +149,15 @@ async def micro(samples: int) -> dict[str, Any]:
     from aiohttp import web
 
     from mixer.app import create_app
-    from mixer.core import MIXER_KEY
-    from mixer.dashboard import OPS_KEY
+    from mixer.core import mixer_of
+    from mixer.dashboard import ops_of
     from syncclass.config import load_config
 
     app = create_app(load_config(default_config_path()))
     runner = web.AppRunner(app)
     await runner.setup()
     try:
-        mixer, ops = app[MIXER_KEY], app[OPS_KEY]
+        mixer, ops = mixer_of(app), ops_of(app)
         mixer.lessons.start(mixer.config.pairings[0].main)
         for _ in range(5):
             await ops.netstats.sample()

@@ -383,6 +383,12 @@ class Mixer:
 MIXER_KEY = web.AppKey("mixer", Mixer)
 
 
+def mixer_of(app: web.Application) -> Mixer:
+    """The app's :class:`Mixer` (set by :func:`mixer.app.create_app`), for tests and tools;
+    mixer modules get it passed in."""
+    return app[MIXER_KEY]
+
+
 async def reply_error(
     ws: web.WebSocketResponse, mixer: Mixer, code: ErrorCode, message: str, ref: str | None
 ) -> None:

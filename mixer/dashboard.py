@@ -204,6 +204,11 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 OPS_KEY = web.AppKey("ops", Ops)
 
 
+def ops_of(app: web.Application) -> Ops:
+    """The app's dashboard state (:class:`Ops`), for tests and tools."""
+    return app[OPS_KEY]
+
+
 # -- handlers ---------------------------------------------------------------------------------
 def _unauthorized() -> web.HTTPUnauthorized:
     return web.HTTPUnauthorized(

@@ -339,6 +339,11 @@ class ObserverHub:
 OBSERVERS_KEY = web.AppKey("observers", ObserverHub)
 
 
+def observers_of(app: web.Application) -> ObserverHub:
+    """The app's observer sessions (:class:`ObserverHub`), for tests and tools."""
+    return app[OBSERVERS_KEY]
+
+
 async def _open(hub: ObserverHub, ws: web.WebSocketResponse,
                 hello: ObserverHello) -> ObserverSession:
     observer = hub.authenticate(hello.observer_id, hello.token)

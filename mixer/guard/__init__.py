@@ -51,6 +51,7 @@ __all__ = [
     "RedactingAccessLogger",
     "ReportGrants",
     "bounded_send",
+    "guard_of",
     "hello_deadline",
     "issue_report_grant",
     "reader_of",
@@ -139,6 +140,11 @@ def setup_guard(app: web.Application, mixer: ClassroomCredentials, *,
     app[GUARD_KEY] = guard
     app[LIMITS_KEY] = guard.connections
     return guard
+
+
+def guard_of(app: web.Application) -> Guard:
+    """The app's :class:`Guard` (its counters and connection limits), for tests and tools."""
+    return app[GUARD_KEY]
 
 
 def reader_of(request: web.Request) -> Reader | None:

@@ -86,8 +86,8 @@ async def test_healthz_and_readyz(mixer: Mixer) -> None:
             assert resp.status == 200
             body = await resp.json()
             assert body["ready"] is True and body["samples"] >= 1
-    from mixer.dashboard import OPS_KEY
+    from mixer.dashboard import ops_of
 
-    mixer.app[OPS_KEY].begin_shutdown()
+    ops_of(mixer.app).begin_shutdown()
     async with aiohttp.ClientSession() as http, http.get(mixer.url + "/readyz") as resp:
         assert resp.status == 503

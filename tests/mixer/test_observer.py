@@ -22,8 +22,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from mixer.app import create_app
 from mixer.comments import CommentStore
-from mixer.core import MIXER_KEY
-from mixer.observer import OBSERVERS_KEY
+from mixer.core import mixer_of
+from mixer.observer import observers_of
 from syncclass.config import parse_config
 from syncclass.errors import ConfigError
 from syncclass.protocol import MAX_COMMENT_CHARS, CommentRecord
@@ -55,7 +55,7 @@ async def client(county: County) -> AsyncIterator[TestClient[Any, Any]]:
 
 
 def token_of(client: TestClient[Any, Any], cid: str) -> str:
-    return str(client.app[MIXER_KEY].config.classroom(cid).token)
+    return str(mixer_of(client.app).config.classroom(cid).token)
 
 
 async def observe(ws: ClientWebSocketResponse, **extra: Any) -> dict[str, Any]:
@@ -102,7 +102,7 @@ async def test_observer_credentials_and_pairings(client: TestClient[Any, Any]) -
 async def test_comment_is_stamped_stored_emitted_and_served(
     client: TestClient[Any, Any], tmp_path: Path
 ) -> None:
-    mixer = client.app[MIXER_KEY]
+    mixer = mixer_of(client.app)
     async with client.ws_connect("/ws") as ws:
         await observe(ws)
         await ws.send_json({"type": "comment", "text": "too early"})
@@ -183,7 +183,7 @@ def _first_codec(section: str) -> str:
 
 async def test_observer_media_is_receive_only(client: TestClient[Any, Any]) -> None:
     await start_lesson(client)
-    media = next(iter(client.app[MIXER_KEY].media.values()))
+    media = next(iter(mixer_of(client.app).media.values()))
     others = list(media.full_mix_listeners)  # e.g. the recorder's
     async with client.ws_connect("/ws") as ws:
         welcome = await observe(ws)
@@ -204,7 +204,7 @@ async def test_observer_media_is_receive_only(client: TestClient[Any, Any]) -> N
         assert "observer:jiaoyan-li" in media.views["students_view"].subscribers
         assert "observer:jiaoyan-li" not in media.views["teacher_view"].subscribers
         assert len(media.full_mix_listeners) == len(others) + 1
-        observer_pc = client.app[OBSERVERS_KEY].sessions[OBSERVER].pc
+        observer_pc = observers_of(client.app).sessions[OBSERVER].pc
     # The observer disconnected: its subscription and mix listener are gone.
     for _ in range(50):
         if observer_pc is not None and observer_pc.connectionState == "closed":
@@ -235,7 +235,7 @@ async def test_browser_offer_keeps_camera_codec_view_goes_h264(
         cam, view = _sections(msg["sdp"])
         assert "a=recvonly" in cam and _first_codec(cam) == "VP8/90000"
         assert "a=sendonly" in view and "H264/90000" in view and "VP8" not in view
-        mixer = client.app[MIXER_KEY]
+        mixer = mixer_of(client.app)
         media = next(iter(mixer.media.values()))
         assert "hetou-3" in media.views["students_view"].subscribers
         mixer_pc = mixer.sessions["hetou-3"].pc

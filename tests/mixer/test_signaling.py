@@ -10,7 +10,7 @@ from aiohttp import ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
 from mixer.app import create_app
-from mixer.core import MIXER_KEY
+from mixer.core import mixer_of
 from syncclass.config import load_config
 from tests.county import SAMPLE
 
@@ -49,7 +49,7 @@ async def test_hello_welcome_and_lesson_broadcast(client: TestClient[Any, Any]) 
         for ws in (main, rural):
             msg = await ws.receive_json(timeout=5)
             assert msg["lesson"]["state"] == "ended"
-    names = [e.name for e in client.app[MIXER_KEY].events.history]
+    names = [e.name for e in mixer_of(client.app).events.history]
     assert names.count("lesson_started") == 1 and names.count("lesson_ended") == 1
     assert names.count("classroom_connected") == 2
 

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from mixer.app import create_app
-from mixer.guard import GUARD_KEY, WS_CLOSE_AUTH_TIMEOUT, GuardedAppRunner, bounded_send
+from mixer.guard import WS_CLOSE_AUTH_TIMEOUT, GuardedAppRunner, bounded_send, guard_of
 from syncclass.config import CountyConfig
 from syncclass.demo import free_port
 from tests.county import County
@@ -148,7 +148,7 @@ async def test_slow_headers_are_dropped_at_the_deadline(tmp_path: Path, county: 
                 await feeder
         assert all(a.startswith(b"HTTP/1.1 408 Request Timeout") for a in answers), answers[0]
         assert dropped_after >= config.mixer.header_timeout_s
-        assert app[GUARD_KEY].stats.header_timeouts == 40
+        assert guard_of(app).stats.header_timeouts == 40
         # A client that connects and sends nothing at all is dropped as well.
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert (await asyncio.wait_for(_closed(reader), 15)).startswith(b"HTTP/1.1 408")
@@ -171,7 +171,7 @@ async def test_connections_per_address_are_capped(tmp_path: Path, county: County
         refused = await asyncio.wait_for(_closed(reader), 10)
         assert refused.startswith(b"HTTP/1.1 503"), refused
         writer.close()
-        assert app[GUARD_KEY].stats.refused_connections == 1
+        assert guard_of(app).stats.refused_connections == 1
         # One of the held connections makes a real request on it; then it goes away and a
         # new connection is served again.
         r0, w0 = held.pop()
@@ -179,7 +179,7 @@ async def test_connections_per_address_are_capped(tmp_path: Path, county: County
         assert (await asyncio.wait_for(_closed(r0), 10)).startswith(b"HTTP/1.1 200")
         w0.close()
         for _ in range(50):
-            if app[GUARD_KEY].connections_of("127.0.0.1") < 5:
+            if guard_of(app).connections_of("127.0.0.1") < 5:
                 break
             await asyncio.sleep(0.05)
         async with aiohttp.ClientSession() as http:
@@ -205,7 +205,7 @@ async def test_websocket_without_hello_is_closed(tmp_path: Path, county: County)
             # The one that said hello in time is still served after the deadline.
             await good.send_json({"type": "ping", "id": 7})
             assert (await good.receive_json(timeout=5))["type"] == "pong"
-        assert app[GUARD_KEY].stats.hello_timeouts == 1
+        assert guard_of(app).stats.hello_timeouts == 1
 
 
 async def test_a_socket_that_never_reads_is_dropped_and_holds_up_nobody() -> None:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from mixer.app import create_app
-from mixer.core import MIXER_KEY
+from mixer.core import mixer_of
 from mixer.tls import server_ssl_context
 from syncclass.demo import free_port
 from syncclass.errors import ConfigError
@@ -112,7 +112,7 @@ async def test_tls_signaling_pages_and_agent(tmp_path: Path, county: County,
                 [sys.executable, "-m", "syncclass", "--log-level", "debug", "agent", "--config",
                  str(config_path), "--classroom", "hetou-3", "--token", signed,
                  "--control-port", str(free_port())], stdout=fh, stderr=subprocess.STDOUT)
-        mixer = app[MIXER_KEY]
+        mixer = mixer_of(app)
         for _ in range(300):
             if "hetou-3" in mixer.sessions:
                 break

@@ -470,10 +470,26 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the schema, then the files and folders the config names
+    (:mod:`syncclass.config_check`): errors exit 2, warnings are printed."""
+    from .config_check import check_paths
+
+    path = args.config or default_config_path()
     config = _config(args)
-    print(f"{args.config or default_config_path()}: OK — county {config.county}, "
+    findings = check_paths(config)
+    errors = [f for f in findings if f.level == "error"]
+    if config.relative_paths:
+        print(f"{path}: relative paths are read from {Path(path).resolve().parent}")
+    for f in findings:
+        print(f"{path}: {f}", file=sys.stderr)
+    if errors:
+        print(f"{path}: {len(errors)} error(s): fix the paths above (or the devices' kind)",
+              file=sys.stderr)
+        return 2
+    print(f"{path}: OK — county {config.county}, "
           f"{len(config.classrooms)} classrooms, {len(config.pairings)} pairings, "
-          f"{len(config.timetable)} timetable entries, views {', '.join(config.views)}")
+          f"{len(config.timetable)} timetable entries, views {', '.join(config.views)}"
+          + (f"; {len(findings)} warning(s)" if findings else ""))
     return 0
 
 
@@ -592,7 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=float, default=180.0, help="validity in days (default 180)")
     p.set_defaults(func=cmd_token)
 
-    p = sub.add_parser("check-config", help="validate a county config")
+    p = sub.add_parser("check-config", help="validate a county config",
+                       description="Validate a county config: its fields, then that the "
+                       "files and folders it names (device files, certificates, the CA file, "
+                       "the face cascade, output folders) are there on this machine.")
     with_config(p)
     p.set_defaults(func=cmd_check_config)
     return parser

@@ -174,3 +174,89 @@ def test_recording_folder() -> None:
     assert recording_folder({"mp4": "/srv/archive/l1/lesson.mp4"}) == "/srv/archive/l1"
     assert recording_folder({"mp4": "s3://bucket/l1/lesson.mp4"}) is None
     assert recording_folder({"folder": "/x"}) == "/x"
+
+
+# -- issue 24: the operator's term report -------------------------------------------------------
+def test_term_table_aligns_by_display_width(config: CountyConfig, tmp_path: Path) -> None:
+    from mixer.report_term import display_width
+
+    store = ReportStore(f"sqlite:///{tmp_path / 'a.db'}")
+    monday = dt.datetime(2026, 11, 2, 8, 30).astimezone()
+    for i, subject in enumerate(["数学", "语文", "English"]):
+        rep = build_report(config, data_for(lesson_at(monday + dt.timedelta(days=i),
+                                                      subject=subject, n=i)), generated_ms=1)
+        store.save(*db_rows(rep, None))
+    table = render_table(term_figures(config, store, dt.date(2026, 11, 1),
+                                      dt.date(2026, 11, 30)))
+    lines = table.splitlines()
+    header = lines[1]
+    rows = [line for line in lines if line.startswith("shiyan-rural-math")]
+    assert len(rows) == 3
+    # The "hours" column ends at the same terminal column on every row (语文 is 4 wide).
+    end = display_width(header[: header.index("hours") + len("hours")])
+    for row in rows:
+        hours = re.search(r"\d+\.\d\d", row)
+        assert hours is not None
+        assert display_width(row[: hours.end()]) == end, table
+    assert display_width("语文") == 4 and display_width("ab") == 2
+
+
+def test_term_table_says_which_targets_are_met(config: CountyConfig, tmp_path: Path) -> None:
+    store = ReportStore(f"sqlite:///{tmp_path / 'a.db'}")
+    monday = dt.datetime(2026, 11, 2, 8, 30).astimezone()
+    for i in range(10):  # 10 数学 lessons meet the lessons target; only 1 subject
+        rep = build_report(config, data_for(lesson_at(monday + dt.timedelta(days=i), n=i)),
+                           generated_ms=1)
+        store.save(*db_rows(rep, None))
+    table = render_table(term_figures(config, store, dt.date(2026, 11, 1),
+                                      dt.date(2026, 11, 30)))
+    assert "all targets NOT MET" not in table
+    assert "met: 数学 lessons (10 of >= 10)" in table
+    assert "NOT MET: subjects (1 of >= 2)" in table
+    assert "lessons met (10 >= 10)" in table
+
+
+def test_excel_csv_has_bom_and_crlf(config: CountyConfig, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    rep = build_report(config, data_for(lesson_at(dt.datetime(2026, 11, 2, 8, 30).astimezone())),
+                       generated_ms=1)
+    ReportStore(db).save(*db_rows(rep, None))
+    out = tmp_path / "t.csv"
+    assert main(["report", "--database", db, "--from", "2026-11-01", "--to", "2026-11-30",
+                 "--format", "csv-excel", "--out", str(out)]) == 0
+    raw = out.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbfpairing_id,") and b"\r\n" in raw
+    assert raw.decode("utf-8-sig").replace("\r\n", "\n") == render_csv(
+        term_figures(config, ReportStore(db), dt.date(2026, 11, 1), dt.date(2026, 11, 30)))
+
+
+def test_report_reads_the_config_files_database(config: CountyConfig, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    site = tmp_path / "county"
+    data = yaml.safe_load(default_config_path().read_text(encoding="utf-8"))
+    data["mixer"]["data_dir"] = "mixer-data"  # relative: to the config file's folder
+    site.mkdir()
+    (site / "county.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), "utf-8")
+    rep = build_report(config, data_for(lesson_at(dt.datetime(2026, 11, 2, 8, 30).astimezone())),
+                       generated_ms=1)
+    ReportStore(f"sqlite:///{site / 'mixer-data' / 'analytics.db'}").save(*db_rows(rep, None))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    args = ["report", "--config", str(site / "county.yaml"), "--from", "2026-11-01",
+            "--to", "2026-11-30", "--format", "json"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["pairings"][0]["lessons"] == 1
+    assert f"read from sqlite:///{site / 'mixer-data' / 'analytics.db'}" in captured.err
+    assert "relative to the config file's folder" in captured.err
+    # No lessons in the range: a warning, not a silent "NOT MET".
+    assert main([*args[:3], "--from", "2027-01-01", "--to", "2027-01-31"]) == 0
+    assert "warning: the database has no lessons" in capsys.readouterr().err
+    # A database that is not there is an error, and reading creates nothing.
+    assert main(["report", "--database", f"sqlite:///{elsewhere / 'none.db'}"]) == 1
+    assert "no database at" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == []

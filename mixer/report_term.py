@@ -147,7 +147,8 @@ def _subject_status(s: dict[str, Any], t: dict[str, Any]) -> str:
 
 def _pairing_status(p: dict[str, Any], t: dict[str, Any]) -> str:
     """A pairing's targets: which are met and which are not."""
-    met, not_met = [], []
+    met: list[str] = []
+    not_met: list[str] = []
     subjects = f"subjects ({p['subject_count']} of >= {t['min_subjects']})"
     (met if p["meets_subjects_target"] else not_met).append(subjects)
     for s in p["subjects"]:

@@ -47,6 +47,10 @@ PathKind = Literal["file", "dir", "out_dir", "out_file"]
 ``out_dir`` (created when missing) or an ``out_file`` (its folder is created)."""
 
 
+_PATH_KINDS: dict[str, PathKind] = {"file": "file", "dir": "dir", "out_dir": "out_dir",
+                                    "out_file": "out_file"}
+
+
 def path_field(kind: PathKind, default: Any = None) -> Any:
     """A path field: resolved against the config file's folder by :func:`resolve_paths`
     and checked by ``syncclass check-config`` (:mod:`syncclass.config_check`)."""
@@ -657,9 +661,9 @@ def _path_fields(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, str,
         where = f"{prefix}.{name}" if prefix else name
         extra = info.json_schema_extra
         if isinstance(extra, dict) and "path_kind" in extra and isinstance(value, str):
-            kind = extra["path_kind"]
-            assert kind in ("file", "dir", "out_dir", "out_file")
-            yield where, value, kind, model, name
+            kind = _PATH_KINDS.get(str(extra["path_kind"]))
+            if kind is not None:
+                yield where, value, kind, model, name
         elif isinstance(value, BaseModel):
             yield from _path_fields(value, where)
         elif isinstance(value, list):
@@ -810,7 +814,7 @@ _without_base60()
 
 def read_yaml(text: str) -> Any:
     """Parse a county config's YAML text (:class:`CountyLoader`)."""
-    return yaml.load(text, Loader=CountyLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=CountyLoader)  # a SafeLoader subclass: safe
 
 
 def load_config(path: str | Path) -> CountyConfig:

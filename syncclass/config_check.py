@@ -100,9 +100,9 @@ def check_paths(config: CountyConfig) -> list[Finding]:
         if why is None:
             continue
         level: Level = "error"
-        room = where.split(".devices.", 1)[0] if ".devices." in where else None
+        classroom = where.split(".devices.", 1)[0] if ".devices." in where else ""
         source = isinstance(owner, VideoDeviceConfig | AudioDeviceConfig)
-        if room is not None and source and fallback.get(room, False):
+        if source and fallback.get(classroom, False):
             level = "warning"
             why += " (fallback_to_synthetic: the synthetic source is used instead)"
         found.append(Finding(level, where, why))

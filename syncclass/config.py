@@ -68,7 +68,8 @@ ViewName = Identifier
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Attribute docstrings become field descriptions: a "Field required" error quotes it.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class SchoolConfig(_Model):
@@ -230,7 +231,8 @@ class ViewConfig(_Model):
     @model_validator(mode="after")
     def _speaker_needs_featured(self) -> ViewConfig:
         if self.layout == "speaker" and self.featured is None:
-            raise ValueError("a 'speaker' layout needs 'featured'")
+            raise ValueError("a 'speaker' layout needs 'featured': the source shown large, "
+                             "main or receiving (e.g. featured: main)")
         return self
 
 
@@ -765,6 +767,10 @@ def parse_config(data: Any, source: str = "<config>") -> CountyConfig:
             msg = err["msg"]
             if err["type"] == "string_pattern_mismatch":
                 msg = _pattern_words(err)
+            elif err["type"] == "missing":
+                doc = _field_doc(CountyConfig, loc)
+                if doc:
+                    msg = f"{msg}: {doc}"
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, ") :]
                 # Cross-reference errors carry their own path.
@@ -773,6 +779,28 @@ def parse_config(data: Any, source: str = "<config>") -> CountyConfig:
                     continue
             problems.append(f"{source}: {_format_loc(loc)}: {msg}")
         raise ConfigError("\n".join(problems)) from None
+
+
+def _field_doc(model: type[BaseModel], loc: tuple[int | str, ...]) -> str | None:
+    """The description (attribute docstring) of the field at ``loc``, on one line."""
+    info = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None:
+            return None
+        info = model.model_fields.get(part)
+        if info is None:
+            return None
+        nxt: Any = None
+        for arg in (info.annotation, *getattr(info.annotation, "__args__", ())):
+            for inner in (arg, *getattr(arg, "__args__", ())):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    nxt = inner
+        model = nxt
+    if info is None or not info.description:
+        return None
+    return " ".join(info.description.split())
 
 
 def _pattern_words(err: Any) -> str:

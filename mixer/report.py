@@ -326,8 +326,8 @@ ST_SIZE = 420
 
 def _st_svg(st: dict[str, Any]) -> str:
     """The S-T curve: T samples across, S samples up, on one scale, with ticks every few
-    samples (labelled with their count and lesson minutes) and the figures beside it; the
-    chart is as wide as the other charts."""
+    samples (labelled with their count, and on the S axis with the lesson time they make,
+    m:ss) and the figures beside it; the chart is as wide as the other charts."""
     curve: list[list[int]] = st["curve"]
     interval_s = float(st["interval_s"])
     top, bottom = 20, 64
@@ -341,7 +341,8 @@ def _st_svg(st: dict[str, Any]) -> str:
              f'viewBox="0 0 {_W} {h}" xmlns="http://www.w3.org/2000/svg">']
     for k in range(0, n_axis + 1, step):
         d = k * scale
-        minutes = k * interval_s / 60
+        at_s = round(k * interval_s)  # lesson time of the k-th sample, m:ss
+        clock = f"{at_s // 60}:{at_s % 60:02d}"
         parts.append(f'<line class="grid" x1="{x0 + d:.1f}" y1="{top}" x2="{x0 + d:.1f}" '
                      f'y2="{y0}" stroke="#eee"/>')
         parts.append(f'<line class="grid" x1="{x0}" y1="{y0 - d:.1f}" x2="{x0 + ST_SIZE}" '
@@ -353,8 +354,7 @@ def _st_svg(st: dict[str, Any]) -> str:
         parts.append(f'<line class="tick" data-axis="s" x1="{x0 - 6}" y1="{y0 - d:.1f}" '
                      f'x2="{x0}" y2="{y0 - d:.1f}" stroke="#333"/>')
         parts.append(f'<text x="{x0 - 10}" y="{y0 - d + 4:.1f}" font-size="13" '
-                     f'text-anchor="end">{k} <tspan fill="#667">({minutes:g} min)</tspan>'
-                     '</text>')
+                     f'text-anchor="end">{k} <tspan fill="#667">({clock})</tspan></text>')
     parts.append(f'<line x1="{x0}" y1="{y0}" x2="{x0 + ST_SIZE}" y2="{y0}" stroke="#333"/>')
     parts.append(f'<line x1="{x0}" y1="{top}" x2="{x0}" y2="{y0}" stroke="#333"/>')
     parts.append(f'<line x1="{x0}" y1="{y0}" x2="{x0 + ST_SIZE}" y2="{top}" stroke="#bbb" '

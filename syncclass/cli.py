@@ -472,8 +472,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"syncclass report: {exc}", file=sys.stderr)
         return 2
     held = sum(p["lessons"] for p in fig["pairings"])
-    print(f"syncclass report: {held} lesson(s) from {start} to {end} read from {url} "
-          f"(from {origin})", file=sys.stderr)
+    print(f"syncclass report: {held} lesson(s) from {start} to {end} read from "
+          f"{_without_password(url)} (from {origin})", file=sys.stderr)
     if held == 0:
         print(f"syncclass report: warning: the database has no lessons from {start} to {end}"
               f"; is this the mixer's database (--from/--to, --database)?", file=sys.stderr)
@@ -494,6 +494,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _without_password(url: str) -> str:
+    """A database URL to show: its password (``postgresql://user:secret@host``) hidden."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

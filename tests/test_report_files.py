@@ -362,3 +362,11 @@ def test_lesson_excel_csv_written(config: CountyConfig, tmp_path: Path) -> None:
     assert raw.startswith(b"\xef\xbb\xbf") and raw.count(b"\r\n") == 4
     assert raw.decode("utf-8-sig").replace("\r\n", "\n") == Path(paths["csv"]).read_text(
         encoding="utf-8")
+
+
+def test_report_never_shows_a_database_password() -> None:
+    from syncclass.cli import _without_password
+
+    assert _without_password("postgresql://bureau:s3cret@db:5432/x") == \
+        "postgresql://bureau:***@db:5432/x"
+    assert _without_password("sqlite:////srv/a.db") == "sqlite:////srv/a.db"

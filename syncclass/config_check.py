@@ -7,7 +7,9 @@ field marked the same way is checked too) and a ``sqlite:///`` database give one
 :class:`Finding` when something is wrong: an input file that is missing or not a file,
 an output folder that cannot be created. A classroom's missing device is only a warning
 when its ``devices.fallback_to_synthetic`` is on (the agent then uses the synthetic
-source), and paths of a device kind that does not use them are not checked.
+source), and paths of a device kind that does not use them are not checked. Output
+folders are warnings: one config serves every machine, and a folder matters only where
+its process (mixer, recorder) runs.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def check_paths(config: CountyConfig) -> list[Finding]:
         why = _check(kind, value)
         if why is None:
             continue
-        level: Level = "error"
+        level: Level = "warning" if kind in ("out_dir", "out_file") else "error"
         classroom = where.split(".devices.", 1)[0] if ".devices." in where else ""
         source = isinstance(owner, VideoDeviceConfig | AudioDeviceConfig)
         if source and fallback.get(classroom, False):
@@ -110,6 +112,6 @@ def check_paths(config: CountyConfig) -> list[Finding]:
     if url and url.startswith("sqlite:///"):
         why = _creatable(Path(url[len("sqlite:///"):]).parent)
         if why is not None:
-            found.append(Finding("error", "analytics.database_url",
+            found.append(Finding("warning", "analytics.database_url",
                                  f"{url}: its folder cannot be created ({why})"))
     return sorted(found, key=lambda f: f.level != "error")

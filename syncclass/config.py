@@ -638,11 +638,18 @@ def _time_of_day(value: Any) -> Any:
         return value
     if isinstance(value, int | float):
         n = int(value)
-        guess = f"{n // 60:02d}:{n % 60:02d}" if 0 <= n < 24 * 60 else "09:00"
+        if 0 <= n < 24 * 60:  # H:MM read in base 60
+            h, m = divmod(n, 60)
+            seen, guess = f"{h}:{m:02d} as {h} x 60 + {m} = {n}", f"{h:02d}:{m:02d}"
+        elif 0 <= n < 24 * 3600:  # H:MM:SS read in base 60
+            h, m, sec = n // 3600, n % 3600 // 60, n % 60
+            seen = f"{h}:{m:02d}:{sec:02d} as {n}"
+            guess = f"{h:02d}:{m:02d}" + (f":{sec:02d}" if sec else "")
+        else:
+            seen, guess = "9:00 as 540", "09:00"
         raise ValueError(
             f"{value!r} is a number, not a time of day (YAML 1.1 reads an unquoted "
-            f"{n // 60}:{n % 60:02d} as {n // 60} x 60 + {n % 60} = {n}); write the time "
-            f'in quotes, e.g. start: "{guess}"')
+            f'{seen}); write the time in quotes, e.g. start: "{guess}"')
     if isinstance(value, str):
         m = _CLOCK_TEXT.match(value)
         if m is None:

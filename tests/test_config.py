@@ -117,6 +117,8 @@ def test_time_as_number_refused_with_the_fix(data: dict[str, Any]) -> None:
     data["timetable"][0]["start"] = 540  # what yaml.safe_load makes of 9:00
     msg = bad(data)
     assert "timetable[0].start:" in msg and 'start: "09:00"' in msg
+    data["timetable"][0]["start"] = 30600  # yaml.safe_load's 8:30:00
+    assert 'start: "08:30"' in bad(data)
     data["timetable"][0]["start"] = "25:00"
     assert "hours 0-23" in bad(data)
     data["timetable"][0]["start"] = "8:30"

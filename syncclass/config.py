@@ -639,12 +639,12 @@ def _time_of_day(value: Any) -> Any:
     if isinstance(value, int | float):
         n = int(value)
         if 0 <= n < 24 * 60:  # H:MM read in base 60
-            h, m = divmod(n, 60)
-            seen, guess = f"{h}:{m:02d} as {h} x 60 + {m} = {n}", f"{h:02d}:{m:02d}"
+            hh, mm = divmod(n, 60)
+            seen, guess = f"{hh}:{mm:02d} as {hh} x 60 + {mm} = {n}", f"{hh:02d}:{mm:02d}"
         elif 0 <= n < 24 * 3600:  # H:MM:SS read in base 60
-            h, m, sec = n // 3600, n % 3600 // 60, n % 60
-            seen = f"{h}:{m:02d}:{sec:02d} as {n}"
-            guess = f"{h:02d}:{m:02d}" + (f":{sec:02d}" if sec else "")
+            hh, mm, ss = n // 3600, n % 3600 // 60, n % 60
+            seen = f"{hh}:{mm:02d}:{ss:02d} as {n}"
+            guess = f"{hh:02d}:{mm:02d}" + (f":{ss:02d}" if ss else "")
         else:
             seen, guess = "9:00 as 540", "09:00"
         raise ValueError(

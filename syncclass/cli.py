@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .auth import hash_password
 from .config import CountyConfig, default_config_path, load_config
+from .config_check import check_paths
 from .errors import ConfigError, DeviceError, SyncClassError
 from .tokens import SigningKey, issue_token
 
@@ -513,8 +514,6 @@ def _without_password(url: str) -> str:
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate the schema, then the files and folders the config names
     (:mod:`syncclass.config_check`): errors exit 2, warnings are printed."""
-    from .config_check import check_paths
-
     path = args.config or default_config_path()
     config = _config(args)
     findings = check_paths(config)

@@ -31,7 +31,7 @@ from aiortc import rtcrtpreceiver
 from aiortc.codecs import get_decoder as _aiortc_get_decoder
 
 import edge_agent.agent as agent_module
-from edge_agent.devices import SyntheticVideoSource
+from edge_agent.sources import SyntheticVideoSource
 from syncclass import cli
 from syncclass.codec import VIDEO_TIME_BASE, H264Encoder
 from syncclass.timecode import timecode_band_height

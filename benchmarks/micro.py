@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_agent.devices import SyntheticVideoSource
+from edge_agent.sources import SyntheticVideoSource
 from syncclass.timecode import Timecode, paint_timecode, read_timecode
 
 ROOT = Path(__file__).resolve().parent.parent

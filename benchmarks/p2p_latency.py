@@ -2,7 +2,7 @@
 through the mixer, measured in the same run (alternating).
 
 - ``p2p``: two processes on loopback, as two classroom PCs talking directly. The sender is
-  built like an agent (the main classroom's :class:`~edge_agent.devices.SyntheticVideoSource`
+  built like an agent (the main classroom's :class:`~edge_agent.sources.SyntheticVideoSource`
   1280x720 at the county fps with its burned-in timecode, the agent's
   :class:`~syncclass.codec.H264Encoder` at the uplink bitrate via
   :class:`~edge_agent.agent.EncodedVideoTrack`, plus its synthetic tone over Opus); the
@@ -77,7 +77,7 @@ async def run_sender(config: CountyConfig, classroom_id: str) -> None:
     from aiortc import RTCSessionDescription
 
     from edge_agent.agent import EncodedVideoTrack, SourceAudioTrack
-    from edge_agent.devices import SyntheticAudioSource, SyntheticVideoSource
+    from edge_agent.sources import SyntheticAudioSource, SyntheticVideoSource
     from syncclass.codec import H264Encoder
     from syncclass.rtc import (
         close_peer,

@@ -44,7 +44,7 @@ import av
 import numpy as np
 import psutil
 
-from edge_agent.devices import SyntheticAudioSource, SyntheticVideoSource
+from edge_agent.sources import SyntheticAudioSource, SyntheticVideoSource
 from mixer.compose import Compositor, ScaleCache, SourceFrame
 from mixer.media import LessonMedia
 from mixer.publisher import RecordingPublisher

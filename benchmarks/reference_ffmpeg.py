@@ -1,7 +1,7 @@
 """Our compositor + encoder against ffmpeg composing and encoding the same inputs.
 
 Inputs: ``--feeds`` synthetic 1280x720 classroom pictures (the agents' own
-:class:`~edge_agent.devices.SyntheticVideoSource`, timecode and moving pattern), 1 main +
+:class:`~edge_agent.sources.SyntheticVideoSource`, timecode and moving pattern), 1 main +
 ``feeds - 1`` receiving, ``--frames`` frames each, written once as raw ``yuv420p`` files.
 Both sides read them with the same libavformat ``rawvideo`` demuxer (PyAV in ours, the
 ffmpeg CLI in theirs) and produce the sample county's two views at 1280x720, 15 fps:
@@ -41,7 +41,7 @@ from typing import Any
 import av
 from _common import RESULTS, county_config, environment, write_result
 
-from edge_agent.devices import SyntheticVideoSource
+from edge_agent.sources import SyntheticVideoSource
 from mixer.compose import SourceFrame
 from mixer.media import LessonMedia
 from syncclass.config import CountyConfig, load_config

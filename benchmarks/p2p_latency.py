@@ -195,13 +195,15 @@ def peer_main(args: argparse.Namespace) -> int:
     from syncclass.cli import _tune_aiortc, _tune_gc
     from syncclass.liveness import tighten_ice_consent
     from syncclass.rtc import use_host_addresses
+    from syncclass.switches import Switches
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     config = load_config(args.config)
     use_host_addresses(config.mixer.ice_host_addresses)
     tighten_ice_consent(config.mixer.ice_consent_interval_s, config.mixer.ice_consent_failures)
-    _tune_aiortc(config)
-    _tune_gc()
+    switches = Switches.from_environ()
+    _tune_aiortc(config, switches)
+    _tune_gc(switches)
     pairing = config.pairings[0]
     if args.peer == "sender":
         coro = run_sender(config, pairing.main)

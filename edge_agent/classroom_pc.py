@@ -15,8 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ import cv2
 import numpy as np
 from pydantic import ValidationError
 
+from syncclass import switches
 from syncclass.audio import level_dbov
 from syncclass.config import AudioDeviceConfig, ClassroomConfig, SinkConfig, VideoDeviceConfig
 from syncclass.errors import DeviceError
@@ -52,13 +51,9 @@ PREVIEW_MAX_AGE_S = 1.0
 
 def state_dir() -> Path:
     """Where the agent keeps local state (the device choice): ``$SYNCCLASS_STATE_DIR``, else
-    ``%LOCALAPPDATA%\\syncclass`` on Windows, else ``~/.local/state/syncclass``."""
-    env = os.environ.get("SYNCCLASS_STATE_DIR")
-    if env:
-        return Path(env)
-    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
-        return Path(os.environ["LOCALAPPDATA"]) / "syncclass"
-    return Path.home() / ".local" / "state" / "syncclass"
+    ``%LOCALAPPDATA%\\syncclass`` on Windows, else ``~/.local/state/syncclass``
+    (:mod:`syncclass.switches`; read on each use, so a test may point it elsewhere)."""
+    return switches.current().state_dir
 
 
 def _choice_file(classroom_id: str) -> Path:

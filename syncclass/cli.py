@@ -12,7 +12,6 @@ import contextlib
 import gc
 import json
 import logging
-import os
 import re
 import signal
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from .config import CountyConfig, default_config_path, load_config
 from .errors import ConfigError, DeviceError, SyncClassError
+from .switches import Switches
 
 logger = logging.getLogger("syncclass")
 
@@ -65,14 +65,15 @@ def _setup_logging(level: str, json_logs: bool) -> None:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def _tune_aiortc(config: CountyConfig) -> None:
+def _tune_aiortc(config: CountyConfig, switches: Switches) -> None:
     """Our jitter buffers in every receiver of this process, and the configured Opus
     bitrate and a numpy audio level in every audio sender. For side-by-side measurement
     ``SYNCCLASS_AUDIO_LEVEL=stock`` (aiortc's Python loop),
     ``SYNCCLASS_JITTER_BUFFER=stock`` (or ``video`` / ``audio``: only that one of ours) and
     ``SYNCCLASS_VIDEO_HOLE_WAIT_S`` (seconds; ``inf``: holes wait as in stock aiortc).
     Video NACKs and resends are bounded (:mod:`syncclass.nack`; ``SYNCCLASS_NACK=stock``:
-    aiortc's)."""
+    aiortc's). The switches: :mod:`syncclass.switches`."""
+    # aiortc-heavy modules load only for the commands that run media.
     from syncclass.nack import use_bounded_nacks
     from syncclass.rtc import (
         VIDEO_HOLE_WAIT_S,
@@ -82,25 +83,25 @@ def _tune_aiortc(config: CountyConfig) -> None:
     )
 
     use_opus_bitrate(config.media.audio_bitrate_kbps)
-    if os.environ.get("SYNCCLASS_AUDIO_LEVEL", "numpy") != "stock":
+    if switches.audio_level != "stock":
         use_fast_audio_level()
 
-    jb = os.environ.get("SYNCCLASS_JITTER_BUFFER", "low-latency")
-    hole_wait_s = float(os.environ.get("SYNCCLASS_VIDEO_HOLE_WAIT_S", VIDEO_HOLE_WAIT_S))
-    install_low_latency_jitter_buffers(video=jb in ("low-latency", "video"),
-                                       audio=jb in ("low-latency", "audio"),
-                                       hole_wait_s=hole_wait_s)
-    if os.environ.get("SYNCCLASS_NACK", "bounded") != "stock":
+    hole_wait_s = switches.video_hole_wait_s
+    install_low_latency_jitter_buffers(
+        video=switches.video_jitter_buffer, audio=switches.audio_jitter_buffer,
+        hole_wait_s=VIDEO_HOLE_WAIT_S if hole_wait_s is None else hole_wait_s)
+    if switches.nack != "stock":
         use_bounded_nacks()
 
 
-def _tune_mixer_aiortc() -> None:
+def _tune_mixer_aiortc(switches: Switches) -> None:
     """The mixer receives an audio stream per classroom: decode each Opus frame to mono on
     the event loop as it arrives instead of handing it to a thread per receiver and back
     (``SYNCCLASS_AUDIO_DECODE=thread``: aiortc's decoder threads, for side by side)."""
+    # aiortc-heavy: loads only for the mixer command.
     from syncclass.rtc import use_inline_audio_decoding
 
-    if os.environ.get("SYNCCLASS_AUDIO_DECODE", "inline") != "thread":
+    if switches.audio_decode != "thread":
         use_inline_audio_decoding()
 
 
@@ -108,40 +109,36 @@ def _config(args: argparse.Namespace) -> CountyConfig:
     return load_config(args.config or default_config_path())
 
 
-def _tune_gc() -> None:
+def _tune_gc(switches: Switches) -> None:
     """Media processes allocate many short-lived objects per packet; with CPython's default
     thresholds the cyclic GC took ~15% of the mixer's event loop (py-spy --native). Freeze
-    what start-up allocated and collect the young generation less often."""
-    if os.environ.get("SYNCCLASS_GC", "tuned") == "default":
+    what start-up allocated and collect the young generation less often
+    (``SYNCCLASS_GC=default``: CPython's thresholds)."""
+    if switches.gc == "default":
         return
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
 
 
-def _tune_opencv() -> None:
+def _tune_opencv(switches: Switches) -> None:
     """One OpenCV thread. Its worker pool (one thread per core) spins while it waits for
     work: composing the two 1 + 8 views (scaling nine 720p pictures) cost 15.2 / 16.8 CPU ms
     per tick with the default two threads against 10.4 / 9.3 ms with one, for 7.7 vs
     9.3-10.4 ms of wall time. Our media processes already run composition, encoders and
     decoders in threads of their own on a small machine. ``SYNCCLASS_CV_THREADS``: another
     count (``default``: OpenCV's)."""
-    threads = os.environ.get("SYNCCLASS_CV_THREADS", "1")
-    if threads == "default":
+    if switches.cv_threads is None:
         return
-    try:
-        count = int(threads)
-    except ValueError:
-        raise SystemExit(f"syncclass: SYNCCLASS_CV_THREADS must be a thread count or "
-                         f"'default', got {threads!r}") from None
     import cv2
 
-    cv2.setNumThreads(count)
+    cv2.setNumThreads(switches.cv_threads)
 
 
-def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    _tune_gc()
-    _tune_opencv()
+def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]],
+                      switches: Switches) -> None:
+    _tune_gc(switches)
+    _tune_opencv(switches)
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -191,16 +188,17 @@ def cmd_mixer(args: argparse.Namespace) -> int:
     from syncclass.rtc import use_host_addresses
 
     config = _config(args)
+    switches = Switches.from_environ()
     use_host_addresses(config.mixer.ice_host_addresses)
-    _tune_aiortc(config)
-    _tune_mixer_aiortc()
+    _tune_aiortc(config, switches)
+    _tune_mixer_aiortc(switches)
     host = args.host or config.mixer.host
     port = config.mixer.port if args.port is None else args.port
     config = _with_recorder_args(config, args)
     if args.data_dir:
         config = config.model_copy(update={"mixer": config.mixer.model_copy(
             update={"data_dir": args.data_dir})})
-    api_token = os.environ.get("SYNCCLASS_OPS_API_TOKEN")
+    api_token = switches.ops_api_token
     if api_token:  # a secret: from the environment, never the command line
         if len(api_token) < 16:
             print("syncclass mixer: SYNCCLASS_OPS_API_TOKEN must have 16+ characters",
@@ -231,7 +229,7 @@ def cmd_mixer(args: argparse.Namespace) -> int:
             logger.info("mixer stopping")
             await runner.cleanup()
 
-    _run_until_signal(main)
+    _run_until_signal(main, switches)
     return 0
 
 
@@ -253,6 +251,7 @@ def cmd_recorder(args: argparse.Namespace) -> int:
     from recorder.service import Recorder
 
     config = _with_recorder_args(_config(args), args)
+    switches = Switches.from_environ()
 
     async def main(stop: asyncio.Event) -> None:
         rec = Recorder(config.recorder)
@@ -263,7 +262,7 @@ def cmd_recorder(args: argparse.Namespace) -> int:
             logger.info("recorder stopping")
             await rec.aclose()
 
-    _run_until_signal(main)
+    _run_until_signal(main, switches)
     return 0
 
 
@@ -289,11 +288,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from syncclass.rtc import use_host_addresses
 
     config = _config(args)
+    switches = Switches.from_environ()
     use_host_addresses(config.mixer.ice_host_addresses)
     from syncclass.liveness import tighten_ice_consent
 
     tighten_ice_consent(config.mixer.ice_consent_interval_s, config.mixer.ice_consent_failures)
-    _tune_aiortc(config)
+    _tune_aiortc(config, switches)
     try:
         room = config.classroom(args.classroom)
     except KeyError:
@@ -326,7 +326,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
             exit_code = 3
 
     try:
-        _run_until_signal(main)
+        _run_until_signal(main, switches)
     except DeviceError as exc:
         print(f"syncclass agent: {exc}", file=sys.stderr)
         return 4

@@ -15,7 +15,7 @@ restarts the loop at its IDR.
 The looped pictures carry no timecode (the band is black, which the reader rejects), so
 latency figures never come from them.
 
-    python benchmarks/load_classroom.py agent --config C --classroom ID [agent options]
+    python -m benchmarks.load_classroom agent --config C --classroom ID [agent options]
 
 (``capacity.py --setups prerecorded`` starts these through ``LocalDeployment``.)
 """

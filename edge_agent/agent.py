@@ -64,6 +64,7 @@ from syncclass.rtc import (
     recv_newest,
     route_keyframe_requests,
 )
+from syncclass.stats import median, percentile
 from syncclass.timecode import read_timecode
 
 from .classroom_pc import ClassroomPC, LessonView, apply_saved_devices
@@ -172,8 +173,8 @@ class SourceLatency:
         }
         if len(data):
             out.update(
-                p50_ms=round(float(np.percentile(data, 50)), 1),
-                p95_ms=round(float(np.percentile(data, 95)), 1),
+                p50_ms=round(percentile(data, 50), 1),
+                p95_ms=round(percentile(data, 95), 1),
                 max_ms=round(float(data.max()), 1),
             )
         return out
@@ -280,8 +281,8 @@ def _percentiles(values: list[float], keep: bool = False) -> dict[str, Any]:
         return {"count": 0}
     data = np.asarray(values)
     out: dict[str, Any] = {"count": len(values),
-                           "p50_ms": round(float(np.percentile(data, 50)), 1),
-                           "p95_ms": round(float(np.percentile(data, 95)), 1)}
+                           "p50_ms": round(percentile(data, 50), 1),
+                           "p95_ms": round(percentile(data, 95), 1)}
     if keep:
         out["samples"] = [round(float(v), 1) for v in values[-200:]]
     return out
@@ -354,7 +355,7 @@ class Agent:
         lesson, rx = self.lesson, self.reception
         latency = None
         if rx is not None:
-            values = [float(np.median(s.samples_ms)) for s in rx.latency.values() if s.samples_ms]
+            values = [median(s.samples_ms) for s in rx.latency.values() if s.samples_ms]
             latency = max(values) if values else None
         return LessonView(
             connected=self.state == "connected",
@@ -551,7 +552,7 @@ class Agent:
             if rx is None:
                 continue
             latency = {
-                cid: float(np.median(s.samples_ms)) for cid, s in rx.latency.items()
+                cid: median(s.samples_ms) for cid, s in rx.latency.items()
                 if s.samples_ms
             }
             with contextlib.suppress(ConnectionError, RuntimeError):

@@ -18,7 +18,7 @@ import yaml
 from playwright.sync_api import Page, expect
 
 from syncclass.demo import LocalDeployment
-from tests.browser_support import chromium
+from syncclass.testing.browser import chromium
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,7 @@ import pytest
 
 from mixer.headcount import HeadCounter, find_cascade
 from syncclass.errors import ConfigError
-
-from .headcount_scenes import make_scene, match
+from syncclass.testing.headcount_scenes import make_scene, match
 
 ROOT = Path(__file__).resolve().parent.parent
 # Held out: the detector's settings were chosen on seeds 0..29.

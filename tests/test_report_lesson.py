@@ -34,9 +34,8 @@ import yaml
 from syncclass.analytics.st import st_analysis
 from syncclass.demo import LocalDeployment, http_json
 from syncclass.layout import grid_layout
-
-from .headcount_scenes import make_scene
-from .speech_fixtures import make_clips
+from syncclass.testing.headcount_scenes import make_scene
+from syncclass.testing.speech_fixtures import make_clips
 
 pytestmark = pytest.mark.integration
 

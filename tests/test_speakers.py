@@ -22,7 +22,7 @@ from edge_agent.speakers import PlayoutBuffer, SpeakerAudioSink
 from syncclass.audio import spectrum_peaks
 from syncclass.config import load_config
 from syncclass.errors import DeviceError
-from tests.aec_room import FAR_TEXT, energy_db, fit, speech, to_i16
+from syncclass.testing.aec_room import FAR_TEXT, energy_db, fit, speech, to_i16
 from tests.jack_support import jack_server
 
 RATE = 48000

@@ -9,18 +9,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import gc
+import getpass
 import json
 import logging
 import re
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from .auth import hash_password
 from .config import CountyConfig, default_config_path, load_config
+from .demo import http_json, run_demo
 from .errors import ConfigError, DeviceError, SyncClassError
 from .switches import Switches
+from .tokens import SigningKey, issue_token
 
 logger = logging.getLogger("syncclass")
 
@@ -158,10 +164,6 @@ def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]],
 # -- token ----------------------------------------------------------------------------------
 def cmd_token(args: argparse.Namespace) -> int:
     """``syncclass token issue``: print a signed token for a classroom's agent."""
-    import time
-
-    from syncclass.tokens import SigningKey, issue_token
-
     config = _config(args)
     if not config.mixer.token_keys:
         print("syncclass token: the config has no mixer.token_keys", file=sys.stderr)
@@ -248,6 +250,7 @@ def _with_recorder_args(config: CountyConfig, args: argparse.Namespace) -> Count
 
 # -- recorder -------------------------------------------------------------------------------
 def cmd_recorder(args: argparse.Namespace) -> int:
+    # Each command loads only its own I/O package (module docstring).
     from recorder.service import Recorder
 
     config = _with_recorder_args(_config(args), args)
@@ -269,6 +272,7 @@ def cmd_recorder(args: argparse.Namespace) -> int:
 # -- agent ----------------------------------------------------------------------------------
 def cmd_agent_devices(args: argparse.Namespace) -> int:
     """``syncclass agent devices``: this PC's cameras, microphones and speakers by name."""
+    # Each command loads only its own I/O package (module docstring).
     from edge_agent.device_list import list_devices
 
     found = list_devices()
@@ -283,6 +287,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         print("syncclass agent: --classroom is required (or: syncclass agent devices)",
               file=sys.stderr)
         return 2
+    # Each command loads only its own I/O package: an agent PC never imports the mixer.
     from edge_agent.agent import Agent
     from edge_agent.control import serve_control
     from syncclass.rtc import use_host_addresses
@@ -370,7 +375,6 @@ def cmd_lesson(args: argparse.Namespace) -> int:
 
 # -- demo -----------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
 
     return run_demo(
         config_path=Path(args.config) if args.config else default_config_path(),
@@ -384,10 +388,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_hash_password(args: argparse.Namespace) -> int:
     """Print an ``ops.users`` entry: the password is read from the terminal (asked twice)
     or, when piped, from the first line of standard input; it never appears in argv."""
-    import getpass
-
-    from .auth import hash_password
-
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:
@@ -409,7 +409,6 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
 def cmd_hand(args: argparse.Namespace) -> int:
     """Raise a receiving classroom's hand through the mixer's HTTP API."""
-    from .demo import http_json
 
     config = _config(args)
     try:
@@ -432,8 +431,7 @@ def cmd_hand(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Term figures per paired school and subject, against the configured targets."""
-    import datetime as dt
-
+    # The report command reads the mixer's report store; only it loads the mixer package.
     from mixer.report_term import render_csv, render_table, term_figures
     from mixer.store import ReportStore
 

@@ -26,8 +26,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from mixer.app import create_app
+from mixer.core import MIXER_KEY
 from mixer.dashboard import OPS_KEY
-from mixer.server import MIXER_KEY, create_app
 from syncclass.config import default_config_path, load_config
 from syncclass.demo import LocalDeployment
 from syncclass.stats import median

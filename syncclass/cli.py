@@ -1,7 +1,10 @@
 """The ``syncclass`` command: ``mixer``, ``agent``, ``lesson``, ``demo``, ``check-config``.
 
 This module and :mod:`syncclass.demo` are the process entry points; they import the
-I/O packages (``mixer``, ``edge_agent``) lazily so the core stays importable alone.
+I/O packages (``mixer``, ``edge_agent``, ``recorder``) lazily so the core stays importable
+alone. Imports inside a command say why: ``# optional: per command`` (each command loads
+only its own service: an agent PC never imports the mixer) or ``# optional: media only``
+(aiortc, about half a second to import, only for the commands that run media).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from .auth import hash_password
 from .config import CountyConfig, default_config_path, load_config
+from .config_check import check_paths
 from .demo import http_json, run_demo
 from .errors import ConfigError, DeviceError, SyncClassError
 from .switches import Switches
@@ -80,8 +84,8 @@ def _tune_aiortc(config: CountyConfig, switches: Switches) -> None:
     Video NACKs and resends are bounded (:mod:`syncclass.nack`; ``SYNCCLASS_NACK=stock``:
     aiortc's). The switches: :mod:`syncclass.switches`."""
     # aiortc-heavy modules load only for the commands that run media.
-    from syncclass.nack import use_bounded_nacks
-    from syncclass.rtc import (
+    from syncclass.nack import use_bounded_nacks  # optional: media only
+    from syncclass.rtc import (  # optional: media only
         VIDEO_HOLE_WAIT_S,
         install_low_latency_jitter_buffers,
         use_fast_audio_level,
@@ -105,7 +109,7 @@ def _tune_mixer_aiortc(switches: Switches) -> None:
     the event loop as it arrives instead of handing it to a thread per receiver and back
     (``SYNCCLASS_AUDIO_DECODE=thread``: aiortc's decoder threads, for side by side)."""
     # aiortc-heavy: loads only for the mixer command.
-    from syncclass.rtc import use_inline_audio_decoding
+    from syncclass.rtc import use_inline_audio_decoding  # optional: media only
 
     if switches.audio_decode != "thread":
         use_inline_audio_decoding()
@@ -186,8 +190,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_mixer(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from mixer.server import create_app
-    from syncclass.rtc import use_host_addresses
+    from mixer.app import create_app  # optional: per command
+    from syncclass.rtc import use_host_addresses  # optional: media only
 
     config = _config(args)
     switches = Switches.from_environ()
@@ -208,9 +212,9 @@ def cmd_mixer(args: argparse.Namespace) -> int:
             return 2
         config = config.model_copy(update={"ops": config.ops.model_copy(
             update={"api_token": api_token})})
-    from mixer.guard import GuardedAppRunner
-    from mixer.tls import server_ssl_context
-    from syncclass.liveness import tighten_ice_consent
+    from mixer.guard import GuardedAppRunner  # optional: per command
+    from mixer.tls import server_ssl_context  # optional: per command
+    from syncclass.liveness import tighten_ice_consent  # optional: media only
 
     tighten_ice_consent(config.mixer.ice_consent_interval_s, config.mixer.ice_consent_failures)
     ssl_context = server_ssl_context(config.mixer.tls) if config.mixer.tls else None
@@ -250,8 +254,7 @@ def _with_recorder_args(config: CountyConfig, args: argparse.Namespace) -> Count
 
 # -- recorder -------------------------------------------------------------------------------
 def cmd_recorder(args: argparse.Namespace) -> int:
-    # Each command loads only its own I/O package (module docstring).
-    from recorder.service import Recorder
+    from recorder.service import Recorder  # optional: per command
 
     config = _with_recorder_args(_config(args), args)
     switches = Switches.from_environ()
@@ -272,8 +275,7 @@ def cmd_recorder(args: argparse.Namespace) -> int:
 # -- agent ----------------------------------------------------------------------------------
 def cmd_agent_devices(args: argparse.Namespace) -> int:
     """``syncclass agent devices``: this PC's cameras, microphones and speakers by name."""
-    # Each command loads only its own I/O package (module docstring).
-    from edge_agent.device_list import list_devices
+    from edge_agent.device_list import list_devices  # optional: per command
 
     found = list_devices()
     print(found.to_json() if args.json else found.to_text())
@@ -287,15 +289,14 @@ def cmd_agent(args: argparse.Namespace) -> int:
         print("syncclass agent: --classroom is required (or: syncclass agent devices)",
               file=sys.stderr)
         return 2
-    # Each command loads only its own I/O package: an agent PC never imports the mixer.
-    from edge_agent.agent import Agent
-    from edge_agent.control import serve_control
-    from syncclass.rtc import use_host_addresses
+    from edge_agent.agent import Agent  # optional: per command
+    from edge_agent.control import serve_control  # optional: per command
+    from syncclass.rtc import use_host_addresses  # optional: media only
 
     config = _config(args)
     switches = Switches.from_environ()
     use_host_addresses(config.mixer.ice_host_addresses)
-    from syncclass.liveness import tighten_ice_consent
+    from syncclass.liveness import tighten_ice_consent  # optional: media only
 
     tighten_ice_consent(config.mixer.ice_consent_interval_s, config.mixer.ice_consent_failures)
     _tune_aiortc(config, switches)
@@ -431,9 +432,8 @@ def cmd_hand(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Term figures per paired school and subject, against the configured targets."""
-    # The report command reads the mixer's report store; only it loads the mixer package.
-    from mixer.report_term import render_csv, render_table, term_figures
-    from mixer.store import ReportStore
+    from mixer.report_term import render_csv, render_table, term_figures  # optional: per command
+    from mixer.store import ReportStore  # optional: per command
 
     config = _config(args)
     acfg = config.analytics
@@ -446,32 +446,84 @@ def cmd_report(args: argparse.Namespace) -> int:
     today = dt.date.today()
     start = start or today.replace(month=1 if today.month < 8 else 8, day=1)
     end = end or today
-    url = args.database or acfg.database_url or \
-        f"sqlite:///{(Path(config.mixer.data_dir) / 'analytics.db').resolve()}"
+    if args.database:
+        url, origin = args.database, "--database"
+    elif acfg.database_url:
+        url, origin = acfg.database_url, "analytics.database_url"
+    else:
+        url = f"sqlite:///{(Path(config.mixer.data_dir) / 'analytics.db').resolve()}"
+        origin = "mixer.data_dir"
+    written = config.relative_paths.get(origin)
+    if written:
+        origin += f" {written!r}, relative to the config file's folder"
+    elif origin == "mixer.data_dir" and not Path(config.mixer.data_dir).is_absolute():
+        origin += f" {config.mixer.data_dir!r}, relative to the current directory"
+    store = ReportStore(url)
+    if not store.exists():
+        print(f"syncclass report: no database at {url} (from {origin}); no lesson has been "
+              "reported there. Run from the mixer's directory, or give --config of the "
+              "mixer's county or --database", file=sys.stderr)
+        return 1
     try:
-        fig = term_figures(config, ReportStore(url), start, end)
+        fig = term_figures(config, store, start, end)
     except ValueError as exc:
         print(f"syncclass report: {exc}", file=sys.stderr)
         return 2
+    held = sum(p["lessons"] for p in fig["pairings"])
+    print(f"syncclass report: {held} lesson(s) from {start} to {end} read from "
+          f"{_without_password(url)} (from {origin})", file=sys.stderr)
+    if held == 0:
+        print(f"syncclass report: warning: the database has no lessons from {start} to {end}"
+              f"; is this the mixer's database (--from/--to, --database)?", file=sys.stderr)
     if args.format == "json":
         text = json.dumps(fig, ensure_ascii=False, indent=2) + "\n"
-    elif args.format == "csv":
-        text = render_csv(fig)
+    elif args.format in ("csv", "csv-excel"):
+        text = render_csv(fig, excel=args.format == "csv-excel")
     else:
         text = render_table(fig)
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        # newline="": the CRLF of csv-excel is written as is.
+        Path(args.out).write_text(text, encoding="utf-8", newline="")
         print(f"syncclass report: wrote {args.out}")
+    elif args.format == "csv-excel":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode("utf-8"))
+        sys.stdout.buffer.flush()
     else:
         sys.stdout.write(text)
     return 0
 
 
+def _without_password(url: str) -> str:
+    """A database URL to show: its password (``postgresql://user:secret@host``) hidden."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the schema, then the files and folders the config names
+    (:mod:`syncclass.config_check`): errors exit 2, warnings are printed."""
+    path = args.config or default_config_path()
     config = _config(args)
-    print(f"{args.config or default_config_path()}: OK — county {config.county}, "
+    findings = check_paths(config)
+    errors = [f for f in findings if f.level == "error"]
+    if config.relative_paths:
+        print(f"{path}: relative paths are read from {Path(path).resolve().parent}")
+    for f in findings:
+        print(f"{path}: {f}", file=sys.stderr)
+    if errors:
+        print(f"{path}: {len(errors)} error(s): fix the paths above (or the devices' kind)",
+              file=sys.stderr)
+        return 2
+    print(f"{path}: OK — county {config.county}, "
           f"{len(config.classrooms)} classrooms, {len(config.pairings)} pairings, "
-          f"{len(config.timetable)} timetable entries, views {', '.join(config.views)}")
+          f"{len(config.timetable)} timetable entries, views {', '.join(config.views)}"
+          + (f"; {len(findings)} warning(s)" if findings else ""))
     return 0
 
 
@@ -575,9 +627,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_date",
                    help="first day YYYY-MM-DD (default: analytics.term_start, else this term)")
     p.add_argument("--to", dest="to_date", help="last day YYYY-MM-DD (default: today)")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--format", choices=["table", "csv", "csv-excel", "json"], default="table",
+                   help="csv-excel: CSV for Microsoft Excel (UTF-8 with a byte-order mark, "
+                   "CRLF), which reads Chinese correctly on a Chinese Windows")
     p.add_argument("--database", help="database URL (default: analytics.database_url, else "
-                   "sqlite:///<mixer.data_dir>/analytics.db)")
+                   "sqlite:///<mixer.data_dir>/analytics.db; relative paths in a config "
+                   "file are relative to its folder)")
     p.add_argument("--out", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_report)
 
@@ -590,7 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=float, default=180.0, help="validity in days (default 180)")
     p.set_defaults(func=cmd_token)
 
-    p = sub.add_parser("check-config", help="validate a county config")
+    p = sub.add_parser("check-config", help="validate a county config",
+                       description="Validate a county config: its fields, then that the "
+                       "files and folders it names (device files, certificates, the CA file, "
+                       "the face cascade, output folders) are there on this machine.")
     with_config(p)
     p.set_defaults(func=cmd_check_config)
     return parser

@@ -1,61 +1,53 @@
-"""Helpers shared by the issue-7 benchmarks (capacity, reference_ffmpeg, p2p_latency).
-
-Run the benchmarks as scripts (``.venv/bin/python benchmarks/NAME.py``): this directory is
-then on ``sys.path``, so they import this module and the older benchmarks' helpers
-(``soak.make_config``) by plain name.
+"""Lessons of real processes for the benchmarks: a county of 1 main + N receiving
+classrooms, starting the lesson, and measuring a window of it (capacity, soak, recovery,
+reference_ffmpeg, p2p_latency). Where results go and their environment:
+:mod:`benchmarks.harness`.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import platform
-import statistics
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from soak import make_config
 
 from syncclass.demo import LocalDeployment, http_json
+from syncclass.stats import median_or_none as _median_or_none
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+from .harness import ROOT
+
+__all__ = [
+    "API_TOKEN", "api_get", "county_config", "latency_pairs", "load_classroom_argv",
+    "make_config", "measure_window", "median_or_none", "start_lesson",
+]
+
 API_TOKEN = "benchmark-ops-api-token-0123456789"
 """``ops.api_token`` of the benchmark counties: the mixer's read APIs need a credential."""
 
 
-def environment() -> dict[str, Any]:
-    """Where and when: CPU count, 1/5/15-minute load averages, versions, UTC timestamp."""
-    ffmpeg = ""
-    try:
-        out = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True,
-                             check=False).stdout
-        ffmpeg = out.splitlines()[0] if out else ""
-    except OSError:
-        ffmpeg = "(not installed)"
-    return {
-        "cpus": os.cpu_count(),
-        "load_avg": [round(x, 2) for x in os.getloadavg()],
-        "utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "ffmpeg": ffmpeg,
-    }
-
-
-def write_result(path: Path, result: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+def make_config(tmp: Path, rural: int) -> Path:
+    """The sample county (``configs/county.yaml``) with its main classroom and ``rural``
+    receiving classrooms ``rural-0`` … (distinct tones), written to ``tmp/county.yaml``."""
+    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
+    template = next(c for c in data["classrooms"] if c["role"] == "receiving")
+    rooms = [c for c in data["classrooms"] if c["role"] == "main"]
+    for i in range(rural):
+        rooms.append(dict(template, id=f"rural-{i}", label=f"Rural {i}", name=f"教学点 {i}",
+                          token=f"soak-rural-token-{i:04d}-abcdef", tone_hz=500 + 100 * i))
+    data["classrooms"] = rooms
+    data["pairings"] = [dict(data["pairings"][0], receiving=[f"rural-{i}" for i in range(rural)])]
+    data["observers"] = []
+    data["mixer"]["data_dir"] = str(tmp / "mixer-data")
+    path = tmp / "county.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
 
 
 def county_config(work: Path, rural: int, light_size: tuple[int, int] | None = None,
                   light_keep: int = 1, adaptation: bool | None = None) -> Path:
-    """The sample county with 1 main + ``rural`` receiving classrooms (``soak.make_config``),
+    """The sample county with 1 main + ``rural`` receiving classrooms (:func:`make_config`),
     with ``ops.api_token`` = :data:`API_TOKEN` (the mixer's read APIs need a credential).
 
     With ``light_size`` (width, height px), every receiving classroom after the first
@@ -103,7 +95,8 @@ def latency_pairs(reception: dict[str, Any] | None, receiver: str) -> list[dict[
 
 
 def median_or_none(values: Sequence[float]) -> float | None:
-    return round(statistics.median(values), 2) if values else None
+    """The median rounded to 0.01, or ``None`` for no values."""
+    return _median_or_none(values, 2)
 
 
 def start_lesson(dep: LocalDeployment, members: list[str], *, recorder: bool,
@@ -112,7 +105,7 @@ def start_lesson(dep: LocalDeployment, members: list[str], *, recorder: bool,
                  agents_idle: bool = False) -> dict[str, Any]:
     """Start the mixer (+ recorder) and one agent per classroom, wait until all are
     connected, press Start lesson on the main classroom; returns the lesson. Classrooms in
-    ``prerecorded`` run ``load_classroom.py`` (their camera encoded ahead of time); with
+    ``prerecorded`` run :mod:`benchmarks.load_classroom` (their camera encoded ahead of time); with
     ``agents_idle`` the agents run under ``SCHED_IDLE`` (``chrt --idle 0``): they get only
     the CPU that the mixer and the recorder leave."""
     dep.start_mixer()
@@ -133,10 +126,11 @@ def start_lesson(dep: LocalDeployment, members: list[str], *, recorder: bool,
 
 
 def load_classroom_argv(argv: list[str]) -> list[str]:
-    """``python -m syncclass …`` → ``python benchmarks/load_classroom.py …``."""
+    """``python -m syncclass …`` → ``python -m benchmarks.load_classroom …`` (run from the
+    repository root, like every benchmark)."""
     if argv[1:3] != ["-m", "syncclass"]:
         raise ValueError(f"not a syncclass command line: {argv[:3]}")
-    return [argv[0], str(Path(__file__).with_name("load_classroom.py")), *argv[3:]]
+    return [argv[0], "-m", "benchmarks.load_classroom", *argv[3:]]
 
 
 def measure_window(dep: LocalDeployment, members: list[str], seconds: float) -> dict[str, Any]:

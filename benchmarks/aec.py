@@ -6,30 +6,26 @@ attenuation and reverberation, near-end speech (another voice) and noise at the 
 variants (AEC only, AEC + residual echo suppression + noise suppression, no AEC) run on the
 same signals in one process, repeated ``--rounds`` times (medians reported).
 
-    .venv/bin/python benchmarks/aec.py --rounds 3 --out benchmarks/results/aec.json
+    .venv/bin/python -m benchmarks.aec --rounds 3 --out benchmarks/results/aec.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from edge_agent.audio_processing import (  # noqa: E402
+from edge_agent.audio_processing import (
     FRAME_SAMPLES,
     AudioProcessor,
     AudioProcessorOptions,
 )
-from tests.aec_room import (  # noqa: E402
+from syncclass.stats import median
+from syncclass.testing.aec_room import (
     FAR_TEXT,
     NEAR_TEXT,
     RATE,
@@ -40,6 +36,8 @@ from tests.aec_room import (  # noqa: E402
     speech,
     to_i16,
 )
+
+from .harness import ROOT, write_result
 
 ROOMS = {
     "small-rt300-40ms": Room(),
@@ -96,7 +94,7 @@ def measure(sc: dict[str, np.ndarray], room: Room, options: AudioProcessorOption
             energy_db(w(o, 18.5, 28)) - energy_db(w(sc["near"], 18.5, 28)), 2),
         "double_talk_corr_out": round(corr_dt, 3),
         "double_talk_corr_mic": round(corr_dt_mic, 3),
-        "cpu_ms_per_20ms_frame_median": round(statistics.median(cpu) * 1000, 3),
+        "cpu_ms_per_20ms_frame_median": round(median(cpu) * 1000, 3),
         "realignments": stats["realignments"],
     }
 
@@ -120,9 +118,8 @@ def main() -> int:
         for vname, samples in variants.items():
             keys = samples[0].keys()
             result["results"].setdefault(rname, {})[vname] = {
-                k: statistics.median(s[k] for s in samples) for k in keys}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+                k: median(s[k] for s in samples) for k in keys}
+    write_result(args.out, result)
     print(json.dumps(result["results"], indent=2))
     return 0
 

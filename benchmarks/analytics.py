@@ -3,7 +3,7 @@ writing a 45-minute lesson's report. Thread CPU time (``time.thread_time``), so 
 processes' load does not inflate the figures; medians over rounds, variants side by side
 in one run.
 
-    .venv/bin/python benchmarks/analytics.py --rounds 5 --out benchmarks/results/analytics.json
+    .venv/bin/python -m benchmarks.analytics --rounds 5 --out benchmarks/results/analytics.json
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -22,16 +21,16 @@ from typing import Any
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from mixer.analytics import SiteVoice
+from mixer.headcount import HeadCounter
+from mixer.report import build_report, write_report
+from syncclass.config import default_config_path, load_config
+from syncclass.stats import median
+from syncclass.testing.headcount_scenes import make_scene
+from syncclass.testing.report_data import data_for, lesson_at
+from syncclass.testing.speech_fixtures import espeak
 
-from mixer.analytics import SiteVoice  # noqa: E402
-from mixer.headcount import HeadCounter  # noqa: E402
-from mixer.report import build_report, write_report  # noqa: E402
-from syncclass.config import default_config_path, load_config  # noqa: E402
-from tests.headcount_scenes import make_scene  # noqa: E402
-from tests.mixer.test_report_files import data_for, lesson_at  # noqa: E402
-from tests.speech_fixtures import espeak  # noqa: E402
+from .harness import write_result
 
 
 def cpu_ms(fn: Any, *args: Any) -> float:
@@ -55,7 +54,7 @@ def vad_block_us(speech: np.ndarray, rounds: int) -> dict[str, float]:
                     v.push(b, 1_000_000 + 20 * (i + 1), i * 960)
 
             per.append(cpu_ms(run) * 1000 / len(blocks))
-        out[f"mode_{mode}"] = round(statistics.median(per), 1)
+        out[f"mode_{mode}"] = round(median(per), 1)
     return out
 
 
@@ -65,7 +64,7 @@ def head_count_ms(rounds: int) -> dict[str, Any]:
     for width in (640, 960, 1280):
         hc = HeadCounter(max_width=width)
         per = [cpu_ms(hc.count, s) for _ in range(rounds) for s in scenes]
-        out[f"max_width_{width}"] = round(statistics.median(per), 1)
+        out[f"max_width_{width}"] = round(median(per), 1)
     return out
 
 
@@ -78,7 +77,7 @@ def report_ms(rounds: int) -> float:
         for i in range(rounds):
             per.append(cpu_ms(lambda i=i: write_report(build_report(config, data, 1),
                                                        Path(tmp) / str(i))))
-    return round(statistics.median(per), 1)
+    return round(median(per), 1)
 
 
 def main() -> int:
@@ -98,8 +97,7 @@ def main() -> int:
         "head_count_ms_per_1280x720_frame": head_count_ms(args.rounds),
         "report_45min_build_and_write_ms": report_ms(args.rounds),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_result(args.out, result)
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
 

@@ -11,7 +11,7 @@ so machine noise hits them alike; per loss rate the beeps of all rounds are pool
 
 Needs root (network namespaces, /dev/net/tun).
 
-    sudo .venv/bin/python benchmarks/audio_loss.py --loss 0,2 --seconds 90 --rounds 2 \\
+    sudo .venv/bin/python -m benchmarks.audio_loss --loss 0,2 --seconds 90 --rounds 2 \\
         --out benchmarks/results/audio_loss.json
 """
 
@@ -26,14 +26,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
-from _common import environment, write_result
 
 from syncclass.demo import LocalDeployment, write_link_configs
 from syncclass.netem import EmulatedLink, Impairment
+from syncclass.stats import percentile
 
-ROOT = Path(__file__).resolve().parent.parent
+from .harness import ROOT, environment, write_result
+
 MAIN, RURAL = "main-3-1", "hetou-3"
 
 
@@ -112,8 +112,8 @@ def main() -> None:
             "beeps": sum(p["audio_latency_ms"].get("count", 0) for p in rows),
             "p50_ms_of_phases": [p["audio_latency_ms"].get("p50_ms") for p in rows],
             "p95_ms_of_phases": [p["audio_latency_ms"].get("p95_ms") for p in rows],
-            "pooled_p50_ms": round(float(np.percentile(samples, 50)), 1) if samples else None,
-            "pooled_p95_ms": round(float(np.percentile(samples, 95)), 1) if samples else None,
+            "pooled_p50_ms": round(percentile(samples, 50), 1) if samples else None,
+            "pooled_p95_ms": round(percentile(samples, 95), 1) if samples else None,
             "link_loss_measured_percent": [p["link_loss_measured_percent"] for p in rows],
             "audio_gaps": [p["audio_gaps"] for p in rows],
             "teacher_video_p50_ms": [p["teacher_video_p50_ms"] for p in rows],

@@ -8,7 +8,7 @@ Both receivers read the teacher's timecode (painted at capture, wall clock) from
 with mixer/static/timecode.js at ``requestVideoFrameCallback`` time. Latency = shown − captured
 (same machine, same clock).
 
-    .venv/bin/python benchmarks/browser_latency.py --seconds 30 \
+    .venv/bin/python -m benchmarks.browser_latency --seconds 30 \
         --out benchmarks/results/browser_latency.json
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,18 +24,20 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from syncclass.demo import LocalDeployment  # noqa: E402
-from tests.browser.test_browser_classroom import (  # noqa: E402
+from syncclass.demo import LocalDeployment
+from syncclass.stats import percentile
+from syncclass.testing.browser import (
     AGENT_RURAL,
     BROWSER,
     MAIN,
-    make_config,
+    browser_lesson_config,
+    chromium,
     wait_page,
+    write_timecode_y4m,
+    write_tone_wav,
 )
-from tests.browser_support import chromium, write_timecode_y4m, write_tone_wav  # noqa: E402
+
+from .harness import ROOT, write_result
 
 RECEIVE_PATH_JS = """async () => {
   // Where the page's time goes, from Chromium's own inbound-rtp video statistics
@@ -66,8 +67,8 @@ def _stats(samples: list[float]) -> dict[str, Any]:
     data = np.asarray(samples, dtype=np.float64)
     return {
         "samples": len(data),
-        "p50_ms": round(float(np.percentile(data, 50)), 1),
-        "p95_ms": round(float(np.percentile(data, 95)), 1),
+        "p50_ms": round(percentile(data, 50), 1),
+        "p95_ms": round(percentile(data, 95), 1),
         "max_ms": round(float(data.max()), 1),
     }
 
@@ -75,7 +76,7 @@ def _stats(samples: list[float]) -> dict[str, Any]:
 def run(seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="syncclass-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        config_path, _ = make_config(tmp)
+        config_path, _ = browser_lesson_config(tmp)
         dep = LocalDeployment(config_path, tmp)
         video = write_timecode_y4m(tmp / "camera.y4m", dep.config.classroom_number(BROWSER),
                                    frames=int(15 * (seconds + 60)))
@@ -134,8 +135,7 @@ def main() -> int:
                         / "browser_latency.json")
     args = parser.parse_args()
     result = run(args.seconds)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    write_result(args.out, result)
     print(json.dumps(result, indent=2))
     return 0
 

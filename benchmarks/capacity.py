@@ -30,7 +30,7 @@ real 720p cameras while those agents spend no camera or encoder CPU (they still 
 their view without decoding it, and run audio; they report no latency). Setups alternate
 per N so machine noise hits them alike.
 
-    .venv/bin/python benchmarks/capacity.py --rural 1,2,4,8 --seconds 30 \\
+    .venv/bin/python -m benchmarks.capacity --rural 1,2,4,8 --seconds 30 \\
         --setups faithful,light --out benchmarks/results/capacity.json
 """
 
@@ -43,17 +43,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import (
-    RESULTS,
-    api_get,
-    county_config,
-    environment,
-    measure_window,
-    start_lesson,
-    write_result,
-)
-
 from syncclass.demo import LocalDeployment
+
+from ._common import api_get, county_config, measure_window, start_lesson
+from .harness import RESULTS, environment, write_result
 
 SETUPS = ("faithful", "light", "prerecorded")
 

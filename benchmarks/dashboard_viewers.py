@@ -7,7 +7,7 @@ the classrooms decode (frames/s), glass-to-glass latency p50 the receiving class
 measure (their 30 s window at 15 fps, read at the phase's end: phases should be longer),
 mixer CPU and event-loop lag (read from /metrics every second).
 
-    .venv/bin/python benchmarks/dashboard_viewers.py --viewers 10 --phase 45 --rounds 2 \
+    .venv/bin/python -m benchmarks.dashboard_viewers --viewers 10 --phase 45 --rounds 2 \
         --out benchmarks/results/dashboard_viewers.json
 """
 
@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import tempfile
 import time
 import urllib.request
@@ -25,9 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
-from syncclass.config import default_config_path
+from mixer.app import create_app
+from mixer.core import mixer_of
+from mixer.dashboard import ops_of
+from syncclass.config import default_config_path, load_config
 from syncclass.demo import LocalDeployment
+from syncclass.stats import median
+
+from .harness import write_result
 
 USER, PASSWORD = "ops", "syncclass-demo"
 
@@ -88,10 +94,10 @@ def measure(dep: LocalDeployment, members: list[str], main: str, seconds: float)
     return {
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "mixer_fps": round((composed(s1) - composed(s0)) / elapsed, 2),
-        "received_fps_median": round(statistics.median(rx_fps), 2),
-        "teacher_latency_p50_ms_median": round(statistics.median(p50), 1),
+        "received_fps_median": round(median(rx_fps), 2),
+        "teacher_latency_p50_ms_median": round(median(p50), 1),
         "mixer_cpu_percent": round(cpu, 1),
-        "loop_lag_ms_median": round(statistics.median(lags) * 1000, 1),
+        "loop_lag_ms_median": round(median(lags) * 1000, 1),
         "loop_lag_ms_max": round(max(lags) * 1000, 1),
     }
 
@@ -123,7 +129,7 @@ async def run(viewers: int, phase_s: float, rounds: int, settle_s: float) -> dic
                     stop.set()
                     await asyncio.gather(*tasks)
                     m.update(round=r, viewers=n, samples_received_per_viewer=(
-                        statistics.median(counts) if counts else 0))
+                        median(counts) if counts else 0))
                     print(json.dumps(m), flush=True)
                     phases.append(m)
             dep.agent_command(pairing.main, "end")
@@ -133,7 +139,7 @@ async def run(viewers: int, phase_s: float, rounds: int, settle_s: float) -> dic
     for n in (0, viewers):
         rows = [p for p in phases if p["viewers"] == n]
         summary[f"{n}_viewers"] = {
-            k: statistics.median(p[k] for p in rows)
+            k: median(p[k] for p in rows)
             for k in ("load_avg_1m", "mixer_fps", "received_fps_median",
                       "teacher_latency_p50_ms_median", "mixer_cpu_percent",
                       "loop_lag_ms_median", "loop_lag_ms_max")
@@ -146,13 +152,6 @@ async def micro(samples: int) -> dict[str, Any]:
     """Event-loop CPU the mixer spends per health sample on the dashboard (snapshot →
     JSON, once for all viewers), in-process with a live lesson composing; thread CPU time,
     so other processes' load does not count."""
-    from aiohttp import web
-
-    from mixer.app import create_app
-    from mixer.core import mixer_of
-    from mixer.dashboard import ops_of
-    from syncclass.config import load_config
-
     app = create_app(load_config(default_config_path()))
     runner = web.AppRunner(app)
     await runner.setup()
@@ -178,8 +177,8 @@ async def micro(samples: int) -> dict[str, Any]:
     finally:
         await runner.cleanup()
     return {"samples": samples, "payload_bytes": size,
-            "publish_ms_median": round(statistics.median(publish_ms), 3),
-            "health_sample_ms_median": round(statistics.median(sample_ms), 3)}
+            "publish_ms_median": round(median(publish_ms), 3),
+            "health_sample_ms_median": round(median(sample_ms), 3)}
 
 
 def main() -> None:
@@ -199,8 +198,7 @@ def main() -> None:
         result["per_sample_cost"] = asyncio.run(micro(args.micro))
         print(json.dumps(result["per_sample_cost"]))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_result(out, result)
     if "median" in result:
         print(json.dumps(result["median"], indent=2))
     print(f"written: {out}")

@@ -4,7 +4,7 @@ Runs the sample county (mixer + main + N receiving agents, all real processes on
 loopback) for a few short lessons per variant, alternating variants so that machine
 noise hits them alike, and writes medians to JSON.
 
-    .venv/bin/python benchmarks/latency.py --duration 20 --rounds 2 \
+    .venv/bin/python -m benchmarks.latency --duration 20 --rounds 2 \
         --variant stock:SYNCCLASS_JITTER_BUFFER=stock --variant marker: \
         --out benchmarks/results/latency.json
 
@@ -16,13 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from syncclass.config import default_config_path
 from syncclass.demo import LocalDeployment
+from syncclass.stats import median
+
+from .harness import write_result
 
 
 def one_lesson(config: Path, work: Path, duration_s: float, env: dict[str, str]) -> dict[str, Any]:
@@ -69,8 +71,8 @@ def one_lesson(config: Path, work: Path, duration_s: float, env: dict[str, str])
     ]
     return {
         "fps_min": round(min(fps), 2),
-        "latency_p50_ms_median": statistics.median(p50),
-        "latency_p95_ms_median": statistics.median(p95),
+        "latency_p50_ms_median": median(p50),
+        "latency_p95_ms_median": median(p95),
         "cpu_percent": {k: round(v, 1) for k, v in cpu.items()},
     }
 
@@ -99,17 +101,16 @@ def main() -> None:
     summary = {
         name: {
             "runs": rs,
-            "fps_min_median": statistics.median(x["fps_min"] for x in rs),
-            "latency_p50_ms_median": statistics.median(x["latency_p50_ms_median"] for x in rs),
-            "latency_p95_ms_median": statistics.median(x["latency_p95_ms_median"] for x in rs),
-            "mixer_cpu_percent_median": statistics.median(x["cpu_percent"]["mixer"] for x in rs),
+            "fps_min_median": median(x["fps_min"] for x in rs),
+            "latency_p50_ms_median": median(x["latency_p50_ms_median"] for x in rs),
+            "latency_p95_ms_median": median(x["latency_p95_ms_median"] for x in rs),
+            "mixer_cpu_percent_median": median(x["cpu_percent"]["mixer"] for x in rs),
         }
         for name, rs in runs.items()
     }
     result = {"benchmark": "latency", "duration_s": args.duration, "rounds": args.rounds,
               "machine_cores": os.cpu_count(), "variants": summary}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_result(args.out, result)
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "runs"}
                       for k, v in summary.items()}, indent=2))
     print(f"wrote {args.out}")

@@ -15,7 +15,7 @@ restarts the loop at its IDR.
 The looped pictures carry no timecode (the band is black, which the reader rejects), so
 latency figures never come from them.
 
-    python benchmarks/load_classroom.py agent --config C --classroom ID [agent options]
+    python -m benchmarks.load_classroom agent --config C --classroom ID [agent options]
 
 (``capacity.py --setups prerecorded`` starts these through ``LocalDeployment``.)
 """
@@ -31,7 +31,7 @@ from aiortc import rtcrtpreceiver
 from aiortc.codecs import get_decoder as _aiortc_get_decoder
 
 import edge_agent.agent as agent_module
-from edge_agent.devices import SyntheticVideoSource
+from edge_agent.sources import SyntheticVideoSource
 from syncclass import cli
 from syncclass.codec import VIDEO_TIME_BASE, H264Encoder
 from syncclass.timecode import timecode_band_height

@@ -1,7 +1,7 @@
 """Per-frame costs of small hot helpers (moved out of the tests: speed is measured here,
 never asserted in tests). Writes benchmarks/results/micro.json.
 
-    .venv/bin/python benchmarks/micro.py --rounds 5
+    .venv/bin/python -m benchmarks.micro --rounds 5
 
 - ``read_timecode`` on a 1/4-size 720p tile (the agents read one per received frame per
   source classroom); budget 0.2 ms.
@@ -11,9 +11,7 @@ never asserted in tests). Writes benchmarks/results/micro.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,10 +19,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_agent.devices import SyntheticVideoSource
+from edge_agent.sources import SyntheticVideoSource
+from syncclass.stats import median
 from syncclass.timecode import Timecode, paint_timecode, read_timecode
 
-ROOT = Path(__file__).resolve().parent.parent
+from .harness import ROOT, write_result
 
 
 def per_call_ms(fn: Callable[[int], object], n: int) -> float:
@@ -55,14 +54,13 @@ def main() -> None:
     results: dict[str, dict[str, float | bool | list[float]]] = {}
     for name, (fn, n, budget) in cases.items():
         runs = [per_call_ms(fn, n) for _ in range(args.rounds)]
-        med = statistics.median(runs)
+        med = median(runs)
         results[name] = {"median": round(med, 4), "runs": [round(r, 4) for r in runs],
                          "budget": budget, "within_budget": med < budget}
         print(f"{name}: median {med:.4f} ms (budget {budget} ms)")
     out = {"benchmark": "micro", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "cpus": os.cpu_count(), "loadavg": os.getloadavg(), "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    write_result(args.out, out)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ all listeners in one hand-off (``mixer.media._encode_mixes``). This runs both on
 blocks (a tone plus noise, different per listener) in one process under uvloop, ticks not
 paced, rounds alternating, and reports process CPU per 20 ms tick (all threads).
 
-    .venv/bin/python benchmarks/mix_audio.py --listeners 5,9 --ticks 500 --rounds 3
+    .venv/bin/python -m benchmarks.mix_audio --listeners 5,9 --ticks 500 --rounds 3
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,12 +23,14 @@ from typing import Any
 
 import numpy as np
 import uvloop
-from _common import RESULTS, environment, write_result
 from aiortc import rtp
 from aiortc.codecs.opus import OpusEncoder
 
 from mixer.media import AUDIO_FRAME, MixEncoder, _audio_frame, _encode_mixes
 from syncclass.rtc import PacketQueueTrack, use_fast_audio_level, use_opus_bitrate
+from syncclass.stats import median
+
+from .harness import RESULTS, environment, write_result
 
 KBPS = 32
 
@@ -105,7 +106,7 @@ def main() -> int:
         for _ in range(args.rounds):
             for path in ("aiortc", "mixer"):
                 runs[path].append(measure(path, data))
-        med = {p: statistics.median(r["cpu_ms_per_tick"] for r in rs) for p, rs in runs.items()}
+        med = {p: median(r["cpu_ms_per_tick"] for r in rs) for p, rs in runs.items()}
         results[str(n)] = {
             "runs": runs,
             "median_cpu_ms_per_tick": {p: round(v, 3) for p, v in med.items()},

@@ -2,7 +2,7 @@
 through the mixer, measured in the same run (alternating).
 
 - ``p2p``: two processes on loopback, as two classroom PCs talking directly. The sender is
-  built like an agent (the main classroom's :class:`~edge_agent.devices.SyntheticVideoSource`
+  built like an agent (the main classroom's :class:`~edge_agent.sources.SyntheticVideoSource`
   1280x720 at the county fps with its burned-in timecode, the agent's
   :class:`~syncclass.codec.H264Encoder` at the uplink bitrate via
   :class:`~edge_agent.agent.EncodedVideoTrack`, plus its synthetic tone over Opus); the
@@ -20,7 +20,7 @@ window (``--settle`` + ``--seconds``); p2p also reports the window alone. Rounds
 p2p / mixer; medians over ``--rounds``. Targets (issue 7): through-mixer p50 <= 1.3 x P2P,
 p50 <= 80 ms, p95 <= 120 ms.
 
-    .venv/bin/python benchmarks/p2p_latency.py --seconds 20 --rounds 3 \\
+    .venv/bin/python -m benchmarks.p2p_latency --seconds 20 --rounds 3 \\
         --out benchmarks/results/p2p_latency.json
 """
 
@@ -41,18 +41,29 @@ from typing import Any
 import av
 import numpy as np
 import psutil
-from _common import (
-    RESULTS,
-    county_config,
-    environment,
-    measure_window,
-    median_or_none,
-    start_lesson,
-    write_result,
-)
+from aiortc import MediaStreamTrack, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
 
+from edge_agent.agent import EncodedVideoTrack, SourceAudioTrack
+from edge_agent.sources import SyntheticAudioSource, SyntheticVideoSource
+from syncclass.cli import _tune_aiortc, _tune_gc
+from syncclass.codec import H264Encoder
 from syncclass.config import CountyConfig, load_config
 from syncclass.demo import LocalDeployment
+from syncclass.liveness import tighten_ice_consent
+from syncclass.rtc import (
+    close_peer,
+    new_peer_connection,
+    prefer_codec,
+    route_keyframe_requests,
+    use_host_addresses,
+)
+from syncclass.stats import percentile
+from syncclass.switches import Switches
+from syncclass.timecode import read_timecode
+
+from ._common import county_config, measure_window, median_or_none, start_lesson
+from .harness import RESULTS, environment, write_result
 
 logger = logging.getLogger("p2p_latency")
 
@@ -74,18 +85,6 @@ def _say(obj: dict[str, Any]) -> None:
 
 async def run_sender(config: CountyConfig, classroom_id: str) -> None:
     """An agent's sending half: offer, then send camera + mic until stdin closes."""
-    from aiortc import RTCSessionDescription
-
-    from edge_agent.agent import EncodedVideoTrack, SourceAudioTrack
-    from edge_agent.devices import SyntheticAudioSource, SyntheticVideoSource
-    from syncclass.codec import H264Encoder
-    from syncclass.rtc import (
-        close_peer,
-        new_peer_connection,
-        prefer_codec,
-        route_keyframe_requests,
-    )
-
     room = config.classroom(classroom_id)
     cam = room.devices.camera
     source = SyntheticVideoSource(cam.width, cam.height, cam.fps, room.label,
@@ -116,12 +115,6 @@ async def run_sender(config: CountyConfig, classroom_id: str) -> None:
 async def run_receiver(source_number: int, total_s: float, window_s: float) -> None:
     """Answer the offer, decode, read timecodes for ``total_s`` after the first frame;
     print the result as one JSON line."""
-    from aiortc import MediaStreamTrack, RTCSessionDescription
-    from aiortc.mediastreams import MediaStreamError
-
-    from syncclass.rtc import close_peer, new_peer_connection
-    from syncclass.timecode import read_timecode
-
     samples: list[tuple[float, float]] = []  # (monotonic s, latency ms)
     frames = 0
     unreadable = 0
@@ -185,23 +178,20 @@ def _pcts(values: list[float]) -> dict[str, float | int | None]:
     if not values:
         return {"count": 0, "p50_ms": None, "p95_ms": None}
     data = np.asarray(values)
-    return {"count": len(values), "p50_ms": round(float(np.percentile(data, 50)), 1),
-            "p95_ms": round(float(np.percentile(data, 95)), 1),
+    return {"count": len(values), "p50_ms": round(percentile(data, 50), 1),
+            "p95_ms": round(percentile(data, 95), 1),
             "max_ms": round(float(data.max()), 1)}
 
 
 def peer_main(args: argparse.Namespace) -> int:
     """Entry of a child process: set up like ``syncclass agent`` and run one peer."""
-    from syncclass.cli import _tune_aiortc, _tune_gc
-    from syncclass.liveness import tighten_ice_consent
-    from syncclass.rtc import use_host_addresses
-
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     config = load_config(args.config)
     use_host_addresses(config.mixer.ice_host_addresses)
     tighten_ice_consent(config.mixer.ice_consent_interval_s, config.mixer.ice_consent_failures)
-    _tune_aiortc(config)
-    _tune_gc()
+    switches = Switches.from_environ()
+    _tune_aiortc(config, switches)
+    _tune_gc(switches)
     pairing = config.pairings[0]
     if args.peer == "sender":
         coro = run_sender(config, pairing.main)
@@ -222,7 +212,7 @@ def peer_main(args: argparse.Namespace) -> int:
 
 def p2p_round(args: argparse.Namespace) -> dict[str, Any]:
     """One P2P link: spawn receiver and sender, relay offer/answer, wait for the result."""
-    base = [sys.executable, str(Path(__file__).resolve()), "--config", str(args.config),
+    base = [sys.executable, "-m", "benchmarks.p2p_latency", "--config", str(args.config),
             "--seconds", str(args.seconds), "--settle", str(args.settle)]
     procs: dict[str, subprocess.Popen[str]] = {}
     try:

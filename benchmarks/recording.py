@@ -19,7 +19,7 @@ the mixer does for the classrooms anyway), plus the 48 kHz full mix. Then, in ro
 All CPU figures are seconds of CPU per second of lesson, shown as % of one core and as CPU
 seconds per hour of lesson. Medians over ``--rounds``.
 
-    .venv/bin/python benchmarks/recording.py --seconds 30 --rounds 3 \
+    .venv/bin/python -m benchmarks.recording --seconds 30 --rounds 3 \
         --out benchmarks/results/recording.json
 """
 
@@ -31,7 +31,6 @@ import fractions
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ import av
 import numpy as np
 import psutil
 
-from edge_agent.devices import SyntheticAudioSource, SyntheticVideoSource
+from edge_agent.sources import SyntheticAudioSource, SyntheticVideoSource
 from mixer.compose import Compositor, ScaleCache, SourceFrame
 from mixer.media import LessonMedia
 from mixer.publisher import RecordingPublisher
@@ -53,8 +52,10 @@ from syncclass.config import default_config_path, load_config
 from syncclass.demo import free_port
 from syncclass.layout import speaker_layout
 from syncclass.lesson import Lesson
+from syncclass.stats import median
 
-ROOT = Path(__file__).resolve().parent.parent
+from .harness import write_result
+
 W, H, FPS, KBPS = 1280, 720, 15.0, 2500
 
 
@@ -251,7 +252,7 @@ def main() -> int:
             print(f"round {r + 1}: " + ", ".join(f"{k}={v[-1]:.2f}" for k, v in rows.items()),
                   flush=True)
     sec = args.seconds
-    med = {k: statistics.median(v) for k, v in rows.items()}
+    med = {k: median(v) for k, v in rows.items()}
 
     def pct(cpu_s: float) -> float:
         return round(100.0 * cpu_s / sec, 2)
@@ -285,8 +286,7 @@ def main() -> int:
         "goal": "recording adds < 5% of one core at 720p15 (mixer_extra_for_recording)",
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_result(out, result)
     print(json.dumps({k: result[k] for k in ("percent_of_one_core", "cpu_s_per_lesson_hour")},
                      indent=2))
     return 0

@@ -8,7 +8,7 @@ compares the window just before the hog with the window ending ``--post`` second
 it (which no longer contains the hog). A pipeline with a standing queue (a backlog formed
 while the machine was busy and never drained) stays behind by the backlog.
 
-    .venv/bin/python benchmarks/recovery.py --pre 35 --hog 10 --post 45 \\
+    .venv/bin/python -m benchmarks.recovery --pre 35 --hog 10 --post 45 \\
         --out benchmarks/results/recovery.json
 """
 
@@ -18,18 +18,18 @@ import argparse
 import json
 import multiprocessing
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
-from _common import API_TOKEN, api_get, environment, start_lesson, write_result
 
 from syncclass.demo import LocalDeployment
+from syncclass.stats import median
 
-ROOT = Path(__file__).resolve().parent.parent
+from ._common import API_TOKEN, api_get, start_lesson
+from .harness import ROOT, environment, write_result
 
 
 def _spin(until: float) -> None:
@@ -42,7 +42,7 @@ def latency_now(dep: LocalDeployment) -> float | None:
     rooms = api_get(dep, "/api/lessons")["classrooms"]
     values = [v for r in rooms.values() for v in ((r.get("stats") or {}).get("latency_ms")
                                                   or {}).values()]
-    return round(statistics.median(values), 1) if values else None
+    return round(median(values), 1) if values else None
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Our compositor + encoder against ffmpeg composing and encoding the same inputs.
 
 Inputs: ``--feeds`` synthetic 1280x720 classroom pictures (the agents' own
-:class:`~edge_agent.devices.SyntheticVideoSource`, timecode and moving pattern), 1 main +
+:class:`~edge_agent.sources.SyntheticVideoSource`, timecode and moving pattern), 1 main +
 ``feeds - 1`` receiving, ``--frames`` frames each, written once as raw ``yuv420p`` files.
 Both sides read them with the same libavformat ``rawvideo`` demuxer (PyAV in ours, the
 ffmpeg CLI in theirs) and produce the sample county's two views at 1280x720, 15 fps:
@@ -20,7 +20,7 @@ Input cost is measured on both sides in separate passes (demux + "decode" of raw
 nothing else) and subtracted: ``net`` = compose + encode. Rounds alternate ours / ffmpeg;
 figures are medians over ``--rounds``, in CPU ms per output tick (one frame of each view).
 
-    .venv/bin/python benchmarks/reference_ffmpeg.py --feeds 3 --frames 150 --rounds 5 \\
+    .venv/bin/python -m benchmarks.reference_ffmpeg --feeds 3 --frames 150 --rounds 5 \\
         --out benchmarks/results/reference_ffmpeg.json
 """
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,14 +38,17 @@ from pathlib import Path
 from typing import Any
 
 import av
-from _common import RESULTS, county_config, environment, write_result
 
-from edge_agent.devices import SyntheticVideoSource
+from edge_agent.sources import SyntheticVideoSource
 from mixer.compose import SourceFrame
 from mixer.media import LessonMedia
 from syncclass.config import CountyConfig, load_config
 from syncclass.layout import fit_rect
 from syncclass.lesson import Lesson
+from syncclass.stats import median
+
+from ._common import county_config
+from .harness import RESULTS, environment, write_result
 
 PTS_STEP = 6000
 """pts step per frame in 1/90000 s at 15 fps: both sides encode the same timestamps."""
@@ -253,9 +255,9 @@ def main() -> int:
                   + " ms/tick", flush=True)
     net_ours = [t - i for t, i in zip(rows["ours_total"], rows["ours_input"], strict=True)]
     net_ff = [t - i for t, i in zip(rows["ffmpeg_total"], rows["ffmpeg_input"], strict=True)]
-    med = {k: round(statistics.median(v), 3) for k, v in rows.items()}
-    med["ours_net"] = round(statistics.median(net_ours), 3)
-    med["ffmpeg_net"] = round(statistics.median(net_ff), 3)
+    med = {k: round(median(v), 3) for k, v in rows.items()}
+    med["ours_net"] = round(median(net_ours), 3)
+    med["ffmpeg_net"] = round(median(net_ff), 3)
     ratio_rounds = [o / f for o, f in zip(net_ours, net_ff, strict=True) if f > 0]
     m = config.media
     result: dict[str, Any] = {
@@ -273,7 +275,7 @@ def main() -> int:
         "ratio_ours_over_ffmpeg_net_per_round": [round(x, 3) for x in ratio_rounds],
         "ratio_ours_over_ffmpeg_total": round(med["ours_total"] / med["ffmpeg_total"], 3),
         "encoded_kbit_per_s_median": {
-            k: round(statistics.median(v) * 8 / 1000 / (args.frames / m.fps) / 2, 1)
+            k: round(median(v) * 8 / 1000 / (args.frames / m.fps) / 2, 1)
             for k, v in sizes.items()},
         "raw_ms_per_tick": rows,
         "differences": "ffmpeg draws no labels and a plain dark canvas; ours draws labels "

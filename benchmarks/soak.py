@@ -2,7 +2,7 @@
 mixer's memory (RSS), open descriptors and threads, and the classrooms' latency, then
 writes JSON (benchmarks/results/soak.json).
 
-    .venv/bin/python benchmarks/soak.py --minutes 45 --rural 8
+    .venv/bin/python -m benchmarks.soak --minutes 45 --rural 8
 
 Targets (issue 8): RSS growth < 5 % from minute 2 to the end, no descriptor, thread or
 task growth, latency stable. Issue 7's drift target: the median latency over the last
@@ -16,33 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
-import yaml
 
 from syncclass.demo import LocalDeployment
+from syncclass.stats import median
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def make_config(tmp: Path, rural: int) -> Path:
-    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
-    template = next(c for c in data["classrooms"] if c["role"] == "receiving")
-    rooms = [c for c in data["classrooms"] if c["role"] == "main"]
-    for i in range(rural):
-        rooms.append(dict(template, id=f"rural-{i}", label=f"Rural {i}", name=f"教学点 {i}",
-                          token=f"soak-rural-token-{i:04d}-abcdef", tone_hz=500 + 100 * i))
-    data["classrooms"] = rooms
-    data["pairings"] = [dict(data["pairings"][0], receiving=[f"rural-{i}" for i in range(rural)])]
-    data["observers"] = []
-    data["mixer"]["data_dir"] = str(tmp / "mixer-data")
-    path = tmp / "county.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    return path
+from ._common import api_get, county_config, load_classroom_argv
+from .harness import ROOT, environment, write_result
 
 
 def main() -> None:
@@ -61,13 +45,6 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/syncclass-soak")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "soak.json"))
     args = ap.parse_args()
-    from _common import (  # imports this module
-        api_get,
-        county_config,
-        environment,
-        load_classroom_argv,
-    )
-
     work = Path(args.work)
     # A fresh county: an interrupted soak leaves its lesson live in the mixer's state,
     # which the next mixer would restore (and refuse to start another lesson).
@@ -118,7 +95,7 @@ def main() -> None:
                                 / args.sample_s, 1),
                             "mixer_threads_cpu_percent": threads_cpu,
                             "connected": sum(r["peer"] == "connected" for r in rooms.values()),
-                            "latency_p50_ms": round(statistics.median(latency), 1)
+                            "latency_p50_ms": round(median(latency), 1)
                             if latency else None})
             cpu0 = cpu1
             print(json.dumps(samples[-1]), flush=True)
@@ -130,7 +107,7 @@ def main() -> None:
 
     def median_latency(rows: list[dict[str, Any]]) -> float | None:
         vals = [r["latency_p50_ms"] for r in rows if r["latency_p50_ms"] is not None]
-        return round(statistics.median(vals), 1) if vals else None
+        return round(median(vals), 1) if vals else None
 
     end = samples[-1]["t_s"] if samples else 0.0
     first5 = median_latency([s for s in samples if 60 <= s["t_s"] <= 360])
@@ -150,7 +127,7 @@ def main() -> None:
               "min_connected": min((s["connected"] for s in samples), default=0),
               "environment_start": env0, "environment_end": environment(),
               "series": samples}
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_result(args.out, result)
     print(json.dumps({k: v for k, v in result.items()
                       if k not in ("series", "environment_start", "environment_end")}))
 

@@ -3,7 +3,7 @@ directions, as a rural ADSL/4G line with a per-school cap) should keep sending a
 receiving live video; this measures whether it does, with and without adaptation,
 alternating in one run, and writes benchmarks/results/uplink.json.
 
-    sudo .venv/bin/python benchmarks/uplink.py --caps 1024,512 --modes on,off
+    sudo .venv/bin/python -m benchmarks.uplink --caps 1024,512 --modes on,off
 
 Its agent runs in its own network namespace behind :mod:`syncclass.netem` (like
 tests/integration/test_faults_network.py). It sends a 640x360 camera at up to 1500 kbit/s and is
@@ -38,7 +38,8 @@ import yaml
 from syncclass.demo import LocalDeployment, http_json, write_link_configs
 from syncclass.netem import EmulatedLink, Impairment
 
-ROOT = Path(__file__).resolve().parent.parent
+from .harness import ROOT, write_result
+
 MAIN, RURAL = "main-3-1", "hetou-3"
 CAP_KBPS = 512.0
 LESSON_S = 24.0
@@ -244,8 +245,7 @@ def main() -> None:
     out = {"benchmark": "uplink", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "cpus": os.cpu_count(), "loadavg_start": load_start,
            "loadavg_end": os.getloadavg(), "runs": runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    write_result(args.out, out)
 
 
 if __name__ == "__main__":

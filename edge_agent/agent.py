@@ -64,19 +64,12 @@ from syncclass.rtc import (
     recv_newest,
     route_keyframe_requests,
 )
+from syncclass.stats import median, percentile
 from syncclass.timecode import read_timecode
 
-from .classroom_pc import ClassroomPC, apply_saved_devices
-from .devices import (
-    AudioSink,
-    AudioSource,
-    VideoSink,
-    VideoSource,
-    open_audio_sink,
-    open_audio_source,
-    open_video_sink,
-    open_video_source,
-)
+from .classroom_pc import ClassroomPC, LessonView, apply_saved_devices
+from .rig import DeviceRig
+from .sources import AudioSource, VideoSource
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +173,8 @@ class SourceLatency:
         }
         if len(data):
             out.update(
-                p50_ms=round(float(np.percentile(data, 50)), 1),
-                p95_ms=round(float(np.percentile(data, 95)), 1),
+                p50_ms=round(percentile(data, 50), 1),
+                p95_ms=round(percentile(data, 95), 1),
                 max_ms=round(float(data.max()), 1),
             )
         return out
@@ -288,8 +281,8 @@ def _percentiles(values: list[float], keep: bool = False) -> dict[str, Any]:
         return {"count": 0}
     data = np.asarray(values)
     out: dict[str, Any] = {"count": len(values),
-                           "p50_ms": round(float(np.percentile(data, 50)), 1),
-                           "p95_ms": round(float(np.percentile(data, 95)), 1)}
+                           "p50_ms": round(percentile(data, 50), 1),
+                           "p95_ms": round(percentile(data, 95), 1)}
     if keep:
         out["samples"] = [round(float(v), 1) for v in values[-200:]]
     return out
@@ -308,7 +301,9 @@ class Agent:
         out_dir: Path | None = None,
     ) -> None:
         self.config = config
-        self.classroom: ClassroomConfig = apply_saved_devices(config.classroom(classroom_id))
+        self.number = config.classroom_number(classroom_id)
+        self.rig = DeviceRig(apply_saved_devices(config.classroom(classroom_id)), self.number)
+        """Camera, microphone, screen and speakers; the agent opens and closes them."""
         self.mixer_url = (mixer_url or config.mixer.url).rstrip("/")
         self.token = token or self.classroom.token
         self._ssl: ssl.SSLContext | bool = True
@@ -317,21 +312,10 @@ class Agent:
             # CA or self-signed certificate), else the system trust store.
             self._ssl = ssl.create_default_context(cafile=config.mixer.ca_file)
         self.out_dir = out_dir
-        self.number = config.classroom_number(classroom_id)
         self.tones = {c.id: c.devices.microphone.tone_hz or c.tone_hz for c in config.classrooms}
-        devices = self.classroom.devices
-        self.video_source: VideoSource = open_video_source(
-            devices.camera, label=self.classroom.label, source=self.number,
-            fallback_to_synthetic=devices.fallback_to_synthetic,
-        )
-        self.audio_source: AudioSource = open_audio_source(
-            devices.microphone, tone_hz=devices.microphone.tone_hz or self.classroom.tone_hz,
-            fallback_to_synthetic=devices.fallback_to_synthetic,
-        )
-        self.video_sink: VideoSink = open_video_sink(devices.screen, title=self.classroom.name)
-        self.audio_sink: AudioSink = open_audio_sink(devices.speakers)
+        camera = self.rig.video_source
         self.encoder = H264Encoder(
-            self.video_source.width, self.video_source.height, self.video_source.fps,
+            camera.width, camera.height, camera.fps,
             config.media.uplink_bitrate_kbps, config.media.keyframe_interval_s,
             config.media.keyframe_min_interval_s,
         )
@@ -349,18 +333,36 @@ class Agent:
         self.outputs: list[str] = []
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._pc: RTCPeerConnection | None = None
-        self._tracks: list[MediaStreamTrack] = []
         self._rx_tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._waiters: list[Callable[[object], bool]] = []
         self._join_lock = asyncio.Lock()
-        self.local = ClassroomPC(self)
+        self.local = ClassroomPC(self.rig, self.lesson_view)
         """Mic chain (AEC, noise suppression, AGC, mute), screen strip, preview, devices."""
 
     # -- public ------------------------------------------------------------------------------
     @property
+    def classroom(self) -> ClassroomConfig:
+        """This classroom's config, with the devices now in use (the rig's)."""
+        return self.rig.classroom
+
+    @property
     def in_lesson(self) -> bool:
         return self._pc is not None
+
+    def lesson_view(self) -> LessonView:
+        """The connection and lesson as the classroom PC's screen strip shows them."""
+        lesson, rx = self.lesson, self.reception
+        latency = None
+        if rx is not None:
+            values = [median(s.samples_ms) for s in rx.latency.values() if s.samples_ms]
+            latency = max(values) if values else None
+        return LessonView(
+            connected=self.state == "connected",
+            lesson_live=lesson is not None and lesson.state == "live",
+            subject=lesson.subject if lesson is not None else "",
+            latency_ms=latency, hands_raised=self.hands_raised, in_lesson=self.in_lesson,
+            last_frame_mono=rx.last_frame_mono if rx is not None else None)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -390,10 +392,7 @@ class Agent:
                 await local_task
             await self._leave("agent stopping")
             self.local.close()
-            self.video_source.close()
-            self.audio_source.close()
-            self.video_sink.close()
-            self.audio_sink.close()
+            self.rig.close()
 
     async def raise_hand(self) -> None:
         """Raise this (receiving) classroom's hand in its live lesson (举手)."""
@@ -553,7 +552,7 @@ class Agent:
             if rx is None:
                 continue
             latency = {
-                cid: float(np.median(s.samples_ms)) for cid, s in rx.latency.items()
+                cid: median(s.samples_ms) for cid, s in rx.latency.items()
                 if s.samples_ms
             }
             with contextlib.suppress(ConnectionError, RuntimeError):
@@ -569,9 +568,10 @@ class Agent:
             pc = new_peer_connection()
             self._pc = pc
             self.reception = Reception(lesson.lesson_id)
-            video = EncodedVideoTrack(self.video_source, self.encoder, self.local.camera_frame)
-            audio = SourceAudioTrack(self.audio_source, self.local.process_mic)
-            self._tracks = [video, audio]
+            video = EncodedVideoTrack(self.rig.video_source, self.encoder,
+                                      self.local.camera_frame)
+            audio = SourceAudioTrack(self.rig.audio_source, self.local.process_mic)
+            self.rig.attach(video, audio)
             vsender = pc.addTrack(video)
             pc.addTrack(audio)
             for t in pc.getTransceivers():
@@ -634,9 +634,8 @@ class Agent:
         if pc is None:
             return
         logger.info("classroom %s: leaving lesson (%s)", self.classroom.id, why)
-        for track in self._tracks:
+        for track in self.rig.detach():
             track.stop()
-        self._tracks = []
         await pc.close()
         for task in list(self._rx_tasks):
             task.cancel()
@@ -667,7 +666,7 @@ class Agent:
                 rx.last_frame_mono = mono
                 rx.last_frame = frame
                 self._measure(rx, frame, shown)
-                self.video_sink.write(frame)
+                self.rig.video_sink.write(frame)
 
     def _measure(self, rx: Reception, frame: av.VideoFrame, shown_ms: int) -> None:
         layout = self.layout
@@ -693,7 +692,7 @@ class Agent:
                 rx.note_audio(time.monotonic())
                 heard_ms = time.time() * 1000
                 mono = audio_frame_to_mono(frame)
-                period = getattr(self.audio_source, "sync_period_s", None)
+                period = getattr(self.rig.audio_source, "sync_period_s", None)
                 if period:
                     for onset in rx.beeps.feed(mono, heard_ms):
                         mark = round(onset / 1000 / period) * period * 1000
@@ -701,7 +700,7 @@ class Agent:
                             rx.audio_latency_ms.append(onset - mark)
                 rx.audio_ring.append(mono)
                 rx.audio_level_dbov = level_dbov(mono)
-                self.audio_sink.write(frame)
+                self.rig.audio_sink.write(frame)
 
     def _write_outputs(self, rx: Reception) -> None:
         if self.out_dir is None:

@@ -4,7 +4,9 @@ status strip, the camera preview for the local page, and the teacher's device ch
 (kept across restarts).
 
 :class:`ClassroomPC` is owned by :class:`edge_agent.agent.Agent`; its :meth:`run` task
-runs as long as the agent does.
+runs as long as the agent does. It works on the agent's :class:`~edge_agent.rig.DeviceRig`
+and reads the lesson through a :class:`LessonView` the agent hands it; it knows nothing
+else of the agent.
 """
 
 from __future__ import annotations
@@ -13,37 +15,29 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import av
 import cv2
 import numpy as np
 from pydantic import ValidationError
 
+from syncclass import switches
 from syncclass.audio import level_dbov
 from syncclass.config import AudioDeviceConfig, ClassroomConfig, SinkConfig, VideoDeviceConfig
 from syncclass.errors import DeviceError
 
 from .audio_processing import AudioProcessor, AudioProcessorOptions
-from .devices import (
-    AudioSink,
-    AudioSource,
-    VideoSource,
-    open_audio_sink,
-    open_audio_source,
-    open_video_source,
-)
+from .rig import DeviceRig
 from .screen import ScreenStatus, ScreenVideoSink
+from .sinks import AudioSink
 from .speakers import SpeakerAudioSink
 
-if TYPE_CHECKING:
-    from .agent import Agent
-
-__all__ = ["ClassroomPC", "apply_saved_devices", "state_dir"]
+__all__ = ["ClassroomPC", "LessonView", "apply_saved_devices", "state_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +51,9 @@ PREVIEW_MAX_AGE_S = 1.0
 
 def state_dir() -> Path:
     """Where the agent keeps local state (the device choice): ``$SYNCCLASS_STATE_DIR``, else
-    ``%LOCALAPPDATA%\\syncclass`` on Windows, else ``~/.local/state/syncclass``."""
-    env = os.environ.get("SYNCCLASS_STATE_DIR")
-    if env:
-        return Path(env)
-    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
-        return Path(os.environ["LOCALAPPDATA"]) / "syncclass"
-    return Path.home() / ".local" / "state" / "syncclass"
+    ``%LOCALAPPDATA%\\syncclass`` on Windows, else ``~/.local/state/syncclass``
+    (:mod:`syncclass.switches`; read on each use, so a test may point it elsewhere)."""
+    return switches.current().state_dir
 
 
 def _choice_file(classroom_id: str) -> Path:
@@ -107,30 +97,59 @@ def _processor_for(cfg: AudioDeviceConfig) -> AudioProcessor | None:
         return None
 
 
-class ClassroomPC:
-    """The local side of one agent: mic chain, screen strip, preview, device choice."""
+@dataclass(frozen=True)
+class LessonView:
+    """What the classroom PC shows of the agent's connection and lesson."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    connected: bool
+    """The mixer welcomed the agent."""
+    lesson_live: bool
+    """The mixer's lesson for this classroom is live."""
+    subject: str
+    """The lesson's subject ('' without a lesson)."""
+    latency_ms: float | None
+    """Worst median glass-to-glass latency of the sources in our view (ms), if measured."""
+    hands_raised: int
+    """Hands this classroom raised since the agent started."""
+    in_lesson: bool
+    """The agent is in the lesson (has a peer connection)."""
+    last_frame_mono: float | None
+    """When the last view frame arrived (monotonic s), in the current lesson."""
+
+
+class ClassroomPC:
+    """The local side of one agent: mic chain, screen strip, preview, device choice.
+
+    ``rig`` holds the devices; ``lesson_view`` tells the agent's connection and lesson
+    state (called for every status strip drawn).
+    """
+
+    def __init__(self, rig: DeviceRig, lesson_view: Callable[[], LessonView]) -> None:
+        self.rig = rig
+        self.lesson_view = lesson_view
         self.mic_muted = False
         self.mic_level_dbov = -127.0
         """Level of the last microphone frame sent (after processing), dBov."""
         self.last_camera_frame: av.VideoFrame | None = None
         self.last_camera_mono = 0.0
-        self.processor = _processor_for(agent.classroom.devices.microphone)
-        self._wire_speakers(agent.audio_sink)
-        if isinstance(agent.video_sink, ScreenVideoSink):
-            agent.video_sink.status = self.screen_status
+        self.processor = _processor_for(rig.classroom.devices.microphone)
+        self._wire_speakers(rig.audio_sink)
+        if isinstance(rig.video_sink, ScreenVideoSink):
+            rig.video_sink.status = self.screen_status
         self._switch_lock = asyncio.Lock()
-        self._hands_seen = agent.hands_raised
+        self._hands_seen = lesson_view().hands_raised
         self._hand_mono: float | None = None
+
+    @property
+    def classroom_id(self) -> str:
+        return self.rig.classroom.id
 
     def _wire_speakers(self, sink: AudioSink) -> None:
         if self.processor is not None and isinstance(sink, SpeakerAudioSink):
             sink.add_played_listener(self.processor.feed_reference)
         elif self.processor is not None and self.processor.options.aec:
             logger.warning("classroom %s: echo cancellation has no reference: the speakers "
-                           "are not a sound device", self.agent.classroom.id)
+                           "are not a sound device", self.classroom_id)
 
     # -- microphone ------------------------------------------------------------------------
     def process_mic(self, frame: av.AudioFrame) -> av.AudioFrame:
@@ -153,7 +172,7 @@ class ClassroomPC:
 
     def set_muted(self, muted: bool) -> None:
         if muted != self.mic_muted:
-            logger.info("classroom %s: microphone %s", self.agent.classroom.id,
+            logger.info("classroom %s: microphone %s", self.classroom_id,
                         "muted" if muted else "unmuted")
         self.mic_muted = muted
 
@@ -168,7 +187,7 @@ class ClassroomPC:
         frame = self.last_camera_frame
         if frame is None or time.monotonic() - self.last_camera_mono > PREVIEW_MAX_AGE_S:
             # Not in a lesson: nobody reads the camera; read one frame ourselves.
-            frame = await asyncio.wait_for(self.agent.video_source.read(), 5.0)
+            frame = await asyncio.wait_for(self.rig.video_source.read(), 5.0)
             self.camera_frame(frame)
         height = max(2, round(frame.height * width / frame.width) & ~1)
 
@@ -183,53 +202,44 @@ class ClassroomPC:
 
     # -- screen ----------------------------------------------------------------------------
     def screen_status(self) -> ScreenStatus:
-        a = self.agent
-        lesson = ""
-        if a.lesson is not None and a.lesson.state == "live":
-            lesson = f"上课中 live · {a.lesson.subject}"
-        latency = None
-        rx = a.reception
-        if rx is not None:
-            values = [float(np.median(s.samples_ms)) for s in rx.latency.values() if s.samples_ms]
-            latency = max(values) if values else None
-        return ScreenStatus(connected=a.state == "connected", lesson=lesson, latency_ms=latency,
-                            hand_raised=self._hand_up(), mic_level_dbov=self.mic_level_dbov,
+        view = self.lesson_view()
+        lesson = f"上课中 live · {view.subject}" if view.lesson_live else ""
+        return ScreenStatus(connected=view.connected, lesson=lesson, latency_ms=view.latency_ms,
+                            hand_raised=self._hand_up(view), mic_level_dbov=self.mic_level_dbov,
                             mic_muted=self.mic_muted)
 
-    def _hand_up(self) -> bool:
+    def _hand_up(self, view: LessonView) -> bool:
         """This classroom raised its hand in the last ``HAND_SHOWN_S`` seconds of a live
         lesson. (The mixer does not tell the main classroom's agent about hands yet.)"""
-        a = self.agent
-        if a.hands_raised != self._hands_seen:
-            self._hands_seen = a.hands_raised
+        if view.hands_raised != self._hands_seen:
+            self._hands_seen = view.hands_raised
             self._hand_mono = time.monotonic()
-        live = a.lesson is not None and a.lesson.state == "live"
-        return live and self._hand_mono is not None and (
+        return view.lesson_live and self._hand_mono is not None and (
             time.monotonic() - self._hand_mono < HAND_SHOWN_S)
 
     async def run(self) -> None:
         """Keep the screen's strip current while no video arrives; until cancelled."""
-        sink = self.agent.video_sink
+        sink = self.rig.video_sink
         if not isinstance(sink, ScreenVideoSink):
             return
         while True:
             await asyncio.sleep(SCREEN_REFRESH_S)
-            rx = self.agent.reception
-            recent = rx is not None and rx.last_frame_mono is not None and (
-                time.monotonic() - rx.last_frame_mono < SCREEN_REFRESH_S)
+            view = self.lesson_view()
+            recent = view.last_frame_mono is not None and (
+                time.monotonic() - view.last_frame_mono < SCREEN_REFRESH_S)
             if not recent:
-                sink.refresh(idle=not self.agent.in_lesson)
+                sink.refresh(idle=not view.in_lesson)
             if sink.quit_requested:
                 logger.info("classroom %s: screen closed; the agent keeps running",
-                            self.agent.classroom.id)
+                            self.classroom_id)
                 sink.quit_requested = False
 
     # -- device choice ---------------------------------------------------------------------
     def devices(self) -> dict[str, Any]:
-        d = self.agent.classroom.devices
+        d = self.rig.classroom.devices
         return {"camera": d.camera.model_dump(), "microphone": d.microphone.model_dump(),
                 "speakers": d.speakers.model_dump(), "saved_in": str(
-                    _choice_file(self.agent.classroom.id))}
+                    _choice_file(self.classroom_id))}
 
     async def choose(self, choice: dict[str, Any]) -> dict[str, Any]:
         """Switch to the devices in ``choice`` (``camera`` / ``microphone`` / ``speakers``:
@@ -241,8 +251,8 @@ class ClassroomPC:
         unknown = set(choice) - {"camera", "microphone", "speakers"}
         if unknown or not choice:
             raise ValueError(f"choose camera, microphone and/or speakers (got {sorted(choice)})")
-        a = self.agent
-        cur = a.classroom.devices
+        rig = self.rig
+        cur = rig.classroom.devices
         async with self._switch_lock:
             try:
                 cam_cfg = VideoDeviceConfig(**{**_size(cur.camera), **choice["camera"]}) \
@@ -260,17 +270,13 @@ class ClassroomPC:
             try:
                 cam = mic = spk = None
                 if cam_cfg is not None:
-                    cam = await asyncio.to_thread(
-                        open_video_source, cam_cfg, label=a.classroom.label, source=a.number,
-                        fallback_to_synthetic=False)
+                    cam = await asyncio.to_thread(rig.open_camera, cam_cfg)
                     opened.append(cam)
                 if mic_cfg is not None:
-                    mic = await asyncio.to_thread(open_audio_source, mic_cfg,
-                                                  tone_hz=a.classroom.tone_hz,
-                                                  fallback_to_synthetic=False)
+                    mic = await asyncio.to_thread(rig.open_microphone, mic_cfg)
                     opened.append(mic)
                 if spk_cfg is not None:
-                    spk = await asyncio.to_thread(open_audio_sink, spk_cfg)
+                    spk = await asyncio.to_thread(rig.open_speakers, spk_cfg)
                     opened.append(spk)
             except DeviceError:
                 for obj in opened:
@@ -279,48 +285,25 @@ class ClassroomPC:
             devices = cur.model_copy(update={
                 k: v for k, v in (("camera", cam_cfg), ("microphone", mic_cfg),
                                   ("speakers", spk_cfg)) if v is not None})
-            a.classroom = a.classroom.model_copy(update={"devices": devices})
+            rig.use(devices, camera=cam, microphone=mic, speakers=spk)
             if cam is not None:
-                self._swap_camera(cam)
-            if mic is not None:
-                self._swap_mic(mic, mic_cfg)
-            if spk is not None:
-                old_sink, a.audio_sink = a.audio_sink, spk
-                self._wire_speakers(spk)
-                old_sink.close()
+                self.last_camera_frame = None
+            if mic_cfg is not None:
+                old_proc, self.processor = self.processor, _processor_for(mic_cfg)
+                if old_proc is not None:
+                    old_proc.close()
+            if mic_cfg is not None or spk is not None:
+                # The (new) processor hears what the (new) speakers play.
+                self._wire_speakers(rig.audio_sink)
             self._save(choice)
         return self.devices()
 
-    def _swap_camera(self, cam: VideoSource) -> None:
-        a = self.agent
-        old, a.video_source = a.video_source, cam
-        for track in a._tracks:
-            if getattr(track, "kind", None) == "video" and hasattr(track, "source"):
-                track.source = cam
-        self.last_camera_frame = None
-        old.close()
-        logger.info("classroom %s: camera switched", a.classroom.id)
-
-    def _swap_mic(self, mic: AudioSource, cfg: AudioDeviceConfig | None) -> None:
-        a = self.agent
-        old, a.audio_source = a.audio_source, mic
-        for track in a._tracks:
-            if getattr(track, "kind", None) == "audio" and hasattr(track, "source"):
-                track.source = mic
-        if cfg is not None:
-            old_proc, self.processor = self.processor, _processor_for(cfg)
-            self._wire_speakers(a.audio_sink)
-            if old_proc is not None:
-                old_proc.close()
-        old.close()
-        logger.info("classroom %s: microphone switched", a.classroom.id)
-
     def _save(self, choice: dict[str, Any]) -> None:
-        path = _choice_file(self.agent.classroom.id)
+        path = _choice_file(self.classroom_id)
         saved: dict[str, Any] = {}
         with contextlib.suppress(OSError, ValueError):
             saved = json.loads(path.read_text(encoding="utf-8"))
-        d = self.agent.classroom.devices
+        d = self.rig.classroom.devices
         for key in choice:
             saved[key] = getattr(d, key).model_dump(exclude_none=True)
         try:
@@ -330,22 +313,22 @@ class ClassroomPC:
             tmp.replace(path)
         except OSError as exc:
             logger.warning("classroom %s: device choice not saved (%s): %s",
-                           self.agent.classroom.id, path, exc)
+                           self.classroom_id, path, exc)
 
     # -- status ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        a = self.agent
-        cam = a.video_source
+        rig = self.rig
+        devices = rig.classroom.devices
         out: dict[str, Any] = {
             "mic_muted": self.mic_muted,
             "mic_level_dbov": round(self.mic_level_dbov, 1),
-            "camera": {"kind": a.classroom.devices.camera.kind,
-                       "connected": bool(getattr(cam, "connected", True))},
-            "microphone": {"kind": a.classroom.devices.microphone.kind,
-                           "live": bool(getattr(a.audio_source, "live", True))},
+            "camera": {"kind": devices.camera.kind,
+                       "connected": bool(getattr(rig.video_source, "connected", True))},
+            "microphone": {"kind": devices.microphone.kind,
+                           "live": bool(getattr(rig.audio_source, "live", True))},
             "processing": self.processor.stats() if self.processor is not None else None,
-            "speakers": a.audio_sink.stats() if isinstance(a.audio_sink, SpeakerAudioSink)
-            else {"kind": a.classroom.devices.speakers.kind},
+            "speakers": rig.audio_sink.stats() if isinstance(rig.audio_sink, SpeakerAudioSink)
+            else {"kind": devices.speakers.kind},
         }
         return out
 

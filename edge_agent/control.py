@@ -9,15 +9,18 @@ from other sites' pages are refused.
 
 from __future__ import annotations
 
+import asyncio
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
+from syncclass.errors import DeviceError
 from syncclass.httperrors import json_error
 from syncclass.protocol import EndLesson, Error, LessonState, StartLesson
 
 from .agent import Agent
+from .device_list import list_devices
 
 AGENT_KEY = web.AppKey("agent", Agent)
 
@@ -92,8 +95,6 @@ async def mute(request: web.Request) -> web.Response:
 
 async def preview(request: web.Request) -> web.Response:
     """``GET /api/preview.jpg``: the camera's current picture."""
-    from syncclass.errors import DeviceError
-
     try:
         jpeg = await request.app[AGENT_KEY].local.preview_jpeg()
     except (DeviceError, TimeoutError) as exc:
@@ -105,10 +106,6 @@ async def preview(request: web.Request) -> web.Response:
 
 async def devices(request: web.Request) -> web.Response:
     """``GET /api/devices``: the PC's cameras and audio devices, and the ones in use."""
-    import asyncio
-
-    from .device_list import list_devices
-
     found = await asyncio.to_thread(list_devices)
     return web.json_response({"available": found.to_dict(),
                               "current": request.app[AGENT_KEY].local.devices()})
@@ -117,8 +114,6 @@ async def devices(request: web.Request) -> web.Response:
 async def choose_devices(request: web.Request) -> web.Response:
     """``POST /api/devices`` ``{"camera": {...}, "microphone": {...}, "speakers": {...}}``
     (any of them; fields as in the config): switch now and keep the choice."""
-    from syncclass.errors import DeviceError
-
     try:
         body = await request.json()
     except ValueError:

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from syncclass.errors import DeviceError
 
-from .devices import AUDIO_FRAME_SAMPLES, SAMPLE_RATE, _audio_frame, _SamplePacer
+from .pacing import AUDIO_FRAME_SAMPLES, SAMPLE_RATE, SamplePacer, audio_frame
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class ScriptedAudioSource:
         self.clips = load_schedule(path)
         self.reloads = 0
         """Times a changed schedule was loaded."""
-        self._pacer = _SamplePacer(f"speech schedule {path!r}")
+        self._pacer = SamplePacer(f"speech schedule {path!r}")
         self._frames_to_check = 0
 
     def _stat(self) -> int:
@@ -143,7 +143,7 @@ class ScriptedAudioSource:
             await asyncio.to_thread(self._maybe_reload)
         assert self._pacer.start_epoch is not None
         t0_ms = self._pacer.start_epoch * 1000 + n0 * 1000 / SAMPLE_RATE
-        return _audio_frame(self.samples_at(t0_ms), n0)
+        return audio_frame(self.samples_at(t0_ms), n0)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -19,7 +19,6 @@ import contextlib
 import fractions
 import functools
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -31,6 +30,7 @@ import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from syncclass import switches
 from syncclass.adapt import AdaptPolicy, LinkFeedback
 from syncclass.audio import level_dbov, mix_n_minus_1
 from syncclass.codec import H264Encoder
@@ -181,7 +181,7 @@ class LessonMedia:
         self._audio: dict[str, AudioInput] = {}
         self._audio_out: dict[str, PacketQueueTrack] = {}
         self._mix_encoders: dict[str, MixEncoder] = {}
-        self._encode_mixes = os.environ.get("SYNCCLASS_MIX_OPUS", "mixer") != "aiortc"
+        self._encode_mixes = switches.current().mix_opus != "aiortc"
         """Encode each listener's mix here (default) or hand aiortc frames (its Opus encoder
         runs per sender in the default executor, upmixing to stereo): for side by side."""
         self._audio_pool = concurrent.futures.ThreadPoolExecutor(1, "audio-encode")

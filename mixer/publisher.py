@@ -2,7 +2,7 @@
 
 The recorded view's packets are the very packets its encoder made for the classrooms (no
 extra video encode); the full mix is encoded once to AAC here. Wire format and clock:
-:mod:`recorder.wire`.
+:mod:`syncclass.recorder_wire`.
 
 Back-pressure: the event loop only copies a packet's bytes and ``put_nowait``s it into a
 bounded queue (``recorder.queue_size``); one publisher thread encodes audio and sends on
@@ -33,7 +33,9 @@ import av
 import zmq
 from aiohttp import web
 
-from recorder.wire import (
+from syncclass.config import CountyConfig
+from syncclass.events import EventName
+from syncclass.recorder_wire import (
     AUDIO_RATE,
     ClassroomMeta,
     Header,
@@ -42,8 +44,6 @@ from recorder.wire import (
     Report,
     adts_header,
 )
-from syncclass.config import CountyConfig
-from syncclass.events import EventName
 
 from .core import Mixer
 from .guard import require_ops

@@ -27,9 +27,9 @@ import av
 import cv2
 
 from syncclass.errors import RecordingError
+from syncclass.recorder_wire import LessonMeta
 
 from .segments import VIDEO_RATE, Journal, sha256_file
-from .wire import LessonMeta
 
 logger = logging.getLogger(__name__)
 

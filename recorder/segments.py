@@ -13,7 +13,7 @@ Why MPEG-TS: the mixer's packets are annex-B H.264 with SPS/PPS in-band on every
 and audio comes as ADTS AAC; TS carries both as they are, needs no index, and every
 segment starts at an IDR, so each file plays alone and a cut-off file plays up to the
 cut. Timestamps are the mixer's (90 kHz video, 48 kHz audio, one origin; see
-:mod:`recorder.wire`), so segments written by a restarted recorder line up with the
+:mod:`syncclass.recorder_wire`), so segments written by a restarted recorder line up with the
 earlier ones and a gap stays a gap in time.
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import av
 
-from .wire import AUDIO_RATE, VIDEO_RATE, LessonMeta
+from syncclass.recorder_wire import AUDIO_RATE, VIDEO_RATE, LessonMeta
 
 logger = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ class LessonRecording:
         """Epoch ms of the lesson's pts 0: the first mixer clock's origin, kept across
         mixer restarts (written to ``meta.json``; segment pts count from here)."""
         self.clock = int(meta.t0_epoch_ms)
-        """The mixer clock now being recorded (:attr:`recorder.wire.Header.t0`)."""
+        """The mixer clock now being recorded (:attr:`syncclass.recorder_wire.Header.t0`)."""
         self.video_offset = self.audio_offset = 0
         """Added to incoming pts to place the current clock on the lesson's (ticks)."""
         self._replace: SegmentInfo | None = None

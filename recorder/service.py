@@ -35,11 +35,11 @@ import zmq.asyncio
 
 from syncclass.config import RecorderConfig
 from syncclass.errors import RecordingError
+from syncclass.recorder_wire import Header, LessonMeta, Report
 
 from .archive import Job, Spool, Uploader, make_target
 from .finalize import finalize_lesson
 from .segments import DiskError, Journal, LessonRecording
-from .wire import Header, LessonMeta, Report
 
 logger = logging.getLogger(__name__)
 

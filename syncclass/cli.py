@@ -1,12 +1,10 @@
 """The ``syncclass`` command: ``mixer``, ``agent``, ``lesson``, ``demo``, ``check-config``.
 
-This module and :mod:`syncclass.demo` are the process entry points. Each subcommand
-imports the packages it runs (``mixer``, ``edge_agent``, ``recorder``, ``syncclass.demo``)
-and the aiortc seams (``syncclass.rtc``, ``.nack``, ``.liveness``) inside its function,
-marked ``# lazy:``, so that it loads only what it needs: a classroom PC's agent never
-loads the mixer or the recorder, and ``syncclass --help``, ``check-config``, ``token`` or
-``hash-password`` import 289 modules instead of the 857 of all of them (-X importtime
-sum 0.23-0.45 s vs 1.5-2.3 s; max RSS 36 vs 126 MB, on a loaded 2-core machine).
+This module and :mod:`syncclass.demo` are the process entry points; they import the
+I/O packages (``mixer``, ``edge_agent``, ``recorder``) lazily so the core stays importable
+alone. Imports inside a command say why: ``# optional: per command`` (each command loads
+only its own service: an agent PC never imports the mixer) or ``# optional: media only``
+(aiortc, about half a second to import, only for the commands that run media).
 """
 
 from __future__ import annotations
@@ -14,20 +12,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import gc
+import getpass
 import json
 import logging
-import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from .auth import hash_password
 from .config import CountyConfig, default_config_path, load_config
 from .config_check import check_paths
+from .demo import http_json, run_demo
 from .errors import ConfigError, DeviceError, SyncClassError
+from .switches import Switches
 from .tokens import SigningKey, issue_token
 
 logger = logging.getLogger("syncclass")
@@ -73,16 +75,17 @@ def _setup_logging(level: str, json_logs: bool) -> None:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def _tune_aiortc(config: CountyConfig) -> None:
+def _tune_aiortc(config: CountyConfig, switches: Switches) -> None:
     """Our jitter buffers in every receiver of this process, and the configured Opus
     bitrate and a numpy audio level in every audio sender. For side-by-side measurement
     ``SYNCCLASS_AUDIO_LEVEL=stock`` (aiortc's Python loop),
     ``SYNCCLASS_JITTER_BUFFER=stock`` (or ``video`` / ``audio``: only that one of ours) and
     ``SYNCCLASS_VIDEO_HOLE_WAIT_S`` (seconds; ``inf``: holes wait as in stock aiortc).
     Video NACKs and resends are bounded (:mod:`syncclass.nack`; ``SYNCCLASS_NACK=stock``:
-    aiortc's)."""
-    from syncclass.nack import use_bounded_nacks  # lazy: aiortc
-    from syncclass.rtc import (  # lazy: aiortc
+    aiortc's). The switches: :mod:`syncclass.switches`."""
+    # aiortc-heavy modules load only for the commands that run media.
+    from syncclass.nack import use_bounded_nacks  # optional: media only
+    from syncclass.rtc import (  # optional: media only
         VIDEO_HOLE_WAIT_S,
         install_low_latency_jitter_buffers,
         use_fast_audio_level,
@@ -90,25 +93,25 @@ def _tune_aiortc(config: CountyConfig) -> None:
     )
 
     use_opus_bitrate(config.media.audio_bitrate_kbps)
-    if os.environ.get("SYNCCLASS_AUDIO_LEVEL", "numpy") != "stock":
+    if switches.audio_level != "stock":
         use_fast_audio_level()
 
-    jb = os.environ.get("SYNCCLASS_JITTER_BUFFER", "low-latency")
-    hole_wait_s = float(os.environ.get("SYNCCLASS_VIDEO_HOLE_WAIT_S", VIDEO_HOLE_WAIT_S))
-    install_low_latency_jitter_buffers(video=jb in ("low-latency", "video"),
-                                       audio=jb in ("low-latency", "audio"),
-                                       hole_wait_s=hole_wait_s)
-    if os.environ.get("SYNCCLASS_NACK", "bounded") != "stock":
+    hole_wait_s = switches.video_hole_wait_s
+    install_low_latency_jitter_buffers(
+        video=switches.video_jitter_buffer, audio=switches.audio_jitter_buffer,
+        hole_wait_s=VIDEO_HOLE_WAIT_S if hole_wait_s is None else hole_wait_s)
+    if switches.nack != "stock":
         use_bounded_nacks()
 
 
-def _tune_mixer_aiortc() -> None:
+def _tune_mixer_aiortc(switches: Switches) -> None:
     """The mixer receives an audio stream per classroom: decode each Opus frame to mono on
     the event loop as it arrives instead of handing it to a thread per receiver and back
     (``SYNCCLASS_AUDIO_DECODE=thread``: aiortc's decoder threads, for side by side)."""
-    from syncclass.rtc import use_inline_audio_decoding  # lazy: aiortc
+    # aiortc-heavy: loads only for the mixer command.
+    from syncclass.rtc import use_inline_audio_decoding  # optional: media only
 
-    if os.environ.get("SYNCCLASS_AUDIO_DECODE", "inline") != "thread":
+    if switches.audio_decode != "thread":
         use_inline_audio_decoding()
 
 
@@ -116,40 +119,36 @@ def _config(args: argparse.Namespace) -> CountyConfig:
     return load_config(args.config or default_config_path())
 
 
-def _tune_gc() -> None:
+def _tune_gc(switches: Switches) -> None:
     """Media processes allocate many short-lived objects per packet; with CPython's default
     thresholds the cyclic GC took ~15% of the mixer's event loop (py-spy --native). Freeze
-    what start-up allocated and collect the young generation less often."""
-    if os.environ.get("SYNCCLASS_GC", "tuned") == "default":
+    what start-up allocated and collect the young generation less often
+    (``SYNCCLASS_GC=default``: CPython's thresholds)."""
+    if switches.gc == "default":
         return
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
 
 
-def _tune_opencv() -> None:
+def _tune_opencv(switches: Switches) -> None:
     """One OpenCV thread. Its worker pool (one thread per core) spins while it waits for
     work: composing the two 1 + 8 views (scaling nine 720p pictures) cost 15.2 / 16.8 CPU ms
     per tick with the default two threads against 10.4 / 9.3 ms with one, for 7.7 vs
     9.3-10.4 ms of wall time. Our media processes already run composition, encoders and
     decoders in threads of their own on a small machine. ``SYNCCLASS_CV_THREADS``: another
     count (``default``: OpenCV's)."""
-    threads = os.environ.get("SYNCCLASS_CV_THREADS", "1")
-    if threads == "default":
+    if switches.cv_threads is None:
         return
-    try:
-        count = int(threads)
-    except ValueError:
-        raise SystemExit(f"syncclass: SYNCCLASS_CV_THREADS must be a thread count or "
-                         f"'default', got {threads!r}") from None
     import cv2
 
-    cv2.setNumThreads(count)
+    cv2.setNumThreads(switches.cv_threads)
 
 
-def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    _tune_gc()
-    _tune_opencv()
+def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]],
+                      switches: Switches) -> None:
+    _tune_gc(switches)
+    _tune_opencv(switches)
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -169,8 +168,6 @@ def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 # -- token ----------------------------------------------------------------------------------
 def cmd_token(args: argparse.Namespace) -> int:
     """``syncclass token issue``: print a signed token for a classroom's agent."""
-    import time
-
     config = _config(args)
     if not config.mixer.token_keys:
         print("syncclass token: the config has no mixer.token_keys", file=sys.stderr)
@@ -193,20 +190,21 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_mixer(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from mixer.app import create_app  # lazy: the mixer's service graph
-    from syncclass.rtc import use_host_addresses  # lazy: aiortc
+    from mixer.app import create_app  # optional: per command
+    from syncclass.rtc import use_host_addresses  # optional: media only
 
     config = _config(args)
+    switches = Switches.from_environ()
     use_host_addresses(config.mixer.ice_host_addresses)
-    _tune_aiortc(config)
-    _tune_mixer_aiortc()
+    _tune_aiortc(config, switches)
+    _tune_mixer_aiortc(switches)
     host = args.host or config.mixer.host
     port = config.mixer.port if args.port is None else args.port
     config = _with_recorder_args(config, args)
     if args.data_dir:
         config = config.model_copy(update={"mixer": config.mixer.model_copy(
             update={"data_dir": args.data_dir})})
-    api_token = os.environ.get("SYNCCLASS_OPS_API_TOKEN")
+    api_token = switches.ops_api_token
     if api_token:  # a secret: from the environment, never the command line
         if len(api_token) < 16:
             print("syncclass mixer: SYNCCLASS_OPS_API_TOKEN must have 16+ characters",
@@ -214,9 +212,9 @@ def cmd_mixer(args: argparse.Namespace) -> int:
             return 2
         config = config.model_copy(update={"ops": config.ops.model_copy(
             update={"api_token": api_token})})
-    from mixer.guard import GuardedAppRunner  # lazy: the mixer
-    from mixer.tls import server_ssl_context  # lazy: the mixer
-    from syncclass.liveness import tighten_ice_consent  # lazy: aioice
+    from mixer.guard import GuardedAppRunner  # optional: per command
+    from mixer.tls import server_ssl_context  # optional: per command
+    from syncclass.liveness import tighten_ice_consent  # optional: media only
 
     tighten_ice_consent(config.mixer.ice_consent_interval_s, config.mixer.ice_consent_failures)
     ssl_context = server_ssl_context(config.mixer.tls) if config.mixer.tls else None
@@ -237,7 +235,7 @@ def cmd_mixer(args: argparse.Namespace) -> int:
             logger.info("mixer stopping")
             await runner.cleanup()
 
-    _run_until_signal(main)
+    _run_until_signal(main, switches)
     return 0
 
 
@@ -256,9 +254,10 @@ def _with_recorder_args(config: CountyConfig, args: argparse.Namespace) -> Count
 
 # -- recorder -------------------------------------------------------------------------------
 def cmd_recorder(args: argparse.Namespace) -> int:
-    from recorder.service import Recorder  # lazy: the recorder (PyAV, ZeroMQ)
+    from recorder.service import Recorder  # optional: per command
 
     config = _with_recorder_args(_config(args), args)
+    switches = Switches.from_environ()
 
     async def main(stop: asyncio.Event) -> None:
         rec = Recorder(config.recorder)
@@ -269,14 +268,14 @@ def cmd_recorder(args: argparse.Namespace) -> int:
             logger.info("recorder stopping")
             await rec.aclose()
 
-    _run_until_signal(main)
+    _run_until_signal(main, switches)
     return 0
 
 
 # -- agent ----------------------------------------------------------------------------------
 def cmd_agent_devices(args: argparse.Namespace) -> int:
     """``syncclass agent devices``: this PC's cameras, microphones and speakers by name."""
-    from edge_agent.device_list import list_devices  # lazy: the agent
+    from edge_agent.device_list import list_devices  # optional: per command
 
     found = list_devices()
     print(found.to_json() if args.json else found.to_text())
@@ -290,16 +289,17 @@ def cmd_agent(args: argparse.Namespace) -> int:
         print("syncclass agent: --classroom is required (or: syncclass agent devices)",
               file=sys.stderr)
         return 2
-    from edge_agent.agent import Agent  # lazy: the agent
-    from edge_agent.control import serve_control  # lazy: the agent
-    from syncclass.liveness import tighten_ice_consent  # lazy: aioice
-    from syncclass.rtc import use_host_addresses  # lazy: aiortc
+    from edge_agent.agent import Agent  # optional: per command
+    from edge_agent.control import serve_control  # optional: per command
+    from syncclass.rtc import use_host_addresses  # optional: media only
 
     config = _config(args)
+    switches = Switches.from_environ()
     use_host_addresses(config.mixer.ice_host_addresses)
+    from syncclass.liveness import tighten_ice_consent  # optional: media only
 
     tighten_ice_consent(config.mixer.ice_consent_interval_s, config.mixer.ice_consent_failures)
-    _tune_aiortc(config)
+    _tune_aiortc(config, switches)
     try:
         room = config.classroom(args.classroom)
     except KeyError:
@@ -332,7 +332,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
             exit_code = 3
 
     try:
-        _run_until_signal(main)
+        _run_until_signal(main, switches)
     except DeviceError as exc:
         print(f"syncclass agent: {exc}", file=sys.stderr)
         return 4
@@ -376,7 +376,6 @@ def cmd_lesson(args: argparse.Namespace) -> int:
 
 # -- demo -----------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo  # lazy: the demo's process runner
 
     return run_demo(
         config_path=Path(args.config) if args.config else default_config_path(),
@@ -390,8 +389,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_hash_password(args: argparse.Namespace) -> int:
     """Print an ``ops.users`` entry: the password is read from the terminal (asked twice)
     or, when piped, from the first line of standard input; it never appears in argv."""
-    import getpass
-
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:
@@ -413,7 +410,6 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
 def cmd_hand(args: argparse.Namespace) -> int:
     """Raise a receiving classroom's hand through the mixer's HTTP API."""
-    from .demo import http_json  # lazy: the demo's process runner
 
     config = _config(args)
     try:
@@ -436,10 +432,8 @@ def cmd_hand(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Term figures per paired school and subject, against the configured targets."""
-    import datetime as dt
-
-    from mixer.report_term import render_csv, render_table, term_figures  # lazy: the mixer
-    from mixer.store import ReportStore  # lazy: the mixer
+    from mixer.report_term import render_csv, render_table, term_figures  # optional: per command
+    from mixer.store import ReportStore  # optional: per command
 
     config = _config(args)
     acfg = config.analytics

@@ -169,7 +169,7 @@ class ClassroomConfig(_Model):
     label: str = Field(min_length=1, max_length=40, pattern=r"^[\x20-\x7e]+$")
     """Short ASCII label burned into composed video (video fonts have no CJK glyphs)."""
     role: ClassroomRole
-    token: str = Field(min_length=16)
+    token: str = Field(min_length=16, repr=False)
     """Credential the classroom's agent presents to the mixer."""
     tone_hz: float = Field(default=440.0, gt=20, lt=20000)
     """Frequency of the synthetic microphone tone, distinct per classroom for tests."""
@@ -193,7 +193,7 @@ class ObserverConfig(_Model):
     id: Identifier
     name: str = Field(min_length=1)
     """Human name, e.g. 县教研室 李老师."""
-    token: str = Field(min_length=16)
+    token: str = Field(min_length=16, repr=False)
     """Credential the observer presents (unique among classrooms and observers)."""
     pairings: list[Identifier] = Field(min_length=1)
     """Pairings whose lessons this observer may watch and comment on."""
@@ -361,9 +361,9 @@ class S3ArchiveConfig(_Model):
     prefix: str = "lessons/"
     """Key prefix; objects are ``{prefix}{lesson_id}/lesson.mp4`` etc."""
     region: str = "us-east-1"
-    access_key_id: str | None = None
+    access_key_id: str | None = Field(default=None, repr=False)
     """``None``: boto3's usual credential chain (environment, files, instance role)."""
-    secret_access_key: str | None = None
+    secret_access_key: str | None = Field(default=None, repr=False)
     part_size_mb: int = Field(default=8, ge=5, le=512)
     """Multipart upload part size in MiB (S3's minimum is 5)."""
     create_bucket: bool = False
@@ -413,7 +413,7 @@ class RecorderConfig(_Model):
 
 class OpsUserConfig(_Model):
     name: Identifier
-    password_hash: str
+    password_hash: str = Field(repr=False)
     """``scrypt$...`` string from ``syncclass hash-password`` (never a plain password)."""
 
     @model_validator(mode="after")
@@ -440,7 +440,7 @@ class OpsThresholds(_Model):
 class WebhookConfig(_Model):
     url: str = worded_pattern(r"^https?://", "give an http:// or https:// address, e.g. "
                               "'https://ops.example.edu.cn/hooks/syncclass'", quote_value=False)
-    secret: str = Field(min_length=16)
+    secret: str = Field(min_length=16, repr=False)
     """HMAC-SHA256 key of the ``X-Syncclass-Signature`` header."""
     events: list[str] = ["alert"]
     """Event names to deliver (``*``: all), e.g. alert, recording_ready, report_ready."""
@@ -456,7 +456,7 @@ class OpsConfig(_Model):
 
     users: list[OpsUserConfig] = []
     """Who may log in to ``/dashboard``. None: the dashboard refuses every login."""
-    session_secret: str | None = Field(default=None, min_length=16)
+    session_secret: str | None = Field(default=None, min_length=16, repr=False)
     """Key signing session cookies; unset: a random one per mixer start (logins then end
     when the mixer restarts)."""
     session_lifetime_s: int = Field(default=8 * 3600, ge=60)
@@ -472,10 +472,10 @@ class OpsConfig(_Model):
     alert_hold_s: float = Field(default=10.0, ge=0)
     """A classroom must stay over a threshold (or out of its live lesson) this long before
     an alert is raised."""
-    metrics_token: str | None = Field(default=None, min_length=16)
+    metrics_token: str | None = Field(default=None, min_length=16, repr=False)
     """If set, ``/metrics`` requires ``Authorization: Bearer <token>`` (or the
     ``api_token``, or a dashboard session); unset: only loopback clients may scrape."""
-    api_token: str | None = Field(default=None, min_length=16)
+    api_token: str | None = Field(default=None, min_length=16, repr=False)
     """Bearer token for ops tools and scripts: reads every lesson on ``/api/lessons``,
     ``/api/stats``, ``/api/recorder``, ``/api/observers``, ``/metrics`` and reports.
     The ``SYNCCLASS_OPS_API_TOKEN`` environment variable of ``syncclass mixer`` sets it
@@ -515,7 +515,7 @@ class AnalyticsConfig(_Model):
     """Haar cascade XML for faces (default: the one Debian's ``opencv-data`` installs)."""
     network_interval_s: float = Field(default=2.0, gt=0, le=60)
     """How often network quality is sampled per classroom, s."""
-    database_url: str | None = None
+    database_url: str | None = Field(default=None, repr=False)
     """``sqlite:///path`` or ``postgresql://...``; default ``sqlite:///<data_dir>/analytics.db``."""
     term_start: dt.date | None = None
     """First day of the current term (``syncclass report`` default range)."""

@@ -11,8 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ("syncclass", "mixer", "edge_agent", "recorder")
-CHECKED = ("syncclass", "mixer", "recorder")
-"""Packages whose function-level imports are checked (edge_agent follows issue 19)."""
+CHECKED = ("mixer", "syncclass", "edge_agent", "recorder", "benchmarks")
+"""Packages whose function-level imports are checked."""
 REASONS = ("# optional:", "# lazy:")
 """Comments that say why an import sits inside a function."""
 

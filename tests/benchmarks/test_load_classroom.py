@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import av
 import numpy as np
 
+from benchmarks.load_classroom import LOOP_FRAMES, PrerecordedEncoder
 from syncclass.codec import VIDEO_TIME_BASE, annexb_nal_types
 from syncclass.timecode import read_timecode
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from load_classroom import LOOP_FRAMES, PrerecordedEncoder
 
 
 def _frame(pts: int) -> av.VideoFrame:

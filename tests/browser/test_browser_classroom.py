@@ -26,13 +26,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import yaml
 from playwright.sync_api import Page
 
 from syncclass.demo import LocalDeployment, http_json
-from tests.browser_support import CHROMIUM, chromium, write_timecode_y4m, write_tone_wav
+from syncclass.stats import percentile
+from syncclass.testing.browser import (
+    AGENT_RURAL,
+    BROWSER,
+    CHROMIUM,
+    MAIN,
+    browser_lesson_config,
+    chromium,
+    wait_page,
+    write_timecode_y4m,
+    write_tone_wav,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -40,7 +49,6 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-MAIN, AGENT_RURAL, BROWSER = "main-3-1", "shanping-3", "hetou-3"
 OBSERVER = "jiaoyan-li"
 MEASURE_S = 10.0
 TONE_SPREAD = 0.06
@@ -71,25 +79,10 @@ class Run:
         return self.dep.config.observer(OBSERVER).token
 
 
-def make_config(tmp: Path) -> tuple[Path, Path]:
-    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
-    data_dir = tmp / "mixer-data"
-    data["mixer"]["data_dir"] = str(data_dir)
-    path = tmp / "county.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    return path, data_dir
-
-
 def page_summary(page: Page) -> dict[str, Any]:
     return dict(page.evaluate("() => window.syncclass.summary()"))
 
 
-def wait_page(page: Page, expr: str, timeout_s: float, what: str) -> None:
-    try:
-        page.wait_for_function(expr, timeout=timeout_s * 1000, polling=200)
-    except Exception as exc:
-        logs = page.evaluate("() => document.getElementById('log').innerText")
-        raise AssertionError(f"timed out waiting for {what}; page log:\n{logs}") from exc
 
 
 CODECS_JS = """async () => {
@@ -110,7 +103,7 @@ CODECS_JS = """async () => {
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     tmp = tmp_path_factory.mktemp("browser-lesson")
-    config_path, data_dir = make_config(tmp)
+    config_path, data_dir = browser_lesson_config(tmp)
     dep = LocalDeployment(config_path, tmp)
     number = dep.config.classroom_number(BROWSER)
     video = write_timecode_y4m(tmp / "camera.y4m", source=number)
@@ -159,8 +152,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             r.mixer_status = dep.mixer_status()
             (tmp / "browser-latency.json").write_text(json.dumps({
                 "samples": len(r.samples_ms),
-                "p50_ms": float(np.percentile(r.samples_ms, 50)),
-                "p95_ms": float(np.percentile(r.samples_ms, 95)),
+                "p50_ms": percentile(r.samples_ms, 50),
+                "p95_ms": percentile(r.samples_ms, 95),
             }))
             yield r
     except BaseException:
@@ -192,8 +185,8 @@ def test_page_reads_teacher_timecode(run: Run) -> None:
     # The other agent's camera is a tile of the same view, readable too.
     assert run.page_during["latency"][AGENT_RURAL]["timecode_advances"] >= 20
     print(f"\nglass-to-glass {MAIN} agent -> mixer -> Chromium page: "
-          f"p50 {np.percentile(run.samples_ms, 50):.0f} ms, "
-          f"p95 {np.percentile(run.samples_ms, 95):.0f} ms over {len(run.samples_ms)} frames")
+          f"p50 {percentile(run.samples_ms, 50):.0f} ms, "
+          f"p95 {percentile(run.samples_ms, 95):.0f} ms over {len(run.samples_ms)} frames")
 
 
 def test_page_reports_latency_to_mixer(run: Run) -> None:

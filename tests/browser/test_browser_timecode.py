@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
+from syncclass.testing.browser import CHROMIUM, chromium
 from syncclass.timecode import COLUMNS, Timecode, paint_timecode, read_timecode
-from tests.browser_support import CHROMIUM, chromium
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
 

@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from syncclass.demo import LocalDeployment
-from tests.browser_support import chromium
+from syncclass.testing.browser import chromium
 from tests.county import County
 
 pytestmark = pytest.mark.integration

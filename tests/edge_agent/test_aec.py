@@ -17,7 +17,7 @@ from edge_agent.audio_processing import (
     AudioProcessorOptions,
     SpeexResampler,
 )
-from tests.aec_room import (
+from syncclass.testing.aec_room import (
     FAR_TEXT,
     NEAR_TEXT,
     RATE,

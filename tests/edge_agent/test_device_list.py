@@ -19,7 +19,8 @@ import pytest
 
 from edge_agent import device_list
 from edge_agent.device_list import find_audio_device, list_cameras
-from edge_agent.devices import CameraVideoSource, MicrophoneAudioSource, luma_of
+from edge_agent.pacing import luma_of
+from edge_agent.sources import CameraVideoSource, MicrophoneAudioSource
 from syncclass.errors import DeviceError
 from tests.jack_support import jack_server
 
@@ -122,10 +123,10 @@ class FlakyCapture:
 async def test_unplugged_camera_shows_placeholder_and_comes_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from edge_agent import devices
+    from edge_agent import sources
 
-    monkeypatch.setattr(devices.cv2, "VideoCapture", FlakyCapture)
-    monkeypatch.setattr(devices, "_CAMERA_MAX_FAILURES", 5)
+    monkeypatch.setattr(sources.cv2, "VideoCapture", FlakyCapture)
+    monkeypatch.setattr(sources, "_CAMERA_MAX_FAILURES", 5)
     FlakyCapture.plugged.set()
     cam = CameraVideoSource(None, "rtsp://teacher:secret@10.0.0.9/stream1", 320, 180, 20.0,
                             retry_s=0.2)
@@ -251,8 +252,8 @@ def test_systemd_unit_verifies_and_its_command_runs(tmp_path: Path) -> None:
 
 
 def test_camera_by_name_in_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edge_agent import devices
-    from edge_agent.devices import open_video_source
+    from edge_agent import sources
+    from edge_agent.sources import open_video_source
     from syncclass.config import VideoDeviceConfig
 
     (tmp_path / "video4").mkdir()
@@ -265,7 +266,7 @@ def test_camera_by_name_in_the_config(tmp_path: Path, monkeypatch: pytest.Monkey
             opened.append((index, path))
             raise DeviceError("stop here")
 
-    monkeypatch.setattr(devices, "CameraVideoSource", Recorder)
+    monkeypatch.setattr(sources, "CameraVideoSource", Recorder)
     cfg = VideoDeviceConfig(kind="camera", name="document")
     with pytest.raises(DeviceError, match="stop here"):
         open_video_source(cfg, label="x", source=1, fallback_to_synthetic=False)

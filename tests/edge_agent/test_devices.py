@@ -21,29 +21,33 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from edge_agent.devices import (
+from edge_agent.pacing import (
     AUDIO_FRAME_SAMPLES,
     AUDIO_TIME_BASE,
     SAMPLE_RATE,
     VIDEO_TIME_BASE,
+    luma_of,
+)
+from edge_agent.sinks import (
+    FileVideoSink,
+    NullAudioSink,
+    NullVideoSink,
+    WavAudioSink,
+    WindowVideoSink,
+    open_audio_sink,
+    open_video_sink,
+)
+from edge_agent.sources import (
     AudioSource,
     CameraVideoSource,
     FileAudioSource,
-    FileVideoSink,
     FileVideoSource,
     MicrophoneAudioSource,
-    NullAudioSink,
-    NullVideoSink,
     SyntheticAudioSource,
     SyntheticVideoSource,
     VideoSource,
-    WavAudioSink,
-    WindowVideoSink,
     is_flash_instant,
-    luma_of,
-    open_audio_sink,
     open_audio_source,
-    open_video_sink,
     open_video_source,
 )
 from syncclass.config import AudioDeviceConfig, SinkConfig, VideoDeviceConfig
@@ -358,7 +362,7 @@ async def test_microphone_lookup_and_drop_oldest(
     mic = MicrophoneAudioSource("usb")
     assert mic.device_index == 1
     assert mic._stream.kwargs["blocksize"] == AUDIO_FRAME_SAMPLES
-    with caplog.at_level(logging.WARNING, logger="edge_agent.devices"):
+    with caplog.at_level(logging.WARNING, logger="edge_agent.sources"):
         frames = [await mic.read() for _ in range(10)]
     # 15 blocks into a 10-block queue before the reader ran: the 5 oldest were dropped.
     assert mic.dropped_blocks == 5 and "dropped" in caplog.text
@@ -374,7 +378,7 @@ def test_fallback_to_synthetic(caplog: pytest.LogCaptureFixture) -> None:
     )
     with pytest.raises(DeviceError):
         open_video_source(camera, label="x", source=1, fallback_to_synthetic=False)
-    with caplog.at_level(logging.WARNING, logger="edge_agent.devices"):
+    with caplog.at_level(logging.WARNING, logger="edge_agent.sources"):
         src = open_video_source(camera, label="x", source=1, fallback_to_synthetic=True)
     assert isinstance(src, SyntheticVideoSource) and (src.width, src.height) == (320, 180)
     assert "synthetic" in caplog.text

@@ -16,12 +16,12 @@ import pytest
 
 from edge_agent.agent import Agent, SourceAudioTrack
 from edge_agent.audio_processing import AudioProcessor, AudioProcessorOptions
-from edge_agent.devices import MicrophoneAudioSource
+from edge_agent.sources import MicrophoneAudioSource
 from edge_agent.speakers import PlayoutBuffer, SpeakerAudioSink
 from syncclass.audio import spectrum_peaks
 from syncclass.config import load_config
 from syncclass.errors import DeviceError
-from tests.aec_room import FAR_TEXT, energy_db, fit, speech, to_i16
+from syncclass.testing.aec_room import FAR_TEXT, energy_db, fit, speech, to_i16
 from tests.county import County
 from tests.jack_support import jack_server
 
@@ -192,10 +192,10 @@ async def test_agent_feeds_what_its_speakers_play_to_its_echo_canceller(
     config = load_config(county.write())
     agent = Agent(config, data["classrooms"][0]["id"])
     try:
-        assert isinstance(agent.audio_sink, SpeakerAudioSink)
+        assert isinstance(agent.rig.audio_sink, SpeakerAudioSink)
         processor = agent.local.processor
         assert processor is not None and processor.options.aec
-        track = SourceAudioTrack(agent.audio_source, agent.local.process_mic)
+        track = SourceAudioTrack(agent.rig.audio_source, agent.local.process_mic)
         await track.recv()  # starts the microphone
         lsp = await asyncio.create_subprocess_exec("jack_lsp", stdout=asyncio.subprocess.PIPE)
         ports = (await lsp.communicate())[0].decode().split("\n")
@@ -206,7 +206,7 @@ async def test_agent_feeds_what_its_speakers_play_to_its_echo_canceller(
         far = to_i16(fit(speech(FAR_TEXT, "en-us"), 7.0) * 0.4)
         levels = []
         for i in range(0, len(far), 960):
-            agent.audio_sink.write(_frame(far[i : i + 960], i))  # as _read_audio does
+            agent.rig.audio_sink.write(_frame(far[i : i + 960], i))  # as _read_audio does
             sent = await track.recv()
             levels.append(agent.local.mic_level_dbov)
             assert sent.samples == 960
@@ -214,7 +214,7 @@ async def test_agent_feeds_what_its_speakers_play_to_its_echo_canceller(
         stats = processor.stats()
         assert stats["frames"] >= len(levels)
         assert stats["reference_underruns"] < stats["frames"] // 4, stats
-        played = agent.audio_sink.buffer.played_samples
+        played = agent.rig.audio_sink.buffer.played_samples
         assert played > 4 * RATE
         # The far end's speech reached the mic at about -10 dBFS; what the agent sends
         # after convergence is at least 20 dB quieter.
@@ -222,7 +222,4 @@ async def test_agent_feeds_what_its_speakers_play_to_its_echo_canceller(
         assert np.percentile(tail, 90) < -35, np.percentile(tail, 90)
     finally:
         agent.local.close()
-        agent.audio_source.close()
-        agent.audio_sink.close()
-        agent.video_source.close()
-        agent.video_sink.close()
+        agent.rig.close()

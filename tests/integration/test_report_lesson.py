@@ -33,9 +33,9 @@ import pytest
 from syncclass.analytics.st import st_analysis
 from syncclass.demo import LocalDeployment, http_json
 from syncclass.layout import grid_layout
+from syncclass.testing.headcount_scenes import make_scene
+from syncclass.testing.speech_fixtures import make_clips
 from tests.county import County
-from tests.headcount_scenes import make_scene
-from tests.speech_fixtures import make_clips
 
 pytestmark = pytest.mark.integration
 

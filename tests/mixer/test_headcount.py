@@ -10,7 +10,7 @@ import pytest
 
 from mixer.headcount import HeadCounter, find_cascade
 from syncclass.errors import ConfigError
-from tests.headcount_scenes import make_scene, match
+from syncclass.testing.headcount_scenes import make_scene, match
 
 ROOT = Path(__file__).resolve().parents[2]
 # Held out: the detector's settings were chosen on seeds 0..29.

@@ -20,11 +20,11 @@ import zmq.asyncio
 import mixer.publisher as publisher_mod
 from mixer.media import LessonMedia
 from mixer.publisher import RecordingPublisher
-from recorder.wire import Header, LessonMeta, Report
 from syncclass.codec import H264Encoder
 from syncclass.config import default_config_path, load_config
 from syncclass.demo import free_port
 from syncclass.lesson import Lesson
+from syncclass.recorder_wire import Header, LessonMeta, Report
 
 
 async def wait_until(predicate: Any, seconds: float = 5.0) -> bool:

@@ -16,45 +16,16 @@ from mixer.analytics import recording_folder
 from mixer.report import LessonData, build_report, db_rows, render_html, write_report
 from mixer.report_term import render_csv, render_table, term_figures
 from mixer.store import ReportStore
-from syncclass.analytics import AttendanceSession
 from syncclass.cli import main
 from syncclass.config import CountyConfig, default_config_path, load_config
 from syncclass.errors import ConfigError
 from syncclass.lesson import Lesson
-
-MAIN, A, B = "main-3-1", "hetou-3", "shanping-3"
+from syncclass.testing.report_data import MAIN, A, B, data_for, lesson_at
 
 
 @pytest.fixture
 def config() -> CountyConfig:
     return load_config(default_config_path())
-
-
-def lesson_at(start: dt.datetime, minutes: float = 40, subject: str = "数学",
-              n: int = 1) -> Lesson:
-    s = int(start.timestamp() * 1000)
-    return Lesson(f"math-g3-{n}", "shiyan-rural-math", MAIN, [A, B], subject, "三年级", "王老师",
-                  "math-g3", "ended", s, s + int(minutes * 60_000))
-
-
-def data_for(lesson: Lesson) -> LessonData:
-    s = lesson.started_ms
-    e = lesson.ended_ms
-    assert s is not None and e is not None
-    return LessonData(
-        lesson=lesson,
-        sessions={MAIN: [AttendanceSession(s + 500, e, "lesson_ended")],
-                  A: [AttendanceSession(s + 120_000, e, "lesson_ended")],
-                  B: [AttendanceSession(s + 1000, s + 600_000, "disconnected"),
-                      AttendanceSession(s + 660_000, e - 300_000, "leave")]},
-        speech={MAIN: [(s + 10_000, s + 70_000), (s + 100_000, s + 160_000)],
-                A: [(s + 72_000, s + 80_000)], B: [(s + 161_000, s + 170_000)]},
-        hands={A: [s + 60_000, s + 90_000]},
-        heads={A: [(s + 5000, 12), (s + 15_000, 14), (s + 25_000, 13)]},
-        network={A: [{"ts_ms": s + 1000 * i, "rtt_ms": 40.0 + i, "latency_ms": 180.0,
-                      "bitrate_kbps": 1400.0, "fps": 15.0, "freezes": 0, "jitter_ms": 3.0,
-                      "loss_percent": 0.0} for i in range(10)]},
-    )
 
 
 def snake(obj: Any) -> None:

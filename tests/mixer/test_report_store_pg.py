@@ -20,7 +20,7 @@ from mixer.report_term import term_figures
 from mixer.store import ReportStore
 from syncclass.config import default_config_path, load_config
 from syncclass.demo import free_port
-from tests.mixer.test_report_files import data_for, lesson_at
+from syncclass.testing.report_data import data_for, lesson_at
 
 ROOT = Path(__file__).resolve().parents[2]
 

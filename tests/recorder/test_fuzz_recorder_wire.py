@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the ZeroMQ messages the recorder accepts (recorder/wire.py):
+"""Property-based fuzzing of the ZeroMQ messages the recorder accepts (syncclass/recorder_wire.py):
 whatever arrives, parsing yields a valid message or raises ValueError, never another
 exception; valid headers round-trip."""
 
@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recorder.wire import Header, LessonMeta, Report
+from syncclass.recorder_wire import Header, LessonMeta, Report
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 json_values = st.recursive(

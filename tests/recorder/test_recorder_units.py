@@ -21,9 +21,16 @@ import pytest
 from recorder.archive import Job, LocalArchive, Spool
 from recorder.finalize import finalize_lesson, probe
 from recorder.segments import DiskError, Journal, LessonRecording
-from recorder.wire import AUDIO_RATE, ClassroomMeta, Header, LessonMeta, Report, adts_header
 from syncclass.codec import H264Encoder
 from syncclass.errors import RecordingError
+from syncclass.recorder_wire import (
+    AUDIO_RATE,
+    ClassroomMeta,
+    Header,
+    LessonMeta,
+    Report,
+    adts_header,
+)
 
 W, H, FPS = 320, 240, 15.0
 FRAME_TICKS = 6000  # 90 kHz at 15 fps

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-DATA = Path(__file__).parent / "data" / "headcount"
+DATA = Path(__file__).resolve().parents[2] / "tests" / "data" / "headcount"
+"""The face and background pictures (in the repository's tests, not in the package)."""
 BACKGROUNDS = ["brick", "grass", "gravel", "coffee", "chelsea"]
 Box = tuple[int, int, int, int]
 
@@ -26,7 +27,8 @@ def make_scene(faces: int, seed: int, width: int = 1280, height: int = 720,
     ``(x, y, w, h)`` of the faces (the face is the middle ~55% of each pasted crop)."""
     rng = np.random.default_rng(seed)
     bg = _read(f"bg_{BACKGROUNDS[seed % len(BACKGROUNDS)]}.jpg")
-    scene = cv2.resize(bg, (width, height), interpolation=cv2.INTER_LINEAR)
+    scene = np.asarray(cv2.resize(bg, (width, height), interpolation=cv2.INTER_LINEAR),
+                       dtype=np.uint8)
     face = _read("face_astronaut.jpg")
     placed: list[tuple[int, int, int]] = []
     boxes: list[Box] = []

@@ -1,15 +1,15 @@
-"""Sources and sinks of the classroom PC: camera, microphone, media files, synthetic test
-media, screen window, files and null sinks.
+"""Sources of the classroom PC: camera, microphone, media files, synthetic test media
+(and the scripted microphone of :mod:`edge_agent.scripted`).
 
-Every source hands out PyAV frames paced in real time, in the formats the WebRTC client
-sends: video ``yuv420p`` with ``time_base`` 1/90000, audio 20 ms frames of 960 ``s16``
-mono samples at 48 kHz with ``time_base`` 1/48000 and ``pts`` in samples.
+Every source hands out PyAV frames paced in real time (:mod:`edge_agent.pacing`), in the
+formats the WebRTC client sends: video ``yuv420p`` with ``time_base`` 1/90000, audio
+20 ms frames of 960 ``s16`` mono samples at 48 kHz with ``time_base`` 1/48000 and ``pts``
+in samples.
 
 Blocking work (file decoding, camera capture) runs off the event loop: file decoding in
-the default executor, camera capture on a thread each source owns. Factories
-(:func:`open_video_source`, :func:`open_audio_source`, :func:`open_video_sink`,
-:func:`open_audio_sink`) turn the config into objects and can fall back to synthetic media
-when a device is missing.
+the default executor, camera capture on a thread each source owns. The factories
+(:func:`open_video_source`, :func:`open_audio_source`) turn the config into objects and can
+fall back to synthetic media when a device is missing.
 """
 
 from __future__ import annotations
@@ -18,12 +18,9 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import threading
 import time
-import wave
 from collections.abc import Iterator
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -32,51 +29,39 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from syncclass.config import AudioDeviceConfig, SinkConfig, VideoDeviceConfig
+from syncclass.config import AudioDeviceConfig, VideoDeviceConfig
 from syncclass.errors import DeviceError
 from syncclass.timecode import Timecode, paint_timecode, timecode_band_height
 
+from .device_list import find_audio_device, find_camera
+from .pacing import (
+    AUDIO_FRAME_SAMPLES,
+    SAMPLE_RATE,
+    VIDEO_TIME_BASE,
+    FramePacer,
+    SamplePacer,
+    audio_frame,
+    plane_view,
+)
+from .scripted import ScriptedAudioSource
+
 __all__ = [
-    "AUDIO_FRAME_SAMPLES",
-    "AUDIO_TIME_BASE",
-    "SAMPLE_RATE",
-    "VIDEO_TIME_BASE",
-    "AudioSink",
+    "FLASH_S",
     "AudioSource",
     "CameraVideoSource",
     "FileAudioSource",
-    "FileVideoSink",
     "FileVideoSource",
     "MicrophoneAudioSource",
-    "NullAudioSink",
-    "NullVideoSink",
     "SyntheticAudioSource",
     "SyntheticVideoSource",
-    "VideoSink",
     "VideoSource",
-    "WavAudioSink",
-    "WindowVideoSink",
     "is_flash_instant",
-    "luma_of",
-    "open_audio_sink",
     "open_audio_source",
-    "open_video_sink",
     "open_video_source",
 ]
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 48000
-"""Audio sample rate of every source and sink, Hz."""
-AUDIO_FRAME_SAMPLES = 960
-"""Samples per audio frame (20 ms at 48 kHz)."""
-AUDIO_TIME_BASE = Fraction(1, SAMPLE_RATE)
-"""``time_base`` of audio frames: ``pts`` counts samples."""
-VIDEO_TIME_BASE = Fraction(1, 90000)
-"""``time_base`` of video frames (the RTP video clock)."""
-
-_AUDIO_MAX_LATE_S = 0.2
-"""An audio reader later than this skips ahead (a ``pts`` gap) instead of bursting."""
 _FIRST_FRAME_TIMEOUT_S = 10.0
 """How long a camera may take to deliver its first frame, s."""
 _CAMERA_MAX_FAILURES = 50
@@ -122,50 +107,6 @@ class AudioSource(Protocol):
         ...
 
 
-@runtime_checkable
-class VideoSink(Protocol):
-    """Where received or composed video is shown or stored."""
-
-    def write(self, frame: av.VideoFrame) -> None:
-        """Show or store one frame."""
-        ...
-
-    def close(self) -> None:
-        """Flush and release; idempotent."""
-        ...
-
-
-@runtime_checkable
-class AudioSink(Protocol):
-    """Where received audio is played or stored."""
-
-    def write(self, frame: av.AudioFrame) -> None:
-        """Play or store one frame."""
-        ...
-
-    def close(self) -> None:
-        """Flush and release; idempotent."""
-        ...
-
-
-# -- helpers --------------------------------------------------------------------------------
-
-
-def luma_of(frame: av.VideoFrame) -> npt.NDArray[np.uint8]:
-    """A copy of the Y plane of ``frame`` (H x W uint8, line padding removed)."""
-    if frame.format.name not in ("yuv420p", "yuvj420p"):
-        frame = frame.reformat(format="yuv420p")
-    plane = frame.planes[0]
-    rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(frame.height, plane.line_size)
-    return rows[:, : frame.width].copy()
-
-
-def _plane_view(frame: av.VideoFrame, index: int, height: int, width: int) -> npt.NDArray[Any]:
-    """A writable numpy view of one plane of ``frame`` without its line padding."""
-    plane = frame.planes[index]
-    rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(height, plane.line_size)
-    return rows[:, :width]
-
 
 FLASH_S = 0.2
 """How long a sync flash lasts (s): several frames, so a compositor that samples sources at
@@ -181,93 +122,6 @@ def is_flash_instant(capture_s: float, period_s: float, fps: float) -> int | Non
     """
     k = math.floor(capture_s / period_s)
     return k if capture_s - k * period_s < max(1.0 / fps, FLASH_S) else None
-
-
-class _FramePacer:
-    """Paces video frames at ``fps`` on slots aligned to the Unix epoch (``j / fps``), so
-    that frames of separate processes are produced at the same instants and a sync mark at
-    ``k * P`` always falls on a slot. A late caller gets one frame at once, then the schedule
-    continues at the next slot (no burst to catch up); a wall-clock step re-aligns it.
-    """
-
-    def __init__(self, fps: float) -> None:
-        self._fps = fps
-        self._period = 1.0 / fps
-        self._slot: int | None = None
-        self._origin: float | None = None
-        self._last_pts = -1
-
-    async def wait(self) -> int:
-        """Sleep until the next slot; return the frame's ``pts`` in 1/90000 s (monotonic)."""
-        now = time.time()
-        if self._slot is None:
-            self._slot = math.ceil(now * self._fps)
-            self._origin = time.monotonic()
-        due = self._slot / self._fps
-        if due - now > 2 * self._period:
-            # The wall clock stepped back: re-align instead of stalling.
-            self._slot = math.ceil(now * self._fps)
-            due = self._slot / self._fps
-        delay = due - time.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-            early = due - time.time()
-            if early > 0:
-                # asyncio may wake a hair early; a frame must never predate its slot.
-                await asyncio.sleep(early + 0.0005)
-        self._slot = max(self._slot + 1, math.floor(time.time() * self._fps) + 1)
-        assert self._origin is not None
-        pts = round((time.monotonic() - self._origin) * 90000)
-        pts = max(pts, self._last_pts + 1)
-        self._last_pts = pts
-        return pts
-
-
-class _SamplePacer:
-    """Paces 20 ms audio frames: sample ``n`` is due at ``start + n / 48000``."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._start_mono: float | None = None
-        self.start_epoch: float | None = None
-        """Wall-clock (epoch) time of sample 0, s; set by the first :meth:`next`."""
-        self._next = 0
-        self.skipped_samples = 0
-        """Samples skipped because the reader was more than 200 ms late."""
-
-    def start(self) -> None:
-        if self._start_mono is None:
-            self._start_mono = time.monotonic()
-            self.start_epoch = time.time()
-
-    async def next(self) -> int:
-        """Sleep until the next frame is due; return the index of its first sample."""
-        self.start()
-        assert self._start_mono is not None
-        n = self._next
-        delay = self._start_mono + n / SAMPLE_RATE - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        elif -delay > _AUDIO_MAX_LATE_S:
-            elapsed = int((time.monotonic() - self._start_mono) * SAMPLE_RATE)
-            n = elapsed // AUDIO_FRAME_SAMPLES * AUDIO_FRAME_SAMPLES
-            self.skipped_samples += n - self._next
-            logger.warning(
-                "%s: reader %.0f ms late, skipping %d samples",
-                self._name,
-                -delay * 1000,
-                n - self._next,
-            )
-        self._next = n + AUDIO_FRAME_SAMPLES
-        return n
-
-
-def _audio_frame(samples: npt.NDArray[np.int16], pts: int) -> av.AudioFrame:
-    frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-    frame.sample_rate = SAMPLE_RATE
-    frame.pts = pts
-    frame.time_base = AUDIO_TIME_BASE
-    return frame
 
 
 # -- synthetic sources ----------------------------------------------------------------------
@@ -310,7 +164,7 @@ class SyntheticVideoSource:
         """Frames handed out."""
         self.flashes = 0
         """Flash frames handed out."""
-        self._pacer = _FramePacer(fps)
+        self._pacer = FramePacer(fps)
         self._last_flash_k: int | None = None
         self._band = timecode_band_height(height)
         self._build_patterns()
@@ -348,9 +202,9 @@ class SyntheticVideoSource:
 
     def _draw(self, frame: av.VideoFrame, capture_ms: int, flash: bool) -> None:
         w, h, band = self.width, self.height, self._band
-        y = _plane_view(frame, 0, h, w)
-        u = _plane_view(frame, 1, h // 2, w // 2)
-        v = _plane_view(frame, 2, h // 2, w // 2)
+        y = plane_view(frame, 0, h, w)
+        u = plane_view(frame, 1, h // 2, w // 2)
+        v = plane_view(frame, 2, h // 2, w // 2)
         if flash:
             y[:] = 235
             u[:] = 128
@@ -437,7 +291,7 @@ class SyntheticAudioSource:
         self.sync_period_s = sync_period_s
         self.beep_hz = beep_hz
         self.beep_ms = beep_ms
-        self._pacer = _SamplePacer(f"synthetic audio {freq_hz:g} Hz")
+        self._pacer = SamplePacer(f"synthetic audio {freq_hz:g} Hz")
         self._n = np.arange(AUDIO_FRAME_SAMPLES, dtype=np.int64)
         self._start_sample: int | None = None
 
@@ -466,7 +320,7 @@ class SyntheticAudioSource:
 
     def frame_at(self, n0: int) -> av.AudioFrame:
         """The 20 ms frame starting at sample ``n0``, without pacing (tests, benchmarks)."""
-        return _audio_frame(self.samples(n0), n0)
+        return audio_frame(self.samples(n0), n0)
 
     async def read(self) -> av.AudioFrame:
         """The next 20 ms frame, paced in real time."""
@@ -511,7 +365,7 @@ class FileVideoSource:
         self._lock = threading.Lock()
         self._container, self._stream = _open_media(path, "video")
         self._frames = self._decode()
-        self._pacer = _FramePacer(fps)
+        self._pacer = FramePacer(fps)
         self._ticks = 0  # output frames since the file (re)started
         self._loop_start = 0.0  # output time at which the file last started, s
         self._current: av.VideoFrame | None = None
@@ -601,7 +455,7 @@ class FileAudioSource:
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         self._buffer: list[npt.NDArray[np.int16]] = []
         self._buffered = 0
-        self._pacer = _SamplePacer(f"audio file {path!r}")
+        self._pacer = SamplePacer(f"audio file {path!r}")
         self._closed = False
 
     def _decode(self) -> Iterator[av.AudioFrame]:
@@ -647,7 +501,7 @@ class FileAudioSource:
         """The next 20 ms frame, paced in real time."""
         n0 = await self._pacer.next()
         samples = await asyncio.to_thread(self._take)
-        return _audio_frame(samples, n0)
+        return audio_frame(samples, n0)
 
     def close(self) -> None:
         """Close the file."""
@@ -700,7 +554,7 @@ class CameraVideoSource:
         self._first = threading.Event()
         self._stop = threading.Event()
         self._placeholder: npt.NDArray[np.uint8] | None = None
-        self._pacer = _FramePacer(fps)
+        self._pacer = FramePacer(fps)
         self._thread = threading.Thread(
             target=self._run, name=f"capture {self.device}", daemon=True
         )
@@ -906,8 +760,6 @@ class MicrophoneAudioSource:
 
     @staticmethod
     def _find_device(sd: Any, name: str | None, index: int | None = None) -> tuple[int, str]:
-        from .device_list import find_audio_device
-
         return find_audio_device(sd, name, index, "input")
 
     def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
@@ -957,14 +809,14 @@ class MicrophoneAudioSource:
             self._maybe_reopen()
             self.silent_frames += 1
             self._last_seq += 1
-            return _audio_frame(np.zeros(AUDIO_FRAME_SAMPLES, np.int16),
+            return audio_frame(np.zeros(AUDIO_FRAME_SAMPLES, np.int16),
                                 self._last_seq * AUDIO_FRAME_SAMPLES)
         if not self.live:
             logger.info("microphone %r: sound is back", self.device_name)
             self.live = True
         seq = max(seq, self._last_seq + 1)  # silence handed out meanwhile keeps its pts
         self._last_seq = seq
-        return _audio_frame(block, seq * AUDIO_FRAME_SAMPLES)
+        return audio_frame(block, seq * AUDIO_FRAME_SAMPLES)
 
     def _maybe_reopen(self) -> None:
         now = time.monotonic()
@@ -1041,8 +893,6 @@ def open_video_source(
             return FileVideoSource(cfg.path, cfg.width, cfg.height, cfg.fps)
         index, path = cfg.index, cfg.path
         if cfg.name and index is None and path is None:
-            from .device_list import find_camera
-
             cam = find_camera(cfg.name)
             index, path = cam.index, cam.path
         return CameraVideoSource(index, path, cfg.width, cfg.height, cfg.fps)
@@ -1066,8 +916,6 @@ def open_audio_source(
         if cfg.kind == "microphone":
             return MicrophoneAudioSource(cfg.name, cfg.index)
         if cfg.kind == "script":
-            from .scripted import ScriptedAudioSource  # imports this module
-
             assert cfg.path is not None
             return ScriptedAudioSource(cfg.path)
     except DeviceError as exc:
@@ -1075,295 +923,3 @@ def open_audio_source(
             raise
         logger.warning("%s; using a synthetic %g Hz tone instead", exc, freq)
     return SyntheticAudioSource(freq)
-
-
-# -- video sinks ----------------------------------------------------------------------------
-
-
-class NullVideoSink:
-    """Discards frames, counting them."""
-
-    def __init__(self) -> None:
-        self.frames = 0
-        """Frames written."""
-
-    def write(self, frame: av.VideoFrame) -> None:
-        """Count the frame."""
-        self.frames += 1
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-
-class FileVideoSink:
-    """Encodes frames to H.264 (libx264 ultrafast) in an .mp4/.mkv file.
-
-    The file is opened on the first frame, whose size fixes the output size (later frames
-    of another size are scaled). Timestamps follow the frames' ``pts`` when they have one
-    (so gaps stay gaps), else ``fps``. :meth:`close` flushes the encoder and finishes the
-    file. :meth:`write` encodes on the caller's thread (~3-6 ms per 720p frame).
-    """
-
-    def __init__(self, path: str, fps: float) -> None:
-        if fps <= 0:
-            raise ValueError(f"fps {fps} must be positive")
-        self.path = path
-        self.fps = fps
-        self.frames = 0
-        """Frames encoded."""
-        self._container: av.container.OutputContainer | None = None
-        self._stream: Any = None
-        self._size: tuple[int, int] | None = None
-        self._first_time: float | None = None
-        self._last_pts = -1
-        self._closed = False
-
-    def _open(self, width: int, height: int) -> None:
-        try:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            container = av.open(self.path, mode="w")
-        except (av.FFmpegError, OSError, ValueError) as exc:
-            raise DeviceError(f"video file {self.path!r}: cannot create: {exc}") from None
-        stream = container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
-        stream.width = width
-        stream.height = height
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.time_base = VIDEO_TIME_BASE
-        stream.options = {"preset": "ultrafast", "tune": "zerolatency"}
-        self._container, self._stream, self._size = container, stream, (width, height)
-        logger.debug("video file %r: opened %dx%d", self.path, width, height)
-
-    def _pts(self, frame: av.VideoFrame) -> int:
-        t = frame.time
-        if t is None:
-            pts = round(self.frames / self.fps * 90000)
-        else:
-            if self._first_time is None:
-                self._first_time = t
-            pts = round((t - self._first_time) * 90000)
-        pts = max(pts, self._last_pts + 1)
-        self._last_pts = pts
-        return pts
-
-    def write(self, frame: av.VideoFrame) -> None:
-        """Encode one frame."""
-        if self._closed:
-            raise DeviceError(f"video file {self.path!r}: sink is closed")
-        if self._size is None:
-            self._open(frame.width, frame.height)
-        assert self._size is not None and self._container is not None
-        pts = self._pts(frame)
-        width, height = self._size
-        if frame.width != width or frame.height != height or frame.format.name != "yuv420p":
-            frame = frame.reformat(width=width, height=height, format="yuv420p")
-        else:
-            frame = frame.reformat()  # a fresh frame: the caller's pts stays untouched
-        frame.pts = pts
-        frame.time_base = VIDEO_TIME_BASE
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
-        self.frames += 1
-
-    def close(self) -> None:
-        """Flush the encoder and finish the file."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._container is None:
-            logger.debug("video file %r: no frames, nothing written", self.path)
-            return
-        try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-        finally:
-            self._container.close()
-        logger.debug("video file %r: closed after %d frames", self.path, self.frames)
-
-
-class WindowVideoSink:
-    """Shows frames in a pygame window (or full screen), scaled to fit, aspect kept.
-
-    Events are pumped on every frame so the window stays responsive; closing the window
-    sets :attr:`quit_requested`. ``SDL_VIDEODRIVER=dummy`` runs it headless.
-    """
-
-    def __init__(self, fullscreen: bool, title: str) -> None:
-        os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-        try:
-            import pygame
-        except ImportError as exc:
-            raise DeviceError(
-                f"window: pygame is not installed ({exc}); install the 'window' extra"
-            ) from None
-        self._pg: Any = pygame
-        try:
-            pygame.display.init()
-        except pygame.error as exc:
-            raise DeviceError(
-                f"window: no display available ({exc}); set DISPLAY, or use a 'file' or "
-                "'null' screen"
-            ) from None
-        self.fullscreen = fullscreen
-        self.title = title
-        self.frames = 0
-        """Frames shown."""
-        self.quit_requested = False
-        """The user closed the window."""
-        self._screen: Any = None
-        self._closed = False
-        pygame.display.set_caption(title)
-
-    def _ensure_screen(self, width: int, height: int) -> Any:
-        pg = self._pg
-        if self._screen is None:
-            try:
-                if self.fullscreen:
-                    self._screen = pg.display.set_mode((0, 0), pg.FULLSCREEN)
-                else:
-                    self._screen = pg.display.set_mode((width, height), pg.RESIZABLE)
-            except pg.error as exc:
-                raise DeviceError(f"window: cannot open a window: {exc}") from None
-        return self._screen
-
-    def pump(self) -> None:
-        """Handle pending window events (call between frames if frames are sparse)."""
-        pg = self._pg
-        for event in pg.event.get():
-            if event.type == pg.QUIT:
-                if not self.quit_requested:
-                    logger.info("window %r: closed by the user", self.title)
-                self.quit_requested = True
-            elif event.type == pg.KEYDOWN and event.key == pg.K_ESCAPE and self.fullscreen:
-                self.quit_requested = True
-
-    def write(self, frame: av.VideoFrame) -> None:
-        """Show one frame."""
-        if self._closed:
-            return
-        pg = self._pg
-        screen = self._ensure_screen(frame.width, frame.height)
-        sw, sh = screen.get_size()
-        scale = min(sw / frame.width, sh / frame.height)
-        w = max(2, round(frame.width * scale) & ~1)
-        h = max(2, round(frame.height * scale) & ~1)
-        # swscale does YUV→RGB and the scaling in one pass.
-        rgb = frame.to_ndarray(width=w, height=h, format="rgb24")
-        surface = pg.image.frombuffer(np.ascontiguousarray(rgb), (w, h), "RGB")
-        if (w, h) != (sw, sh):
-            screen.fill((0, 0, 0))
-        screen.blit(surface, ((sw - w) // 2, (sh - h) // 2))
-        pg.display.flip()
-        self.frames += 1
-        self.pump()
-
-    def close(self) -> None:
-        """Close the window."""
-        if self._closed:
-            return
-        self._closed = True
-        self._pg.display.quit()
-
-
-# -- audio sinks ----------------------------------------------------------------------------
-
-
-class NullAudioSink:
-    """Discards audio, counting frames and samples."""
-
-    def __init__(self) -> None:
-        self.frames = 0
-        """Frames written."""
-        self.samples = 0
-        """Samples written (per channel)."""
-
-    def write(self, frame: av.AudioFrame) -> None:
-        """Count the frame."""
-        self.frames += 1
-        self.samples += frame.samples
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-
-class WavAudioSink:
-    """Writes audio to a 48 kHz mono s16 WAV file; other formats, layouts (stereo is
-    downmixed) and rates are converted."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.samples = 0
-        """Samples written."""
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._wav = wave.open(path, "wb")
-        except OSError as exc:
-            raise DeviceError(f"audio file {path!r}: cannot create: {exc}") from None
-        self._wav.setnchannels(1)
-        self._wav.setsampwidth(2)
-        self._wav.setframerate(SAMPLE_RATE)
-        self._resampler: av.AudioResampler | None = None
-        self._input_kind: tuple[str, str, int] | None = None
-        self._closed = False
-
-    def _convert(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
-        kind = (frame.format.name, frame.layout.name, frame.sample_rate)
-        if kind == ("s16", "mono", SAMPLE_RATE):
-            return [frame]
-        if kind != self._input_kind or self._resampler is None:
-            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-            self._input_kind = kind
-        return list(self._resampler.resample(frame))
-
-    def write(self, frame: av.AudioFrame) -> None:
-        """Append one frame."""
-        if self._closed:
-            raise DeviceError(f"audio file {self.path!r}: sink is closed")
-        for f in self._convert(frame):
-            samples = f.to_ndarray().reshape(-1).astype("<i2", copy=False)
-            self._wav.writeframes(samples.tobytes())
-            self.samples += samples.size
-
-    def close(self) -> None:
-        """Finish the file (writes the header's lengths)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._resampler is not None:
-            for f in self._resampler.resample(None):
-                samples = f.to_ndarray().reshape(-1).astype("<i2", copy=False)
-                self._wav.writeframes(samples.tobytes())
-                self.samples += samples.size
-        self._wav.close()
-
-
-# -- sink factories -------------------------------------------------------------------------
-
-
-def open_video_sink(cfg: SinkConfig, title: str, *, fps: float = 15.0) -> VideoSink:
-    """The classroom screen described by ``cfg``; ``title`` names the window, ``fps`` is the
-    nominal rate of a ``file`` sink (used only for frames without ``pts``). ``device``: the
-    classroom display with a status strip (:class:`edge_agent.screen.ScreenVideoSink`)."""
-    if cfg.kind == "device":
-        from .screen import ScreenVideoSink
-
-        return ScreenVideoSink(title, fullscreen=cfg.fullscreen)
-    if cfg.kind == "window":
-        return WindowVideoSink(fullscreen=cfg.fullscreen, title=title)
-    if cfg.kind == "file":
-        assert cfg.path is not None
-        return FileVideoSink(cfg.path, fps)
-    return NullVideoSink()
-
-
-def open_audio_sink(cfg: SinkConfig) -> AudioSink:
-    """The classroom speakers described by ``cfg`` (``file``: a WAV file; ``device`` or
-    ``window``: the sound card, :class:`edge_agent.speakers.SpeakerAudioSink`)."""
-    if cfg.kind == "file":
-        assert cfg.path is not None
-        return WavAudioSink(cfg.path)
-    if cfg.kind in ("device", "window"):
-        from .speakers import SpeakerAudioSink
-
-        return SpeakerAudioSink(cfg.name, cfg.index, target_ms=cfg.buffer_ms,
-                                max_ms=max(200.0, 3 * cfg.buffer_ms))
-    return NullAudioSink()

@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -38,7 +39,7 @@ def speech(text: str, voice: str, speed_wpm: int = 150) -> Signal:
         subprocess.run([exe, "-v", voice, "-s", str(speed_wpm), "-w", str(wav), text],
                        check=True, capture_output=True, timeout=60)
         resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
-        chunks = []
+        chunks: list[npt.NDArray[Any]] = []
         with av.open(str(wav)) as container:
             for frame in container.decode(audio=0):
                 chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))

@@ -13,11 +13,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from playwright.sync_api import BrowserContext, sync_playwright
+import yaml
+from playwright.sync_api import BrowserContext, Page, sync_playwright
 
 from syncclass.timecode import Timecode, paint_timecode
 
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository (its ``configs/county.yaml``)."""
 CHROMIUM = Path("/usr/bin/chromium")
+MAIN, AGENT_RURAL, BROWSER = "main-3-1", "shanping-3", "hetou-3"
+"""The sample county's main classroom, a receiving classroom with an agent and one that
+joins from the browser."""
 BASE_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -84,3 +90,22 @@ def chromium(video: Path | None = None, audio: Path | None = None) -> Iterator[B
             yield context
         finally:
             context.close()
+
+
+def browser_lesson_config(tmp: Path) -> tuple[Path, Path]:
+    """The sample county with its mixer data in ``tmp``: (config path, data dir)."""
+    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
+    data_dir = tmp / "mixer-data"
+    data["mixer"]["data_dir"] = str(data_dir)
+    path = tmp / "county.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path, data_dir
+
+
+def wait_page(page: Page, expr: str, timeout_s: float, what: str) -> None:
+    """Wait until ``expr`` is truthy in ``page``; on timeout fail with the page's log."""
+    try:
+        page.wait_for_function(expr, timeout=timeout_s * 1000, polling=200)
+    except Exception as exc:
+        logs = page.evaluate("() => document.getElementById('log').innerText")
+        raise AssertionError(f"timed out waiting for {what}; page log:\n{logs}") from exc

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from syncclass.config import RecorderConfig, S3ArchiveConfig
+from syncclass.config import RecorderConfig, S3ArchiveConfig, is_lesson_id
 from syncclass.errors import RecordingError
 
 from .segments import sha256_file
@@ -66,7 +66,10 @@ class Job:
     def load(cls, path: Path) -> Job:
         data = json.loads(path.read_text(encoding="utf-8"))
         files = [SpoolFile(**f) for f in data.pop("files")]
-        return cls(files=files, path=path, **data)
+        job = cls(files=files, path=path, **data)
+        if not is_lesson_id(job.lesson_id):  # it names the archive folder or object key
+            raise ValueError(f"lesson_id {str(job.lesson_id)[:80]!r} is not a lesson id")
+        return job
 
 
 class Spool:
@@ -76,6 +79,8 @@ class Spool:
         self.root = root
 
     def add(self, lesson_id: str, files: list[Path], sha256: dict[str, str]) -> Job:
+        if not is_lesson_id(lesson_id):
+            raise ValueError(f"lesson id {lesson_id[:80]!r} is not a lesson id")
         self.root.mkdir(parents=True, exist_ok=True)
         job = Job(
             lesson_id=lesson_id,
@@ -123,6 +128,8 @@ class LocalArchive:
         return f"folder {self.root}"
 
     def put(self, job: Job, progress: Progress) -> dict[str, str]:
+        if not is_lesson_id(job.lesson_id):
+            raise RecordingError(f"lesson id {job.lesson_id[:80]!r} is not a lesson id")
         dest_dir = self.root / job.lesson_id
         dest_dir.mkdir(parents=True, exist_ok=True)
         total = sum(f.size for f in job.files) or 1

@@ -31,6 +31,8 @@ from typing import Any
 
 import av
 
+from syncclass.config import is_lesson_id
+
 from .wire import AUDIO_RATE, VIDEO_RATE, LessonMeta
 
 logger = logging.getLogger(__name__)
@@ -255,6 +257,9 @@ class LessonRecording:
     after leaving the recording consistent (the open segment is dropped, a gap follows)."""
 
     def __init__(self, root: Path, meta: LessonMeta, segment_s: float) -> None:
+        if not is_lesson_id(meta.lesson_id):  # the last guard before it names a folder
+            raise DiskError(f"lesson id {meta.lesson_id[:80]!r} is not a lesson id; "
+                            "nothing written")
         self.root = root
         self.meta = meta
         self.segment_ticks = round(segment_s * VIDEO_RATE)

@@ -31,6 +31,7 @@ async def test_lesson_events_to_report_ready(tmp_path: Path) -> None:
     config = base.model_copy(update={
         "mixer": base.mixer.model_copy(update={"data_dir": str(tmp_path)}),
         "analytics": base.analytics.model_copy(update={"head_count_interval_s": 0}),
+        "recorder": base.recorder.model_copy(update={"archive_dir": str(tmp_path / "rec")}),
     })
     mixer = Mixer(config)
     analytics = Analytics(mixer)
@@ -60,14 +61,19 @@ async def test_lesson_events_to_report_ready(tmp_path: Path) -> None:
         assert [s["reason"] for s in a["sessions"]] == ["leave"]
         assert a["sessions"][0]["leave_ms"] - a["sessions"][0]["join_ms"] >= 250
         assert data["url"] == f"/reports/{lesson.lesson_id}/"
-        # A recording announced after the report: the report is copied beside it.
+        # A recording announced after the report: the report is copied beside it, in the
+        # folder the recorder archived it to (by config), not one the message names.
         rec = tmp_path / "rec" / lesson.lesson_id
-        mixer.emit("recording_ready", lesson.lesson_id, MAIN, mp4=str(rec / "lesson.mp4"))
+        rec.mkdir(parents=True)  # the recorder's archive folder of the lesson
+        elsewhere = tmp_path / "elsewhere"
+        mixer.emit("recording_ready", lesson.lesson_id, MAIN, folder=str(elsewhere),
+                   mp4=str(elsewhere / "lesson.mp4"))
         for _ in range(100):
             if beside(rec):
                 break
             await asyncio.sleep(0.05)
         assert beside(rec)
+        assert not elsewhere.exists()
         # A later mixer finds the finished report from its folder.
         again = Analytics(Mixer(config))
         found = again.load_finished(lesson.lesson_id)

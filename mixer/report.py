@@ -23,6 +23,7 @@ from syncclass.analytics.speech import Segment, find_exchanges, merge_turns, tal
 from syncclass.analytics.st import st_analysis
 from syncclass.config import AnalyticsConfig, CountyConfig
 from syncclass.lesson import Lesson
+from syncclass.private_files import private_dir, write_private
 
 from .headcount import METHOD as HEAD_COUNT_METHOD
 
@@ -405,13 +406,13 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccd; padding
 
 def write_report(report: dict[str, Any], folder: Path) -> dict[str, str]:
     """Write report.json, report.csv and report.html into ``folder``; their paths."""
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)  # minors' data: owner only (0700 / 0600)
     paths = {"json": folder / "report.json", "csv": folder / "report.csv",
              "html": folder / "report.html"}
     texts = {"json": json.dumps(report, ensure_ascii=False, indent=2),
              "csv": render_csv(report), "html": render_html(report)}
     for key, path in paths.items():
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(texts[key], encoding="utf-8")
+        write_private(tmp, texts[key])
         tmp.replace(path)  # readers never see a half-written file
     return {k: str(p.resolve()) for k, p in paths.items()}

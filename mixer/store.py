@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from syncclass.errors import ConfigError
+from syncclass.private_files import create_private, private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,9 @@ class ReportStore:
     @contextmanager
     def _connect(self) -> Iterator[Any]:
         if self.kind == "sqlite":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
+            # SQLite gives its -wal/-journal files the database's mode: owner only.
+            create_private(self.path)
             conn: Any = sqlite3.connect(self.path, timeout=10)
         else:
             try:

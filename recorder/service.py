@@ -35,6 +35,7 @@ import zmq.asyncio
 
 from syncclass.config import RecorderConfig
 from syncclass.errors import RecordingError
+from syncclass.private_files import private_dir, write_private
 
 from .archive import Job, Spool, Uploader, make_target
 from .finalize import finalize_lesson
@@ -90,7 +91,7 @@ class Recorder:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         try:
-            self.out.mkdir(parents=True, exist_ok=True)
+            private_dir(self.out)  # lessons of minors: owner only
         except OSError as exc:
             raise RecordingError(f"cannot create recorder folder {self.out}: {exc}") from exc
         problem = self.cfg.bus_problem()
@@ -374,7 +375,7 @@ class Recorder:
         status = {"lesson_id": job.lesson_id, "archived": where,
                   "mp4": str(local / "lesson.mp4")}
         with contextlib.suppress(OSError):
-            (local / "archived.json").write_text(json.dumps(status, indent=1))
+            write_private(local / "archived.json", json.dumps(status, indent=1))
         logger.info("lesson %s: recording ready: %s", job.lesson_id, where.get("lesson.mp4"))
         self._spawn(self._report("recording_ready", job.lesson_id, locations=where,
                                  mp4=where.get("lesson.mp4"),

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .config import CountyConfig, LessonId, TimetableEntry
 from .errors import AuthError, InvalidStateError
+from .private_files import private_dir
 from .protocol import LessonInfo, LessonStateName
 
 logger = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ def lessons_from_json(text: str, config: CountyConfig, now_ms: int) -> list[Less
 def save_lessons(path: Path, lessons: Iterable[Lesson]) -> None:
     """Write the live lessons to ``path`` atomically (temp file, fsync, rename)."""
     text = lessons_to_json(lessons)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)  # mkstemp makes the file 0600
     fd, tmp = tempfile.mkstemp(prefix=".lessons-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

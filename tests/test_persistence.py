@@ -110,7 +110,7 @@ def _write_bad(path: Path, case: str, config: CountyConfig) -> None:
     if case == "invalid_utf8":
         path.write_bytes(json.dumps(doc).encode()[:-3] + b'"\xff\xfe"}')
     elif case == "wrong_type":
-        doc["lessons"][0]["started_ms"] = str(T0)
+        doc["lessons"][0]["subject"] = {"name": ["数学"]}
         path.write_text(json.dumps(doc))
     elif case == "receiving_not_list":
         doc["lessons"][0]["receiving"] = {"a": 1}

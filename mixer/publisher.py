@@ -186,6 +186,8 @@ class RecordingPublisher:
         """Upstream messages refused (no authenticated recorder name, or malformed)."""
         self.recorders: list[str] = []
         """Names of the recorders now connected."""
+        self._presence_log_due = False
+        self._presence_logged_at = -1.0
 
     @property
     def active(self) -> bool:
@@ -540,10 +542,22 @@ class RecordingPublisher:
     def _presence_changed(self) -> None:
         names = sorted(self._peers)
         if names != self.recorders:
-            logger.info("recording publisher: %d recorder(s) connected%s", len(names),
-                        f": {', '.join(names)}" if names else "")
+            self._presence_log_due = True
         self.recorders = names
         self.stats_.subscribers = len(names)
+        self._log_presence(time.monotonic())
+
+    def _log_presence(self, now: float) -> None:
+        """The connected recorders, logged on change at most once a second (names a peer
+        makes up must not flood the log)."""
+        if not self._presence_log_due or now - self._presence_logged_at < 1.0:
+            return
+        self._presence_log_due = False
+        self._presence_logged_at = now
+        names = self.recorders
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        logger.info("recording publisher: %d recorder(s) connected%s", len(names),
+                    f": {shown}" if names else "")
 
     def _want_replay(self, peer: str, now: float, lessons: dict[str, _LessonState]) -> None:
         """A (re)subscribed recorder: meta and the recent stream now, or when the peer's
@@ -588,6 +602,7 @@ class RecordingPublisher:
     def _periodic(self, lessons: dict[str, _LessonState]) -> None:
         now = time.monotonic()
         self._expire_peers(now)
+        self._log_presence(now)
         for peer in [p for p in self._replay_pending if now >= self._replay_next.get(p, 0.0)]:
             self._want_replay(peer, now, lessons)
         for state in lessons.values():

@@ -76,7 +76,7 @@ class CommentStore:
 
     @staticmethod
     def _append(path: Path, record: CommentRecord) -> None:
-        private_dir(path.parent)  # minors' data: owner only (0700 / 0600)
+        private_dir(path.parent, own=True)  # minors' data: owner only (0700 / 0600)
         line = record.model_dump_json() + "\n"
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         with os.fdopen(fd, "a", encoding="utf-8") as fh:

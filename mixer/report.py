@@ -406,7 +406,7 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccd; padding
 
 def write_report(report: dict[str, Any], folder: Path) -> dict[str, str]:
     """Write report.json, report.csv and report.html into ``folder``; their paths."""
-    private_dir(folder)  # minors' data: owner only (0700 / 0600)
+    private_dir(folder, own=True)  # minors' data: owner only (0700 / 0600)
     paths = {"json": folder / "report.json", "csv": folder / "report.csv",
              "html": folder / "report.html"}
     texts = {"json": json.dumps(report, ensure_ascii=False, indent=2),

@@ -131,7 +131,7 @@ class LocalArchive:
     def put(self, job: Job, progress: Progress) -> dict[str, str]:
         if not is_lesson_id(job.lesson_id):
             raise RecordingError(f"lesson id {job.lesson_id[:80]!r} is not a lesson id")
-        dest_dir = private_dir(self.root / job.lesson_id)  # minors' data: owner only
+        dest_dir = private_dir(self.root / job.lesson_id, own=True)  # owner only
         total = sum(f.size for f in job.files) or 1
         done = 0
         out = {}

@@ -300,8 +300,8 @@ class LessonRecording:
         self._replace: SegmentInfo | None = None
         """A salvaged cut-off last segment that the mixer's replay may record again whole."""
         try:
-            private_dir(self.dir)  # minors' data: owner only (0700 / 0600)
-            private_dir(self.seg_dir)
+            private_dir(self.dir, own=True)  # minors' data: owner only (0700 / 0600)
+            private_dir(self.seg_dir, own=True)
             self.write_meta(meta)
         except OSError as exc:
             raise DiskError(f"cannot create lesson folder {self.dir}: {exc}") from exc

@@ -91,7 +91,7 @@ class Recorder:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         try:
-            private_dir(self.out)  # lessons of minors: owner only
+            private_dir(self.out)  # created owner-only; each lesson folder is 0700
         except OSError as exc:
             raise RecordingError(f"cannot create recorder folder {self.out}: {exc}") from exc
         problem = self.cfg.bus_problem()

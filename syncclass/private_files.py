@@ -18,9 +18,11 @@ FILE_MODE = 0o600
 """Mode of every file of lesson data (owner read/write only)."""
 
 
-def private_dir(path: Path) -> Path:
-    """``mkdir -p path``: each directory it creates gets :data:`DIR_MODE`, and ``path``
-    itself is set to it (a folder left ``0755`` by an older version is tightened)."""
+def private_dir(path: Path, own: bool = False) -> Path:
+    """``mkdir -p path``, each directory it creates getting :data:`DIR_MODE`. With ``own``
+    (one lesson's folder, which only this service writes) an existing ``path`` is set to
+    :data:`DIR_MODE` too (tightening a folder an older version left ``0755``); existing
+    roots (a configured ``data_dir``, which may be shared) are left as they are."""
     missing = []
     p = path
     while not p.exists() and p != p.parent:
@@ -30,7 +32,8 @@ def private_dir(path: Path) -> Path:
         with contextlib.suppress(FileExistsError):  # another writer made it meanwhile
             d.mkdir(mode=DIR_MODE)
         os.chmod(d, DIR_MODE)  # mkdir's mode is masked by the umask
-    os.chmod(path, DIR_MODE)
+    if own:
+        os.chmod(path, DIR_MODE)
     return path
 
 

@@ -81,3 +81,21 @@ def test_recording_files(tmp_path: Path) -> None:
     assert_private(tmp_path / "spool")
     LocalArchive(tmp_path / "archive").put(job, lambda st, p: None)
     assert_private(tmp_path / "archive")
+
+
+def test_existing_roots_keep_their_mode_lesson_folders_are_tightened(tmp_path: Path) -> None:
+    """A configured root may be shared (never chmod /tmp); a lesson's folder is ours."""
+    from syncclass.private_files import private_dir
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o755)
+    private_dir(shared)
+    assert mode(shared) == 0o755
+    old_lesson = shared / "lesson-1"
+    old_lesson.mkdir()
+    os.chmod(old_lesson, 0o755)  # left by an older version
+    private_dir(old_lesson, own=True)
+    assert mode(old_lesson) == 0o700
+    private_dir(shared / "new" / "deeper")
+    assert mode(shared / "new") == 0o700 and mode(shared / "new" / "deeper") == 0o700

@@ -338,9 +338,29 @@ Z85_KEY_PATTERN = r"^[0-9a-zA-Z.:+=^!/*?&<>()\[\]{}@%$#-]{40}$"
 Z85Key = Annotated[str, Field(pattern=Z85_KEY_PATTERN)]
 
 
-def _z85_secret(value: SecretStr | None, where: str) -> None:
-    if value is not None and re.fullmatch(Z85_KEY_PATTERN, value.get_secret_value()) is None:
-        raise ValueError(f"{where}: not a Z85 CURVE key (40 characters; hidden)")
+def _z85_key(text: str, where: str, shown: bool = True) -> bytes:
+    """The 32 bytes of a Z85 CURVE key; ``ValueError`` naming ``where`` if it is none."""
+    from zmq.utils import z85  # text codec only (no sockets)
+
+    shown_text = repr(text) if shown else "(hidden)"
+    if re.fullmatch(Z85_KEY_PATTERN, text) is None:
+        raise ValueError(f"{where}: {shown_text} is not a Z85 CURVE key (40 characters)")
+    try:
+        return bytes(z85.decode(text.encode()))
+    except Exception:  # struct.error: a group of 5 characters beyond 2**32
+        raise ValueError(f"{where}: {shown_text} is not a Z85 CURVE key") from None
+
+
+def _public_of(secret: SecretStr, where: str) -> str:
+    """The public key (Z85) of a secret CURVE key."""
+    import zmq  # CURVE key arithmetic only (no sockets)
+
+    text = secret.get_secret_value()
+    _z85_key(text, where, shown=False)
+    try:
+        return bytes(zmq.curve_public(text.encode())).decode()
+    except zmq.ZMQError:
+        raise ValueError(f"{where}: not a CURVE secret key (hidden)") from None
 
 
 class RecorderKeyConfig(_Model):
@@ -369,19 +389,17 @@ class CurveConfig(_Model):
 
     @model_validator(mode="after")
     def _keys_fit(self) -> CurveConfig:
-        _z85_secret(self.mixer_secret_key, "mixer_secret_key")
-        _z85_secret(self.recorder_secret_key, "recorder_secret_key")
+        _z85_key(self.mixer_public_key, "mixer_public_key")
+        for i, r in enumerate(self.recorders):
+            _z85_key(r.public_key, f"recorders[{i}].public_key")
         _unique("recorders", [r.name for r in self.recorders])
         _unique("recorders", [r.public_key for r in self.recorders], what="public_key")
-        import zmq  # CURVE key arithmetic only (no sockets)
-
         if self.mixer_secret_key is not None:
-            public = zmq.curve_public(self.mixer_secret_key.get_secret_value().encode())
-            if public.decode() != self.mixer_public_key:
+            if _public_of(self.mixer_secret_key, "mixer_secret_key") != self.mixer_public_key:
                 raise ValueError("mixer_secret_key does not belong to mixer_public_key")
-        if self.recorder_secret_key is not None and self.recorders:
-            public = zmq.curve_public(self.recorder_secret_key.get_secret_value().encode())
-            if public.decode() not in {r.public_key for r in self.recorders}:
+        if self.recorder_secret_key is not None:
+            public = _public_of(self.recorder_secret_key, "recorder_secret_key")
+            if self.recorders and public not in {r.public_key for r in self.recorders}:
                 raise ValueError("recorder_secret_key belongs to none of 'recorders'")
         return self
 

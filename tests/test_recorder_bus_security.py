@@ -231,6 +231,11 @@ def test_keys_are_required_off_loopback_and_secrets_hidden(
     wrong = dict(section["curve"], mixer_public_key=curve.recorders[0].public_key)
     with pytest.raises(ConfigError, match="mixer_secret_key"):
         parse_config(_sample({"curve": wrong}))
+    # Keys that fit the pattern but are no keys are refused with a message, not a crash.
+    for bad in ({"mixer_public_key": "#" * 40},
+                {"mixer_public_key": curve.mixer_public_key, "recorder_secret_key": "#" * 40}):
+        with pytest.raises(ConfigError, match="not a"):
+            parse_config(_sample({"curve": bad}))
     # A command-line endpoint is checked too.
     assert main(["recorder", "--recorder-endpoint", "tcp://0.0.0.0:8711"]) == 2
     assert "recorder-keys" in capsys.readouterr().err

@@ -56,6 +56,8 @@ from recorder.wire import (
 from syncclass.config import CountyConfig, CurveConfig
 from syncclass.events import EventName
 
+from .core import Mixer
+from .guard import require_ops
 from .media import LessonMedia
 
 logger = logging.getLogger(__name__)
@@ -317,7 +319,9 @@ class RecordingPublisher:
             media.packet_listeners[self.view or ""].remove(on_packet)
         with contextlib.suppress(ValueError):
             media.full_mix_listeners.remove(on_mix)
-        self._put(("end", lesson_id, "lesson_ended"), force=True)
+        # The lesson's own end time, so the recording's metadata and the lesson report
+        # agree (the send happens ~100 ms later, after the media closed).
+        self._put(("end", lesson_id, "lesson_ended", media.lesson.ended_ms), force=True)
 
     def _meta(self, media: LessonMedia) -> LessonMeta:
         lesson = media.lesson
@@ -412,7 +416,8 @@ class RecordingPublisher:
         elif kind == "audio":
             self._send_audio(state, item[2])
         elif kind == "end":
-            end = {"reason": item[2], "ended_ms": int(time.time() * 1000)}
+            ended_ms = item[3] if len(item) > 3 and item[3] else int(time.time() * 1000)
+            end = {"reason": item[2], "ended_ms": ended_ms}
             self._send(state, "end", json.dumps(end).encode(), 0, False, block=True)
             self._close_encoder(state)
             del lessons[lesson_id]
@@ -709,21 +714,14 @@ class RecordingPublisher:
 PUBLISHER_KEY = web.AppKey("recording_publisher", RecordingPublisher)
 
 
-def setup_recording(app: web.Application) -> RecordingPublisher:
+def setup_recording(app: web.Application, mixer: Mixer) -> RecordingPublisher:
     """Attach the publisher to the mixer's aiohttp app: media hooks, lifecycle, and
     ``GET /api/recorder`` (publisher counters, connected recorders, their reports; ops
     only: dashboard session or ``ops.api_token``)."""
-    from .server import MIXER_KEY  # server imports this module inside create_app
-
-    mixer = app[MIXER_KEY]
     publisher = RecordingPublisher(mixer.config, mixer.emit)
     app[PUBLISHER_KEY] = publisher
     mixer.on_media_created.append(publisher.attach)
     mixer.on_media_closing.append(publisher.detach)
-    from .dashboard import OPS_KEY
-
-    if OPS_KEY in app:  # the dashboard's "Recorder" field
-        app[OPS_KEY].netstats.recorder_state = publisher.summary
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         publisher.start()
@@ -731,8 +729,6 @@ def setup_recording(app: web.Application) -> RecordingPublisher:
         await publisher.aclose()
 
     async def recorder_status(request: web.Request) -> web.Response:
-        from .guard import require_ops
-
         require_ops(request)  # recording paths and reports: ops only
         return web.json_response(request.app[PUBLISHER_KEY].stats(),
                                  headers={"Cache-Control": "no-store"})

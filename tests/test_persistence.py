@@ -12,7 +12,7 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
-from mixer.server import create_app
+from mixer.app import create_app
 from syncclass.config import CountyConfig, parse_config
 from syncclass.lesson import LessonRegistry, lessons_to_json, load_lessons, save_lessons
 

@@ -392,7 +392,10 @@ class S3ArchiveConfig(_Model):
 
 Z85_KEY_PATTERN = r"^[0-9a-zA-Z.:+=^!/*?&<>()\[\]{}@%$#-]{40}$"
 """A 32-byte CURVE key in Z85 text (40 characters), as ``syncclass recorder-keys`` prints."""
-Z85Key = Annotated[str, Field(pattern=Z85_KEY_PATTERN)]
+Z85Key = Annotated[str, worded_pattern(
+    Z85_KEY_PATTERN,
+    "use a CURVE key of 40 Z85 characters as 'syncclass recorder-keys' prints it, e.g. "
+    "'rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7'")]
 
 
 def _z85_key(text: str, where: str, shown: bool = True) -> bytes:

@@ -21,8 +21,8 @@ from recorder.finalize import finalize_lesson
 from recorder.segments import LessonRecording
 from syncclass.config import default_config_path, load_config
 from syncclass.lesson import save_lessons
-from tests.test_recorder_units import MediaSource, feed, make_meta
-from tests.test_report_files import data_for, lesson_at
+from tests.mixer.test_report_files import data_for, lesson_at
+from tests.recorder.test_recorder_units import MediaSource, feed, make_meta
 
 
 @pytest.fixture(autouse=True)

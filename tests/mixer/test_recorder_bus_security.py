@@ -28,7 +28,7 @@ from syncclass.config import (
     parse_config,
 )
 from syncclass.errors import ConfigError, RecordingError
-from tests.test_publisher import setup, video_packets, wait_until
+from tests.mixer.test_publisher import setup, video_packets, wait_until
 
 Keys = dict[str, tuple[bytes, bytes]]
 

@@ -17,7 +17,7 @@ from recorder.service import Recorder
 from recorder.wire import Header, LessonMeta
 from syncclass.config import RecorderConfig
 from syncclass.errors import RecordingError
-from tests.test_recorder_units import make_meta
+from tests.recorder.test_recorder_units import make_meta
 
 BAD_IDS = ["../../x", "../x", "/tmp/x", "a/b", ".hidden", "..", "x\x00y", "X" * 200, "Ab"]
 

@@ -578,8 +578,9 @@ class RecordingPublisher:
                 if old != peer:
                     del self._replay_next[old]
                     self._replay_pending.discard(old)
-        for state in lessons.values():  # a (re)started recorder: let it start now
-            state.absent_since = None
+        # A (re)started recorder: let it start now. (The no-recorder alert follows who is
+        # heard from, not subscriptions: they may be forged.)
+        for state in lessons.values():
             self._send_meta(state)
             self._replay(state)
             self._call(self._request_keyframe, state.meta.lesson_id)

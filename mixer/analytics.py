@@ -37,7 +37,7 @@ from aiohttp import web
 
 from syncclass.analytics.attendance import AttendanceTracker
 from syncclass.analytics.speech import VadSmoother
-from syncclass.config import CountyConfig
+from syncclass.config import CountyConfig, RecorderConfig, is_lesson_id
 from syncclass.errors import AuthError, ConfigError, InvalidStateError
 from syncclass.events import Event
 from syncclass.httperrors import json_error
@@ -308,8 +308,11 @@ class Analytics:
         elif event.name == "lesson_ended" and la is not None:
             self._spawn(self._finish(la), f"report:{la.lesson.lesson_id}")
         elif event.name == "recording_ready" and event.lesson_id:
-            folder = recording_folder(event.data)
-            if folder:
+            # Never a path from the event (a recorder's report): the folder the recorder
+            # archives this lesson to, by this mixer's config, if the recording is there
+            # (so an id with no recording adds nothing here).
+            folder = recording_folder(self.config.recorder, event.lesson_id)
+            if folder is not None and folder.is_dir():
                 target = la or self.load_finished(event.lesson_id) or self._placeholder(event)
                 self.lessons.setdefault(event.lesson_id, target)
                 target.recording_dir = str(folder)
@@ -406,11 +409,12 @@ class Analytics:
         srcs = [Path(la.report_paths[k]) for k in REPORT_FILES]
 
         def copy() -> None:
+            if not dest.is_dir():  # created by the recorder only, never from here
+                raise FileNotFoundError(f"no recording folder {dest}")
             report = json.loads(srcs[0].read_text(encoding="utf-8"))
             if report.get("recording_dir") != str(dest):
                 report["recording_dir"] = str(dest)
                 write_report(report, srcs[0].parent)
-            dest.mkdir(parents=True, exist_ok=True)
             for src in srcs:
                 if src.is_file():  # report-excel.csv: not in reports of older versions
                     shutil.copy2(src, dest / src.name)
@@ -423,16 +427,15 @@ class Analytics:
                            la.lesson.lesson_id, dest, exc)
 
 
-def recording_folder(data: dict[str, Any]) -> str | None:
-    """The local folder of a ``recording_ready`` event's recording: its ``folder``, else
-    the folder of its ``mp4`` when that is a local path (not ``s3://`` and the like)."""
-    folder = data.get("folder")
-    if isinstance(folder, str) and folder:
-        return folder
-    mp4 = data.get("mp4")
-    if isinstance(mp4, str) and mp4 and "://" not in mp4:
-        return str(Path(mp4).parent)
-    return None
+def recording_folder(recorder: RecorderConfig, lesson_id: str) -> Path | None:
+    """The local folder a lesson's recording is archived in: ``<archive_dir>/<lesson_id>``
+    when the archive is local and ``lesson_id`` is a lesson id (never a path taken from a
+    message), else ``None``."""
+    if recorder.archive != "local" or not is_lesson_id(lesson_id):
+        return None
+    root = Path(recorder.archive_dir).resolve()
+    folder = (root / lesson_id).resolve()
+    return folder if folder.parent == root else None
 
 
 ANALYTICS_KEY = web.AppKey("analytics", Analytics)

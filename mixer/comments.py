@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from syncclass.private_files import FILE_MODE, private_dir
 from syncclass.protocol import CommentRecord
 
 logger = logging.getLogger(__name__)
@@ -75,9 +76,11 @@ class CommentStore:
 
     @staticmethod
     def _append(path: Path, record: CommentRecord) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent, own=True)  # minors' data: owner only (0700 / 0600)
         line = record.model_dump_json() + "\n"
-        with path.open("a", encoding="utf-8") as fh:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), FILE_MODE)
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())

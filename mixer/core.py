@@ -172,9 +172,14 @@ class Mixer:
     # -- persistence --------------------------------------------------------------------------
     def restore_lessons(self) -> list[Lesson]:
         """Reload the live lessons a previous mixer process left (start of serving)."""
-        restored = load_lessons(self.lessons_path, self.config)
-        for lesson in restored:
-            self.lessons.restore(lesson)
+        restored = []
+        for lesson in load_lessons(self.lessons_path, self.config):
+            try:
+                self.lessons.restore(lesson)
+            except InvalidStateError as exc:  # load_lessons refuses such files already
+                logger.error("lesson %s: not resumed: %s", lesson.lesson_id, exc)
+                continue
+            restored.append(lesson)
         return restored
 
     def _persist_lessons(self) -> None:

@@ -12,6 +12,16 @@ that does not keep up (its ZeroMQ high-water mark reached) drops messages, count
 rest of that GOP is dropped too (the recorder could not decode it) until the next
 keyframe. Nothing here ever waits on a recorder. With no recorder connected while a lesson
 is live, a warning and an ``alert`` event say so.
+
+Who may connect: with ``recorder.curve`` set the socket is a ZeroMQ CURVE server and a ZAP
+handler admits only the listed recorders' public keys: any other peer fails the handshake
+and neither receives a byte nor gets one message through. Recorders are counted by that
+authenticated name (ZAP User-Id) when heard from within :data:`PRESENCE_S` (they send a
+``hello`` every second), never by subscription frames. Without keys the endpoint must be
+loopback or ``ipc://`` (:meth:`RecorderConfig.bus_problem`) and recorders are counted by the
+name they report. Nothing from the wire names a file or folder here; per-peer state
+(presence, replay pacing) and finished recordings (``ready``) are bounded; replays are paced
+per peer (:data:`REPLAY_MIN_INTERVAL_S`); log lines caused by peers are rate-limited.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +42,9 @@ from typing import Any
 import av
 import zmq
 from aiohttp import web
+from zmq.auth.thread import ThreadAuthenticator
 
-from syncclass.config import CountyConfig
+from syncclass.config import CountyConfig, CurveConfig
 from syncclass.events import EventName
 from syncclass.recorder_wire import (
     AUDIO_RATE,
@@ -56,6 +67,19 @@ AAC_BITRATE = 96_000
 """Bit/s of the recording's mono AAC-LC full mix."""
 ABSENT_GRACE_S = 3.0
 """A live lesson with no recorder connected for this long raises an alert."""
+PRESENCE_S = 3.5
+"""A recorder counts as connected while heard from within this many seconds (it sends a
+``hello`` every second; a disconnect's unsubscription carries no name to count it by)."""
+REPLAY_MIN_INTERVAL_S = 2.0
+"""At most one replay of the recent stream per peer this often (seconds); a subscription
+inside the interval gets its replay when the interval ends (replays go to every recorder,
+so 79 subscription frames must not mean 79 replays)."""
+MAX_PEERS = 64
+"""Peers tracked (presence, replay pacing); beyond it the longest silent one is forgotten."""
+READY_KEEP = 200
+"""Finished recordings remembered (``recording_ready`` reports), newest kept."""
+MAX_REPORT_BYTES = 65536
+"""A recorder's upstream message larger than this drops its connection (ZMQ_MAXMSGSIZE)."""
 
 Emit = Callable[..., None]
 
@@ -101,6 +125,33 @@ class PublisherStats:
     """Recent recorder reports (bounded)."""
 
 
+def _often(n: int) -> bool:
+    """Whether the ``n``-th occurrence of a peer-caused event is logged (1, 10, 100, then
+    every 1000th): a peer can cause many, and the log must not grow with them."""
+    return n in (1, 10, 100) or n % 1000 == 0
+
+
+class _KeyRing:
+    """ZAP credentials of the configured recorders: admits their public keys, names them."""
+
+    def __init__(self, curve: CurveConfig) -> None:
+        self.names = {r.public_key.encode(): r.name for r in curve.recorders}
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.names
+
+
+class _Authenticator(ThreadAuthenticator):
+    """ZAP handler whose User-Id is the recorder's configured name."""
+
+    keyring: _KeyRing
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        from zmq.utils import z85
+
+        return self.keyring.names.get(z85.encode(client_public_key), "?")
+
+
 class RecordingPublisher:
     """One per mixer: ``start()`` (binds the endpoint) then ``aclose()``.
 
@@ -122,9 +173,23 @@ class RecordingPublisher:
         self._media: dict[str, LessonMedia] = {}
         self._listeners: dict[str, tuple[Callable[[av.Packet], None],
                                          Callable[[av.AudioFrame], None]]] = {}
-        self.ready: dict[str, dict[str, Any]] = {}
-        """Lessons the recorder reported finished (``recording_ready`` data by lesson)."""
+        self.ready: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        """Lessons the recorder reported finished (``recording_ready`` data by lesson; the
+        newest :data:`READY_KEEP`)."""
         self.error: str | None = None
+        self._auth: _Authenticator | None = None
+        self._curve = config.recorder.curve
+        self._peers: OrderedDict[str, float] = OrderedDict()
+        """Recorder identity -> when last heard (monotonic s), publisher thread only."""
+        self._replay_next: dict[str, float] = {}
+        """Peer -> earliest time of its next replay (monotonic s), publisher thread only."""
+        self._replay_pending: set[str] = set()
+        self.refused = 0
+        """Upstream messages refused (no authenticated recorder name, or malformed)."""
+        self.recorders: list[str] = []
+        """Names of the recorders now connected."""
+        self._presence_log_due = False
+        self._presence_logged_at = -1.0
 
     @property
     def active(self) -> bool:
@@ -141,9 +206,28 @@ class RecordingPublisher:
             logger.info("recording publisher off (%s)",
                         "disabled" if not self.rc.enabled else "no view has record: true")
             return
+        problem = self.rc.bus_problem()
+        if problem is None and self._curve is not None and (
+                self._curve.mixer_secret_key is None or not self._curve.recorders):
+            problem = ("recorder.curve needs mixer_secret_key and at least one of 'recorders' "
+                       "on the mixer (make keys with 'syncclass recorder-keys')")
+        if problem is not None:
+            self._refuse(problem)
+            return
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         sock = ctx.socket(zmq.XPUB)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPORT_BYTES)
+        if self._curve is not None:
+            assert self._curve.mixer_secret_key is not None
+            auth = _Authenticator(ctx, log=logging.getLogger(__name__ + ".zap"))
+            auth.keyring = _KeyRing(self._curve)
+            auth.start()
+            auth.configure_curve_callback("*", auth.keyring)
+            self._auth = auth
+            sock.curve_server = True
+            sock.curve_secretkey = self._curve.mixer_secret_key.get_secret_value().encode()
+            sock.curve_publickey = self._curve.mixer_public_key.encode()
         # Room for the live queue plus one replay of ``replay_s`` (at most ~100 messages/s).
         sock.setsockopt(zmq.SNDHWM, self.rc.queue_size + int(self.rc.replay_s * 100))
         sock.setsockopt(zmq.XPUB_NODROP, 1)
@@ -152,17 +236,25 @@ class RecordingPublisher:
             sock.bind(self.rc.endpoint)
         except zmq.ZMQError as exc:
             sock.close(0)
+            if self._auth is not None:
+                self._auth.stop()
+                self._auth = None
             ctx.term()
-            self.error = f"cannot bind recorder endpoint {self.rc.endpoint}: {exc}"
-            logger.error("%s; lessons will NOT be recorded", self.error)
-            self._emit("alert", None, None, kind="recording", state="firing",
-                       code="recorder_endpoint", severity="error", message=self.error)
+            self._refuse(f"cannot bind recorder endpoint {self.rc.endpoint}: {exc}")
             return
         self._ctx, self._sock = ctx, sock
         self._thread = threading.Thread(target=self._run, name="recording-publisher",
                                         daemon=True)
         self._thread.start()
-        logger.info("recording publisher: view %s on %s", self.view, self.rc.endpoint)
+        logger.info("recording publisher: view %s on %s (%s)", self.view, self.rc.endpoint,
+                    f"CURVE, {len(self._curve.recorders)} recorder key(s)" if self._curve
+                    else "no keys: loopback only, recorders not authenticated")
+
+    def _refuse(self, error: str) -> None:
+        self.error = error
+        logger.error("%s; lessons will NOT be recorded", self.error)
+        self._emit("alert", None, None, kind="recording", state="firing",
+                   code="recorder_endpoint", severity="error", message=self.error)
 
     async def aclose(self) -> None:
         """End every attached lesson's stream (reason ``mixer_shutdown``), stop the thread."""
@@ -177,6 +269,9 @@ class RecordingPublisher:
         await asyncio.get_running_loop().run_in_executor(None, thread.join, 10.0)
         if self._sock is not None:
             self._sock.close(0)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
         if self._ctx is not None:
             self._ctx.term()
 
@@ -388,28 +483,107 @@ class RecordingPublisher:
 
     def _read_upstream(self, lessons: dict[str, _LessonState]) -> None:
         assert self._sock is not None
-        while self._sock.poll(0, zmq.POLLIN):
-            data = self._sock.recv(zmq.NOBLOCK)
-            if data[:1] == b"\x01":
-                self.stats_.subscribers += 1
-                logger.info("recording publisher: a recorder subscribed (%d connected)",
-                            self.stats_.subscribers)
-                for state in lessons.values():  # a (re)started recorder: let it start now
-                    state.absent_since = None
-                    self._send_meta(state)
-                    self._replay(state)
-                    self._call(self._request_keyframe, state.meta.lesson_id)
-            elif data[:1] == b"\x00":
-                self.stats_.subscribers = max(0, self.stats_.subscribers - 1)
-                logger.warning("recording publisher: a recorder left (%d connected)",
-                               self.stats_.subscribers)
-            else:
+        now = time.monotonic()
+        for _ in range(1000):  # bounded per batch: a flood must not starve the media
+            if not self._sock.poll(0, zmq.POLLIN):
+                break
+            frame = self._sock.recv(zmq.NOBLOCK, copy=False)
+            data = frame.bytes
+            identity: str | None = None
+            if self._curve is not None:
                 try:
-                    report = Report.parse(data)
-                except ValueError as exc:
-                    logger.warning("recording publisher: bad report from a recorder: %s", exc)
-                    continue
-                self._call(self._on_report, report)
+                    identity = str(frame.get("User-Id"))
+                except zmq.ZMQError:  # no metadata: a disconnect's unsubscription
+                    identity = None
+            if data[:1] == b"\x00":  # unsubscription: named only when the peer sent it
+                if identity is not None and self._peers.pop(identity, None) is not None:
+                    self._presence_changed()
+                continue
+            if self._curve is not None and (identity is None or identity == "?"):
+                self._refuse_message("a message without an authenticated recorder name")
+                continue
+            if data[:1] == b"\x01":
+                if identity is not None:
+                    self._heard(identity, now)
+                self._want_replay(identity or "anonymous", now, lessons)
+                continue
+            try:
+                report = Report.parse(data)
+            except ValueError as exc:
+                self._refuse_message(f"a bad report ({exc})")
+                continue
+            who = identity if identity is not None else f"unauthenticated:{report.recorder[:64]}"
+            new = self._heard(who, now)
+            if report.kind == "hello" and not new:
+                continue  # the heartbeat: presence only
+            if identity is not None:  # the authenticated name, not the claimed one
+                report = Report(report.kind, identity, report.lesson, report.data)
+            self._call(self._on_report, report)
+
+    def _refuse_message(self, what: str) -> None:
+        self.refused += 1
+        if _often(self.refused):
+            logger.warning("recording publisher: refused %s (%d refused so far)", what,
+                           self.refused)
+
+    def _heard(self, identity: str, now: float) -> bool:
+        """Note a message from ``identity``; whether it is newly connected."""
+        new = identity not in self._peers
+        self._peers[identity] = now
+        self._peers.move_to_end(identity)
+        while len(self._peers) > MAX_PEERS:
+            self._peers.popitem(last=False)
+        if new:
+            self._presence_changed()
+        return new
+
+    def _expire_peers(self, now: float) -> None:
+        gone = [p for p, t in self._peers.items() if now - t > PRESENCE_S]
+        for p in gone:
+            del self._peers[p]
+        if gone:
+            self._presence_changed()
+
+    def _presence_changed(self) -> None:
+        names = sorted(self._peers)
+        if names != self.recorders:
+            self._presence_log_due = True
+        self.recorders = names
+        self.stats_.subscribers = len(names)
+        self._log_presence(time.monotonic())
+
+    def _log_presence(self, now: float) -> None:
+        """The connected recorders, logged on change at most once a second (names a peer
+        makes up must not flood the log)."""
+        if not self._presence_log_due or now - self._presence_logged_at < 1.0:
+            return
+        self._presence_log_due = False
+        self._presence_logged_at = now
+        names = self.recorders
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        logger.info("recording publisher: %d recorder(s) connected%s", len(names),
+                    f": {shown}" if names else "")
+
+    def _want_replay(self, peer: str, now: float, lessons: dict[str, _LessonState]) -> None:
+        """A (re)subscribed recorder: meta and the recent stream now, or when the peer's
+        replay interval ends."""
+        if now < self._replay_next.get(peer, 0.0):
+            self._replay_pending.add(peer)
+            return
+        self._replay_pending.discard(peer)
+        self._replay_next[peer] = now + REPLAY_MIN_INTERVAL_S
+        if len(self._replay_next) > MAX_PEERS:  # forget the oldest pacing entries
+            for old in sorted(self._replay_next, key=self._replay_next.__getitem__)[
+                    :len(self._replay_next) - MAX_PEERS]:
+                if old != peer:
+                    del self._replay_next[old]
+                    self._replay_pending.discard(old)
+        # A (re)started recorder: let it start now. (The no-recorder alert follows who is
+        # heard from, not subscriptions: they may be forged.)
+        for state in lessons.values():
+            self._send_meta(state)
+            self._replay(state)
+            self._call(self._request_keyframe, state.meta.lesson_id)
 
     def _replay(self, state: _LessonState) -> None:
         """Resend the kept recent stream from its oldest keyframe (recorders drop what they
@@ -433,6 +607,10 @@ class RecordingPublisher:
 
     def _periodic(self, lessons: dict[str, _LessonState]) -> None:
         now = time.monotonic()
+        self._expire_peers(now)
+        self._log_presence(now)
+        for peer in [p for p in self._replay_pending if now >= self._replay_next.get(p, 0.0)]:
+            self._want_replay(peer, now, lessons)
         for state in lessons.values():
             if now - state.last_meta_at >= self.rc.meta_interval_s:
                 self._send_meta(state)
@@ -473,6 +651,9 @@ class RecordingPublisher:
         name: EventName | None = None
         if report.kind == "recording_ready" and report.lesson:
             self.ready[report.lesson] = report.data
+            self.ready.move_to_end(report.lesson)
+            while len(self.ready) > READY_KEEP:
+                self.ready.popitem(last=False)
             name = "recording_ready"
         elif report.kind == "alert":
             name = "alert"
@@ -480,8 +661,8 @@ class RecordingPublisher:
             data = {k: v for k, v in report.data.items()
                     if k not in ("name", "lesson_id", "classroom_id", "recorder")}
             if name == "alert":  # the same shape as the ops alerts (mixer.alerts)
-                data.setdefault("kind", "recording")
-                data.setdefault("state", "firing")
+                data = {k: str(data.get(k, ""))[:500] for k in ("code", "severity", "message")}
+                data.update(kind="recording", state="firing")
             self._emit(name, report.lesson, None, recorder=report.recorder, **data)
 
     def summary(self) -> dict[str, Any]:
@@ -500,7 +681,9 @@ class RecordingPublisher:
             lesson = report.get("lesson")
             if report["kind"] == "progress" and lesson and lesson not in self.ready:
                 data = report["data"]
-                progress[lesson] = f"{data.get('stage', '?')} {data.get('percent', 0):.0f}%"
+                pct = data.get("percent", 0)
+                pct = float(pct) if isinstance(pct, (int, float)) else 0.0
+                progress[lesson] = f"{str(data.get('stage', '?'))[:40]} {pct:.0f}%"
         return {"state": state, "recorders": s.subscribers,
                 "dropped": s.dropped_queue + s.dropped_hwm + s.dropped_gop,
                 "progress": progress, "ready": len(self.ready)}
@@ -513,6 +696,9 @@ class RecordingPublisher:
             "view": self.view,
             "error": self.error,
             "recorders_connected": s.subscribers,
+            "recorders": list(self.recorders),
+            "authenticated": self._curve is not None,
+            "refused": self.refused,
             "sent": s.sent,
             "dropped_queue": s.dropped_queue,
             "dropped_hwm": s.dropped_hwm,
@@ -521,7 +707,7 @@ class RecordingPublisher:
             "audio_encode_ms": round(s.audio_encode_ms, 1),
             "queued": self._queue.qsize(),
             "lessons": sorted(self._media),
-            "ready": self.ready,
+            "ready": dict(self.ready),
             "reports": s.reports[-20:],
         }
 

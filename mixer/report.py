@@ -24,6 +24,7 @@ from syncclass.analytics.speech import Segment, find_exchanges, merge_turns, tal
 from syncclass.analytics.st import st_analysis
 from syncclass.config import AnalyticsConfig, CountyConfig
 from syncclass.lesson import Lesson
+from syncclass.private_files import private_dir, write_private
 
 from .headcount import METHOD as HEAD_COUNT_METHOD
 
@@ -529,13 +530,13 @@ svg.chart {{ display: block; max-width: 100%; height: auto; }}
 def write_report(report: dict[str, Any], folder: Path) -> dict[str, str]:
     """Write :data:`REPORT_FILES` (report.json, report.csv, report-excel.csv,
     report.html) into ``folder``; their paths."""
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder, own=True)  # minors' data: owner only (0700 / 0600)
     paths = {k: folder / name for k, name in REPORT_FILES.items()}
     texts = {"json": json.dumps(report, ensure_ascii=False, indent=2),
              "csv": render_csv(report), "excel_csv": render_csv(report, excel=True),
              "html": render_html(report)}
     for key, path in paths.items():
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(texts[key], encoding="utf-8", newline="")
+        write_private(tmp, texts[key])  # bytes as given: no newline translation
         tmp.replace(path)  # readers never see a half-written file
     return {k: str(p.resolve()) for k, p in paths.items()}

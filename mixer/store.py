@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from syncclass.errors import ConfigError
+from syncclass.private_files import create_private, private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,9 @@ class ReportStore:
             conn: Any = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
                                         timeout=10)
         elif self.kind == "sqlite":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
+            # SQLite gives its -wal/-journal files the database's mode: owner only.
+            create_private(self.path)
             conn = sqlite3.connect(self.path, timeout=10)
         else:
             try:

@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from syncclass.config import RecorderConfig, S3ArchiveConfig
+from syncclass.config import RecorderConfig, S3ArchiveConfig, is_lesson_id
 from syncclass.errors import RecordingError
+from syncclass.private_files import create_private, private_dir, write_private
 
 from .segments import sha256_file
 
@@ -59,14 +60,17 @@ class Job:
         data = asdict(self)
         data.pop("path")
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+        write_private(tmp, json.dumps(data, ensure_ascii=False, indent=1))
         os.replace(tmp, self.path)
 
     @classmethod
     def load(cls, path: Path) -> Job:
         data = json.loads(path.read_text(encoding="utf-8"))
         files = [SpoolFile(**f) for f in data.pop("files")]
-        return cls(files=files, path=path, **data)
+        job = cls(files=files, path=path, **data)
+        if not is_lesson_id(job.lesson_id):  # it names the archive folder or object key
+            raise ValueError(f"lesson_id {str(job.lesson_id)[:80]!r} is not a lesson id")
+        return job
 
 
 class Spool:
@@ -76,7 +80,9 @@ class Spool:
         self.root = root
 
     def add(self, lesson_id: str, files: list[Path], sha256: dict[str, str]) -> Job:
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not is_lesson_id(lesson_id):
+            raise ValueError(f"lesson id {lesson_id[:80]!r} is not a lesson id")
+        private_dir(self.root)
         job = Job(
             lesson_id=lesson_id,
             files=[SpoolFile(p.name, str(p.resolve()), sha256.get(p.name) or sha256_file(p),
@@ -123,8 +129,9 @@ class LocalArchive:
         return f"folder {self.root}"
 
     def put(self, job: Job, progress: Progress) -> dict[str, str]:
-        dest_dir = self.root / job.lesson_id
-        dest_dir.mkdir(parents=True, exist_ok=True)
+        if not is_lesson_id(job.lesson_id):
+            raise RecordingError(f"lesson id {job.lesson_id[:80]!r} is not a lesson id")
+        dest_dir = private_dir(self.root / job.lesson_id, own=True)  # owner only
         total = sum(f.size for f in job.files) or 1
         done = 0
         out = {}
@@ -133,6 +140,7 @@ class LocalArchive:
             if not (dest.exists() and dest.stat().st_size == f.size
                     and sha256_file(dest) == f.sha256):
                 tmp = dest.with_name(dest.name + ".part")
+                create_private(tmp)
                 with open(f.path, "rb") as src, tmp.open("wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
                     dst.flush()

@@ -27,6 +27,7 @@ import av
 import cv2
 
 from syncclass.errors import RecordingError
+from syncclass.private_files import make_private, write_private
 from syncclass.recorder_wire import LessonMeta
 
 from .segments import VIDEO_RATE, Journal, sha256_file
@@ -103,6 +104,7 @@ async def remux_to_mp4(segments: list[Path], out: Path, progress: Progress) -> N
         with contextlib.suppress(OSError):
             part.unlink()
         raise RecordingError(f"ffmpeg could not write {out} (exit {rc}): {err[-500:]}")
+    make_private(part)  # ffmpeg creates it by the umask
     os.replace(part, out)
     progress("finalising", 100.0)
 
@@ -136,6 +138,7 @@ def write_poster(video: Path, out: Path, at_s: float) -> None:
             raise RecordingError(f"{video}: no video frame to make a poster from")
     if not cv2.imwrite(str(out), image, [cv2.IMWRITE_JPEG_QUALITY, 85]):
         raise RecordingError(f"cannot write poster {out}")
+    make_private(out)  # OpenCV creates it by the umask
 
 
 async def finalize_lesson(lesson_dir: Path, meta: LessonMeta, progress: Progress,
@@ -217,7 +220,7 @@ async def finalize_lesson(lesson_dir: Path, meta: LessonMeta, progress: Progress
     }
     meta_path = lesson_dir / "metadata.json"
     tmp = meta_path.with_name("metadata.json.tmp")
-    tmp.write_text(json.dumps(metadata, ensure_ascii=False, indent=2), encoding="utf-8")
+    write_private(tmp, json.dumps(metadata, ensure_ascii=False, indent=2))
     os.replace(tmp, meta_path)
     checksums["metadata.json"] = await asyncio.to_thread(sha256_file, meta_path)
     return FinalizedLesson(meta.lesson_id, lesson_dir, mp4, meta_path, poster,

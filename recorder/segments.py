@@ -31,6 +31,8 @@ from typing import Any
 
 import av
 
+from syncclass.config import is_lesson_id
+from syncclass.private_files import FILE_MODE, create_private, private_dir, write_private
 from syncclass.recorder_wire import AUDIO_RATE, VIDEO_RATE, LessonMeta
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,7 @@ class SegmentWriter:
         self.audio_packets = 0
         self.frame_ticks = round(VIDEO_RATE / meta.fps)
         try:
+            create_private(self.part)  # av keeps the mode of the file it truncates
             self._out = av.open(str(self.part), "w", format="mpegts")
         except (OSError, av.error.FFmpegError) as exc:
             raise DiskError(f"cannot create segment {self.part}: {exc}") from exc
@@ -255,6 +258,9 @@ class LessonRecording:
     after leaving the recording consistent (the open segment is dropped, a gap follows)."""
 
     def __init__(self, root: Path, meta: LessonMeta, segment_s: float) -> None:
+        if not is_lesson_id(meta.lesson_id):  # the last guard before it names a folder
+            raise DiskError(f"lesson id {meta.lesson_id[:80]!r} is not a lesson id; "
+                            "nothing written")
         self.root = root
         self.meta = meta
         self.segment_ticks = round(segment_s * VIDEO_RATE)
@@ -293,7 +299,8 @@ class LessonRecording:
         self._replace: SegmentInfo | None = None
         """A salvaged cut-off last segment that the mixer's replay may record again whole."""
         try:
-            self.seg_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.dir, own=True)  # minors' data: owner only (0700 / 0600)
+            private_dir(self.seg_dir, own=True)
             self.write_meta(meta)
         except OSError as exc:
             raise DiskError(f"cannot create lesson folder {self.dir}: {exc}") from exc
@@ -407,13 +414,13 @@ class LessonRecording:
             meta = replace(meta, t0_epoch_ms=self.base_t0_ms)
         self.meta = meta
         tmp = self.dir / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta.to_dict(), ensure_ascii=False, indent=1),
-                       encoding="utf-8")
+        write_private(tmp, json.dumps(meta.to_dict(), ensure_ascii=False, indent=1))
         os.replace(tmp, self.dir / "meta.json")
 
     def _append(self, entry: dict[str, Any]) -> None:
         try:
-            with self.journal_path.open("a", encoding="utf-8") as fh:
+            fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+            with os.fdopen(fd, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -563,7 +570,7 @@ class LessonRecording:
             lines.append("#EXT-X-ENDLIST")
         tmp = self.dir / "index.m3u8.tmp"
         try:
-            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            write_private(tmp, "\n".join(lines) + "\n")
             os.replace(tmp, self.dir / "index.m3u8")
         except OSError as exc:
             raise DiskError(f"cannot write playlist in {self.dir}: {exc}") from exc

@@ -35,6 +35,7 @@ import zmq.asyncio
 
 from syncclass.config import RecorderConfig
 from syncclass.errors import RecordingError
+from syncclass.private_files import private_dir, write_private
 from syncclass.recorder_wire import Header, LessonMeta, Report
 
 from .archive import Job, Spool, Uploader, make_target
@@ -47,6 +48,9 @@ ALERT_INTERVAL_S = 30.0
 """Repeated disk alerts for one lesson are at most this often (seconds)."""
 DISK_RETRY_S = 5.0
 """After a write failure, wait this long before opening a new segment (seconds)."""
+HEARTBEAT_S = 1.0
+"""A ``hello`` report goes to the mixer this often (seconds): the mixer counts recorders by
+who was heard from lately (a closed connection tells it no name)."""
 
 
 @dataclass
@@ -87,12 +91,27 @@ class Recorder:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         try:
-            self.out.mkdir(parents=True, exist_ok=True)
+            private_dir(self.out)  # created owner-only; each lesson folder is 0700
         except OSError as exc:
             raise RecordingError(f"cannot create recorder folder {self.out}: {exc}") from exc
+        problem = self.cfg.bus_problem()
+        if problem is not None:
+            raise RecordingError(problem)
         sock = self._ctx.socket(zmq.XSUB)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.RCVHWM, 10_000)
+        curve = self.cfg.curve
+        if curve is not None:
+            if curve.recorder_secret_key is None:
+                sock.close(0)
+                raise RecordingError("recorder.curve is set but recorder.curve."
+                                     "recorder_secret_key is not: this recorder has no key "
+                                     "(make one with 'syncclass recorder-keys')")
+            secret = curve.recorder_secret_key.get_secret_value().encode()
+            # The mixer's public key is pinned: only the holder of its secret can talk to us.
+            sock.curve_secretkey = secret
+            sock.curve_publickey = zmq.curve_public(secret)
+            sock.curve_serverkey = curve.mixer_public_key.encode()
         try:
             sock.connect(self.cfg.endpoint)
         except zmq.ZMQError as exc:
@@ -107,8 +126,9 @@ class Recorder:
         self._resume_unfinished()
         self._main = asyncio.create_task(self._run(), name="recorder")
         await self._report("hello", None, endpoint=self.cfg.endpoint)
-        logger.info("recorder %s: listening to %s, writing to %s, archive %s", self.name,
-                    self.cfg.endpoint, self.out, self.uploader.target.describe())
+        logger.info("recorder %s: listening to %s (%s), writing to %s, archive %s", self.name,
+                    self.cfg.endpoint, "CURVE" if curve is not None else "no keys: loopback only",
+                    self.out, self.uploader.target.describe())
 
     async def aclose(self) -> None:
         """Stop receiving; finish open segments (lessons continue after a restart)."""
@@ -170,8 +190,9 @@ class Recorder:
                     self._handle(await self._sock.recv_multipart())
             now = time.monotonic()
             if now >= next_check:
-                next_check = now + 1.0
+                next_check = now + HEARTBEAT_S
                 self._check_idle(now)
+                await self._report("hello", None)
 
     def _handle(self, frames: list[bytes]) -> None:
         self.messages += 1
@@ -182,8 +203,9 @@ class Recorder:
             header = Header.parse(frames[0])
         except ValueError as exc:
             self.bad_messages += 1
-            if self.bad_messages in (1, 10, 100):
-                logger.warning("recorder: bad message ignored: %s", exc)
+            if self.bad_messages in (1, 10, 100) or self.bad_messages % 1000 == 0:
+                logger.warning("recorder: bad message ignored (%d so far): %s",
+                               self.bad_messages, exc)
             return
         payload = frames[1]
         now = time.monotonic()
@@ -193,8 +215,13 @@ class Recorder:
                 return  # wait for the lesson's metadata (sent every second)
             try:
                 meta = LessonMeta.parse(payload)
+                if meta.lesson_id != header.lesson:
+                    raise ValueError(f"lesson metadata is of lesson {meta.lesson_id!r}")
             except ValueError as exc:
-                logger.warning("lesson %s: %s", header.lesson, exc)
+                self.bad_messages += 1
+                if self.bad_messages in (1, 10, 100) or self.bad_messages % 1000 == 0:
+                    logger.warning("lesson %s: bad metadata ignored (%d bad message(s)): %s",
+                                   header.lesson, self.bad_messages, exc)
                 return
             live = self._open(meta, now)
             if live is None:
@@ -241,7 +268,9 @@ class Recorder:
                 rec.audio(payload, header.pts)
             elif header.kind == "meta":
                 with contextlib.suppress(ValueError):
-                    rec.update_meta(LessonMeta.parse(payload))
+                    update = LessonMeta.parse(payload)
+                    if update.lesson_id == header.lesson:  # never another lesson's folder
+                        rec.update_meta(update)
         except (DiskError, OSError) as exc:
             self._disk_failed(live, exc)
 
@@ -346,7 +375,7 @@ class Recorder:
         status = {"lesson_id": job.lesson_id, "archived": where,
                   "mp4": str(local / "lesson.mp4")}
         with contextlib.suppress(OSError):
-            (local / "archived.json").write_text(json.dumps(status, indent=1))
+            write_private(local / "archived.json", json.dumps(status, indent=1))
         logger.info("lesson %s: recording ready: %s", job.lesson_id, where.get("lesson.mp4"))
         self._spawn(self._report("recording_ready", job.lesson_id, locations=where,
                                  mp4=where.get("lesson.mp4"),

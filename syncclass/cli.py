@@ -249,7 +249,16 @@ def _with_recorder_args(config: CountyConfig, args: argparse.Namespace) -> Count
     }.items() if v is not None}
     if not update:
         return config
-    return config.model_copy(update={"recorder": config.recorder.model_copy(update=update)})
+    from pydantic import ValidationError
+
+    from .config import RecorderConfig
+
+    try:  # validated again: a new endpoint may need keys (RecorderConfig.bus_problem)
+        recorder = RecorderConfig.model_validate({**dict(config.recorder), **update})
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise ConfigError(f"recorder (with command-line options): {problems}") from None
+    return config.model_copy(update={"recorder": recorder})
 
 
 # -- recorder -------------------------------------------------------------------------------
@@ -405,6 +414,38 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
         print(f"    - name: {args.user}\n      password_hash: \"{encoded}\"")
     else:
         print(encoded)
+    return 0
+
+
+def cmd_recorder_keys(args: argparse.Namespace) -> int:
+    """Print a ``recorder.curve`` section with fresh CURVE keys: the mixer's keypair and one
+    keypair per recorder name. The mixer's host keeps ``mixer_secret_key`` and
+    ``recorders``; each recorder's host ``mixer_public_key`` and its own secret key."""
+    import yaml
+    import zmq
+
+    names = args.name or ["recorder-1"]
+    if len(set(names)) != len(names):
+        print("syncclass recorder-keys: recorder names must differ", file=sys.stderr)
+        return 2
+    mixer_public, mixer_secret = zmq.curve_keypair()
+    pairs = {n: zmq.curve_keypair() for n in names}
+    curve = {
+        "mixer_public_key": mixer_public.decode(),
+        "mixer_secret_key": mixer_secret.decode(),
+        "recorders": [{"name": n, "public_key": pub.decode()} for n, (pub, _) in pairs.items()],
+        "recorder_secret_key": pairs[names[0]][1].decode(),
+    }
+    from .config import RecorderConfig
+
+    RecorderConfig.model_validate({"curve": curve})  # what we print is what load accepts
+    text = yaml.safe_dump({"recorder": {"curve": curve}}, sort_keys=False,
+                          default_style=None, allow_unicode=True)
+    print("# Secret keys: keep mixer_secret_key on the mixer only; recorder_secret_key is "
+          f"{names[0]}'s, for its host only.")
+    print(text, end="")
+    for n in names[1:]:
+        print(f"# {n}'s host: recorder_secret_key: \"{pairs[n][1].decode()}\"")
     return 0
 
 
@@ -644,6 +685,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classroom", required=True, help="classroom id")
     p.add_argument("--days", type=float, default=180.0, help="validity in days (default 180)")
     p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("recorder-keys", help="make CURVE keys for the recorder bus",
+                       description="Print a recorder.curve config section with a fresh "
+                       "keypair for the mixer and one per recorder: only listed recorders "
+                       "can then connect to the mixer's recording endpoint.")
+    p.add_argument("--name", action="append",
+                   help="a recorder's name (repeat for several; default recorder-1)")
+    p.set_defaults(func=cmd_recorder_keys)
 
     p = sub.add_parser("check-config", help="validate a county config",
                        description="Validate a county config: its fields, then that the "

@@ -11,10 +11,11 @@ folder paths in a config file are taken relative to the file's own folder
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 
 import yaml
 from pydantic import (
@@ -22,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -62,6 +64,23 @@ Identifier = Annotated[str, worded_pattern(
     r"^[a-z0-9][a-z0-9_-]{0,62}$",
     "use 1-63 characters: lowercase letters a-z, digits 0-9, '-' and '_', starting with a "
     "letter or digit (no spaces, capitals or Chinese characters), e.g. 'hetou-3'")]
+LESSON_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,127}$"
+"""The id rule of lessons: the id rule of every configured id (lower-case letters, digits,
+``_``, ``-``; never ``.`` or ``/``), longer, since a lesson id is a timetable or pairing id
+plus ``-YYYYmmdd-HHMMSS-<n>``. Every lesson id read from the wire or a state file is
+checked with it before it names a folder."""
+LessonId = Annotated[str, worded_pattern(
+    LESSON_ID_PATTERN,
+    "use 1-128 characters: lowercase letters a-z, digits 0-9, '-' and '_', starting with a "
+    "letter or digit (no '.', '/' or spaces), e.g. 'math-g3-20261205-080000-1'")]
+_LESSON_ID_RE = re.compile(LESSON_ID_PATTERN)
+
+
+def is_lesson_id(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is a lesson id (:data:`LESSON_ID_PATTERN`), safe as a folder name."""
+    return isinstance(value, str) and _LESSON_ID_RE.fullmatch(value) is not None
+
+
 ClassroomRole = Literal["main", "receiving"]
 LayoutKind = Literal["speaker", "grid"]
 SourceSelector = Literal["main", "receiving"]
@@ -372,6 +391,97 @@ class S3ArchiveConfig(_Model):
     """Connect/read timeout of one request, in seconds."""
 
 
+Z85_KEY_PATTERN = r"^[0-9a-zA-Z.:+=^!/*?&<>()\[\]{}@%$#-]{40}$"
+"""A 32-byte CURVE key in Z85 text (40 characters), as ``syncclass recorder-keys`` prints."""
+Z85Key = Annotated[str, worded_pattern(
+    Z85_KEY_PATTERN,
+    "use a CURVE key of 40 Z85 characters as 'syncclass recorder-keys' prints it, e.g. "
+    "'rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7'")]
+
+
+def _z85_key(text: str, where: str, shown: bool = True) -> bytes:
+    """The 32 bytes of a Z85 CURVE key; ``ValueError`` naming ``where`` if it is none."""
+    from zmq.utils import z85  # text codec only (no sockets)
+
+    shown_text = repr(text) if shown else "(hidden)"
+    if re.fullmatch(Z85_KEY_PATTERN, text) is None:
+        raise ValueError(f"{where}: {shown_text} is not a Z85 CURVE key (40 characters)")
+    try:
+        return bytes(z85.decode(text.encode()))
+    except Exception:  # struct.error: a group of 5 characters beyond 2**32
+        raise ValueError(f"{where}: {shown_text} is not a Z85 CURVE key") from None
+
+
+def _public_of(secret: SecretStr, where: str) -> str:
+    """The public key (Z85) of a secret CURVE key."""
+    import zmq  # CURVE key arithmetic only (no sockets)
+
+    text = secret.get_secret_value()
+    _z85_key(text, where, shown=False)
+    try:
+        return bytes(zmq.curve_public(text.encode())).decode()
+    except zmq.ZMQError:
+        raise ValueError(f"{where}: not a CURVE secret key (hidden)") from None
+
+
+class RecorderKeyConfig(_Model):
+    """A recorder allowed on the mixer's bus."""
+
+    name: Identifier
+    """Shown on the dashboard and in ``/api/recorder``; recorders are counted by it."""
+    public_key: Z85Key
+    """The recorder's CURVE public key (Z85)."""
+
+
+class CurveConfig(_Model):
+    """ZeroMQ CURVE keys of the recorder bus: the mixer is the CURVE server, each recorder a
+    client whose public key must be listed in ``recorders``. One file may carry every key
+    (one machine); on separate hosts the mixer's file needs ``mixer_secret_key`` and
+    ``recorders``, a recorder's file ``mixer_public_key`` and ``recorder_secret_key``."""
+
+    mixer_public_key: Z85Key
+    """The mixer's public key: recorders only talk to the mixer holding its secret."""
+    mixer_secret_key: SecretStr | None = None
+    """The mixer's secret key (mixer host only; never shown)."""
+    recorders: list[RecorderKeyConfig] = []
+    """Recorders the mixer accepts (by public key); any other peer fails the handshake."""
+    recorder_secret_key: SecretStr | None = None
+    """This recorder's secret key (recorder host only; never shown)."""
+
+    @model_validator(mode="after")
+    def _keys_fit(self) -> CurveConfig:
+        _z85_key(self.mixer_public_key, "mixer_public_key")
+        for i, r in enumerate(self.recorders):
+            _z85_key(r.public_key, f"recorders[{i}].public_key")
+        _unique("recorders", [r.name for r in self.recorders])
+        _unique("recorders", [r.public_key for r in self.recorders], what="public_key")
+        if self.mixer_secret_key is not None:
+            if _public_of(self.mixer_secret_key, "mixer_secret_key") != self.mixer_public_key:
+                raise ValueError("mixer_secret_key does not belong to mixer_public_key")
+        if self.recorder_secret_key is not None:
+            public = _public_of(self.recorder_secret_key, "recorder_secret_key")
+            if self.recorders and public not in {r.public_key for r in self.recorders}:
+                raise ValueError("recorder_secret_key belongs to none of 'recorders'")
+        return self
+
+
+def _loopback_endpoint(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint is reachable only from this machine (ipc, inproc, or tcp
+    bound to a loopback address)."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme != "tcp":
+        return False
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "*", an interface name or a host name: maybe reachable from others
+
+
 class RecorderConfig(_Model):
     """同步录播: how the mixer publishes the composed lesson and how it is archived."""
 
@@ -403,12 +513,30 @@ class RecorderConfig(_Model):
     retry_max_s: float = Field(default=60.0, gt=0, le=3600)
     """Longest wait between upload retries (exponential backoff from 1 s)."""
     s3: S3ArchiveConfig | None = None
+    curve: CurveConfig | None = None
+    """CURVE keys of the bus (``syncclass recorder-keys``). Required unless ``endpoint`` is
+    ``ipc://`` or loopback ``tcp://``: without keys any process that reaches the endpoint
+    could read the lesson's media and forge recorder reports."""
 
     @model_validator(mode="after")
     def _s3_needs_settings(self) -> RecorderConfig:
         if self.archive == "s3" and self.s3 is None:
             raise ValueError("archive 's3' needs an 's3' section (bucket, endpoint_url, ...)")
+        problem = self.bus_problem()
+        if problem is not None:
+            raise ValueError(problem)
         return self
+
+    def bus_problem(self) -> str | None:
+        """Why the bus must not run as configured (an endpoint other hosts may reach without
+        CURVE keys), else ``None``. Checked at load and again by the mixer and recorder at
+        start (command-line overrides change ``endpoint``)."""
+        if self.curve is None and not _loopback_endpoint(self.endpoint):
+            return (f"recorder.endpoint {self.endpoint!r} is reachable from other hosts but "
+                    "recorder.curve is not set: any process could read the lessons and forge "
+                    "recorder reports. Make keys with 'syncclass recorder-keys' and add them, "
+                    "or use a loopback (tcp://127.0.0.1:...) or ipc:// endpoint")
+        return None
 
 
 class OpsUserConfig(_Model):

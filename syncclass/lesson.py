@@ -14,11 +14,15 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from .config import CountyConfig, TimetableEntry
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .config import CountyConfig, LessonId, TimetableEntry
 from .errors import AuthError, InvalidStateError
+from .private_files import private_dir
 from .protocol import LessonInfo, LessonStateName
 
 logger = logging.getLogger(__name__)
@@ -185,30 +189,73 @@ def lessons_to_json(lessons: Iterable[Lesson]) -> str:
                       ensure_ascii=False, indent=1)
 
 
+class _PersistedLesson(BaseModel):
+    """One live lesson as ``lessons.json`` holds it (typed, strict: no coercion)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    lesson_id: LessonId
+    """Names the lesson's report and comment folders: checked by the lesson id rule."""
+    pairing_id: str
+    main: str
+    receiving: list[str]
+    subject: str
+    grade: str
+    teacher: str
+    timetable_id: str | None
+    state: LessonStateName
+    started_ms: int
+    ended_ms: int | None
+
+
+class _LessonsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    version: Literal[1]
+    lessons: list[_PersistedLesson]
+
+
+def _first_problem(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {err['msg']}{more}"
+
+
 def lessons_from_json(text: str, config: CountyConfig, now_ms: int) -> list[Lesson]:
     """Live lessons from a persisted document that still fit ``config`` and are younger
-    than :data:`RESTORE_MAX_AGE_MS`; raises ``ValueError`` saying what is malformed."""
-    data = json.loads(text)
+    than :data:`RESTORE_MAX_AGE_MS`; raises ``ValueError`` saying what is malformed (not
+    JSON, too deeply nested, a field of the wrong type, a lesson id that breaks the id
+    rule, two live lessons of one pairing)."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(data, dict) or data.get("version") != LESSONS_FILE_VERSION:
         raise ValueError("not a lessons file of version 1")
-    items = data.get("lessons")
-    if not isinstance(items, list):
-        raise ValueError("'lessons' is not a list")
-    names = {f.name for f in fields(Lesson)}
+    try:
+        doc = _LessonsFile.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(_first_problem(exc)) from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    live_pairings: set[str] = set()
+    for i, item in enumerate(doc.lessons):
+        if item.state == "live":
+            if item.pairing_id in live_pairings:
+                raise ValueError(f"lessons.{i}: a second live lesson of pairing "
+                                 f"{item.pairing_id!r}")
+            live_pairings.add(item.pairing_id)
     out: list[Lesson] = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or set(item) != names:
-            raise ValueError(f"lessons[{i}]: wrong fields")
-        lesson = Lesson(**item)
-        if not isinstance(lesson.lesson_id, str) or not isinstance(lesson.started_ms, int):
-            raise ValueError(f"lessons[{i}]: wrong field types")
+    for item in doc.lessons:
+        lesson = Lesson(**item.model_dump())
         try:
             pairing = config.pairing(lesson.pairing_id)
         except KeyError:
             logger.warning("lesson %s: pairing %r no longer configured; not resumed",
                            lesson.lesson_id, lesson.pairing_id)
             continue
-        if lesson.state != "live" or now_ms - lesson.started_ms > RESTORE_MAX_AGE_MS:
+        if lesson.state != "live" or now_ms - (lesson.started_ms or 0) > RESTORE_MAX_AGE_MS:
             logger.info("lesson %s: too old to resume", lesson.lesson_id)
             continue
         # Membership follows the current config (a classroom may have been re-paired).
@@ -220,7 +267,7 @@ def lessons_from_json(text: str, config: CountyConfig, now_ms: int) -> list[Less
 def save_lessons(path: Path, lessons: Iterable[Lesson]) -> None:
     """Write the live lessons to ``path`` atomically (temp file, fsync, rename)."""
     text = lessons_to_json(lessons)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)  # mkstemp makes the file 0600
     fd, tmp = tempfile.mkstemp(prefix=".lessons-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -235,21 +282,27 @@ def save_lessons(path: Path, lessons: Iterable[Lesson]) -> None:
 
 
 def load_lessons(path: Path, config: CountyConfig, now_ms: int | None = None) -> list[Lesson]:
-    """Live lessons persisted at ``path`` (none if it does not exist). A malformed file is
-    kept aside as ``<path>.corrupt`` (nothing is lost) and no lesson is resumed."""
+    """Live lessons persisted at ``path`` (none if it does not exist). Anything wrong with
+    it (unreadable, not UTF-8, not JSON, too deep, wrong types, a bad lesson id, two live
+    lessons of one pairing, a directory in its place) is one ERROR line: the file is kept
+    aside as ``<path>.corrupt`` (nothing is lost) and no lesson is resumed; never raises."""
     import time
 
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    try:
         return lessons_from_json(text, config, now_ms if now_ms is not None
                                  else int(time.time() * 1000))
-    except (ValueError, TypeError) as exc:
-        aside = path.with_name(path.name + ".corrupt")
-        logger.error("%s is malformed (%s); kept as %s, no lesson resumed", path, exc, aside)
-        with contextlib.suppress(OSError):
-            os.replace(path, aside)
+    except FileNotFoundError:
         return []
-
+    except (OSError, ValueError, TypeError, RecursionError) as exc:
+        problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        aside = path.with_name(path.name + ".corrupt")
+        if aside.exists() and (path.is_dir() or aside.is_dir()):
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time() * 1000)}")
+        try:
+            os.replace(path, aside)
+            kept = f"kept as {aside}"
+        except OSError as move_exc:
+            kept = f"cannot move it aside ({move_exc.strerror or move_exc})"
+        logger.error("%s is malformed (%s); %s, no lesson resumed", path, problem[:300], kept)
+        return []

@@ -42,6 +42,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, cast
 
+from syncclass.config import is_lesson_id
+
 WIRE_VERSION = 1
 VIDEO_RATE = 90000
 """Video pts ticks per second."""
@@ -89,8 +91,8 @@ class Header:
         if kind not in _KINDS:
             raise ValueError(f"recording header kind {kind!r} is unknown")
         lesson, seq, pts = obj.get("lesson"), obj.get("seq"), obj.get("pts", 0)
-        if not isinstance(lesson, str) or not lesson or "/" in lesson or lesson.startswith("."):
-            raise ValueError(f"recording header lesson {lesson!r} is invalid")
+        if not is_lesson_id(lesson):  # it names the lesson's folder
+            raise ValueError(f"recording header lesson {str(lesson)[:80]!r} is invalid")
         if not isinstance(seq, int) or seq < 0:
             raise ValueError(f"recording header seq {seq!r} is invalid")
         if not isinstance(pts, int):
@@ -151,6 +153,9 @@ class LessonMeta:
             raise ValueError(f"lesson metadata is invalid: {exc}") from None
         if not positive:
             raise ValueError("lesson metadata has a non-positive size or fps")
+        if not is_lesson_id(meta.lesson_id):  # it names the lesson's folder
+            raise ValueError(f"lesson metadata lesson_id {str(meta.lesson_id)[:80]!r} is "
+                             "not a lesson id")
         return meta
 
 
@@ -176,7 +181,7 @@ class Report:
         if not isinstance(obj, dict) or obj.get("kind") not in _REPORT_KINDS:
             raise ValueError("recorder report has no known kind")
         data_obj, lesson = obj.get("data") or {}, obj.get("lesson")
-        if not isinstance(data_obj, dict) or not (lesson is None or isinstance(lesson, str)):
+        if not isinstance(data_obj, dict) or not (lesson is None or is_lesson_id(lesson)):
             raise ValueError("recorder report has malformed 'data' or 'lesson'")
         return cls(obj["kind"], str(obj.get("recorder", "?")), lesson, dict(data_obj))
 

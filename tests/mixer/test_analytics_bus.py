@@ -31,6 +31,7 @@ async def test_lesson_events_to_report_ready(tmp_path: Path) -> None:
     config = base.model_copy(update={
         "mixer": base.mixer.model_copy(update={"data_dir": str(tmp_path)}),
         "analytics": base.analytics.model_copy(update={"head_count_interval_s": 0}),
+        "recorder": base.recorder.model_copy(update={"archive_dir": str(tmp_path / "rec")}),
     })
     mixer = Mixer(config)
     analytics = Analytics(mixer)
@@ -69,14 +70,19 @@ async def test_lesson_events_to_report_ready(tmp_path: Path) -> None:
         b = next(c for c in report["classrooms"] if c["classroom_id"] == B)
         assert b["first_contact_ms"] is not None and b["contact_to_join_s"] is None
         assert report["recording_dir"] is None
-        # A recording announced after the report: the report is copied beside it.
+        # A recording announced after the report: the report is copied beside it, in the
+        # folder the recorder archived it to (by config), not one the message names.
         rec = tmp_path / "rec" / lesson.lesson_id
-        mixer.emit("recording_ready", lesson.lesson_id, MAIN, mp4=str(rec / "lesson.mp4"))
+        rec.mkdir(parents=True)  # the recorder's archive folder of the lesson
+        elsewhere = tmp_path / "elsewhere"
+        mixer.emit("recording_ready", lesson.lesson_id, MAIN, folder=str(elsewhere),
+                   mp4=str(elsewhere / "lesson.mp4"))
         for _ in range(100):
             if beside(rec):
                 break
             await asyncio.sleep(0.05)
         assert beside(rec)
+        assert not elsewhere.exists()
         # ... and says where the recording is, there and in the mixer's copy (it was
         # written before the recording was ready).
         for folder in (rec, Path(data["json"]).parent):

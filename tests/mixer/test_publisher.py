@@ -101,6 +101,7 @@ async def test_publishes_view_packets_and_aac_mix_and_relays_reports(tmp_path: P
     try:
         sub.connect(pub.rc.endpoint)
         await sub.send(b"\x01")
+        await sub.send(Report("hello", "rec:1").to_bytes())  # counted by the name reported
         await wait_until(lambda: pub.stats()["recorders_connected"] >= 1)
         pub.attach(cast(LessonMedia, media))
         packets = video_packets(40)
@@ -158,6 +159,7 @@ async def test_slow_recorder_costs_drops_not_waiting(tmp_path: Path,
     try:
         sub.connect(pub.rc.endpoint)
         sub.send(b"\x01")
+        sub.send(Report("hello", "rec:1").to_bytes())
         await wait_until(lambda: pub.stats()["recorders_connected"] >= 1)
         pub.attach(cast(LessonMedia, media))
         packets = video_packets(30)
@@ -216,6 +218,7 @@ async def test_new_recorder_gets_the_recent_stream_from_a_keyframe(tmp_path: Pat
     try:
         first.connect(pub.rc.endpoint)
         await first.send(b"\x01")
+        await first.send(Report("hello", "rec:1").to_bytes())
         await wait_until(lambda: pub.stats()["recorders_connected"] >= 1)
         pub.attach(cast(LessonMedia, media))
         packets = video_packets(75)  # keyframes at 0, 30, 60 (every 2 s at 15 fps)

@@ -141,10 +141,14 @@ def test_bad_database_url() -> None:
         ReportStore("mysql://x")
 
 
-def test_recording_folder() -> None:
-    assert recording_folder({"mp4": "/srv/archive/l1/lesson.mp4"}) == "/srv/archive/l1"
-    assert recording_folder({"mp4": "s3://bucket/l1/lesson.mp4"}) is None
-    assert recording_folder({"folder": "/x"}) == "/x"
+def test_recording_folder(config: CountyConfig, tmp_path: Path) -> None:
+    """The folder comes from the config and a checked lesson id, never from a message."""
+    rc = config.recorder.model_copy(update={"archive_dir": str(tmp_path / "archive")})
+    assert recording_folder(rc, "l1") == (tmp_path / "archive" / "l1").resolve()
+    for bad in ["../x", "../../etc", "/x", "a/b", ".", "..", "", "L1"]:
+        assert recording_folder(rc, bad) is None, bad
+    s3 = config.recorder.model_copy(update={"archive": "s3"})
+    assert recording_folder(s3, "l1") is None
 
 
 # -- issue 24: the operator's term report -------------------------------------------------------

@@ -12,7 +12,6 @@ import csv
 import datetime as dt
 import html
 import io
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from syncclass.analytics.speech import Segment, find_exchanges, merge_turns, tal
 from syncclass.analytics.st import st_analysis
 from syncclass.config import AnalyticsConfig, CountyConfig
 from syncclass.lesson import Lesson
+from syncclass.protocol import dumps_strict, finite_or_none
 
 from .headcount import METHOD as HEAD_COUNT_METHOD
 
@@ -405,10 +405,11 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccd; padding
 
 def write_report(report: dict[str, Any], folder: Path) -> dict[str, str]:
     """Write report.json, report.csv and report.html into ``folder``; their paths."""
+    report = finite_or_none(report)  # no NaN in the JSON, no "nan" coordinate in the page
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "report.json", "csv": folder / "report.csv",
              "html": folder / "report.html"}
-    texts = {"json": json.dumps(report, ensure_ascii=False, indent=2),
+    texts = {"json": dumps_strict(report, ensure_ascii=False, indent=2),
              "csv": render_csv(report), "html": render_html(report)}
     for key, path in paths.items():
         tmp = path.with_suffix(path.suffix + ".tmp")

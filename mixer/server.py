@@ -35,7 +35,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from syncclass.config import ClassroomConfig, CountyConfig
 from syncclass.errors import AuthError, InvalidStateError, ProtocolError
 from syncclass.events import Event, EventBus, EventName
-from syncclass.httperrors import json_error
+from syncclass.httperrors import json_error, json_object_body
 from syncclass.lesson import Lesson, LessonRegistry, load_lessons, save_lessons
 from syncclass.lipsync import SenderClock
 from syncclass.protocol import (
@@ -55,6 +55,7 @@ from syncclass.protocol import (
     StartLesson,
     Stats,
     Welcome,
+    dumps_strict,
     encode,
     parse_client_message,
 )
@@ -78,6 +79,7 @@ from .guard import (
     require_reader,
     setup_guard,
 )
+from .limits import SignalingLimits, refuse_unauthenticated
 from .media import LessonMedia
 from .threadcpu import thread_cpu_seconds
 
@@ -137,6 +139,8 @@ class Mixer:
         """Failed credentials per remote address."""
         self.joins = RateLimiter(config.mixer.joins_per_min / 60.0, config.mixer.joins_per_min)
         """Hellos and offers per classroom."""
+        self.limits = SignalingLimits(config.mixer)
+        """Lesson starts/ends, pings, comments; the refusal log (issue 18)."""
         self.lessons_path = Path(config.mixer.data_dir) / "lessons.json"
         """Live lessons, rewritten (atomically) on every change; reloaded at start."""
         self._bg: set[asyncio.Task[None]] = set()
@@ -474,7 +478,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 await _reply_error(ws, mixer, exc.code, exc.message, ref)  # type: ignore[arg-type]
             except AuthError as exc:
                 await _reply_error(ws, mixer, exc.code, exc.message, ref)  # type: ignore[arg-type]
-                logger.warning("refused %s from %s: %s", ref, request.remote, exc.message)
+                mixer.limits.log_refusal(ref, request.remote, exc.message)
                 if exc.code in ("auth_failed", "rate_limited") and session is None:
                     break
             except InvalidStateError as exc:
@@ -483,6 +487,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             except Exception:  # one classroom's failure must not end its connection
                 logger.exception("error handling %s", ref)
                 await _reply_error(ws, mixer, "internal", "internal error; see mixer log", ref)
+            if session is None and await refuse_unauthenticated(ws, mixer.limits,
+                                                                request.remote):
+                break
     finally:
         watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -531,8 +538,10 @@ async def _dispatch(mixer: Mixer, session: ClassroomSession, message: object) ->
     if isinstance(message, Hello):
         raise AuthError("already_authenticated", "this connection is already authenticated")
     if isinstance(message, StartLesson):
+        mixer.limits.check("lesson_action", cid)
         mixer.lessons.start(cid, message.timetable_id)
     elif isinstance(message, EndLesson):
+        mixer.limits.check("lesson_action", cid)
         mixer.lessons.end(cid)
     elif isinstance(message, Offer):
         paired = any(cid == p.main or cid in p.receiving for p in mixer.config.pairings)
@@ -543,7 +552,8 @@ async def _dispatch(mixer: Mixer, session: ClassroomSession, message: object) ->
     elif isinstance(message, Stats):
         session.stats = message.model_dump(exclude={"type"})
     elif isinstance(message, Ping):
-        await session.send(Pong(id=message.id, server_time_ms=now_ms()))
+        if mixer.limits.allow("ping", cid):  # beyond the limit: dropped, unanswered
+            await session.send(Pong(id=message.id, server_time_ms=now_ms()))
     elif isinstance(message, Leave):
         await mixer.leave(session, "leave")
     elif isinstance(message, RaiseHand):
@@ -568,15 +578,11 @@ def _bearer(request: web.Request) -> str:
 async def _lesson_action(request: web.Request, action: str) -> web.Response:
     mixer = request.app[MIXER_KEY]
     token = _bearer(request)
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except ValueError:
-        raise json_error(web.HTTPBadRequest, "bad_json", "body is not JSON") from None
-    if not isinstance(body, dict):
-        raise json_error(web.HTTPBadRequest, "bad_message", "body must be a JSON object")
+    body = await json_object_body(request, mixer.config.mixer.max_message_bytes)
     classroom_id = str(body.get("classroom_id", ""))
     try:
         room = mixer.authenticate(classroom_id, token, request.remote)
+        mixer.limits.check("lesson_action", room.id)
         if action == "start":
             timetable_id = body.get("timetable_id")
             lesson = mixer.lessons.start(room.id, str(timetable_id) if timetable_id else None)
@@ -588,7 +594,7 @@ async def _lesson_action(request: web.Request, action: str) -> web.Response:
         raise json_error(status, exc.code, exc.message) from None
     except InvalidStateError as exc:
         raise json_error(web.HTTPConflict, "bad_state", str(exc)) from None
-    return web.json_response(lesson.info().model_dump())
+    return web.json_response(lesson.info().model_dump(), dumps=dumps_strict)
 
 
 async def start_lesson(request: web.Request) -> web.Response:
@@ -602,7 +608,7 @@ async def end_lesson(request: web.Request) -> web.Response:
 async def lessons(request: web.Request) -> web.Response:
     reader = require_reader(request)
     return web.json_response(request.app[MIXER_KEY].status(reader.pairings),
-                             headers={"Cache-Control": "no-store"})
+                             headers={"Cache-Control": "no-store"}, dumps=dumps_strict)
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -622,7 +628,7 @@ async def stats(request: web.Request) -> web.Response:
                            "threads": threading.active_count(),
                            "fds": _open_fds(),
                            "thread_cpu_s": thread_cpu_seconds()}
-    return web.json_response(body, headers={"Cache-Control": "no-store"})
+    return web.json_response(body, headers={"Cache-Control": "no-store"}, dumps=dumps_strict)
 
 
 def _open_fds() -> int | None:

@@ -10,7 +10,7 @@ password in their userinfo (``postgresql://user:pw@host/db``) or a key in their 
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 MASK = "***"
 """What a secret is replaced with."""
@@ -20,6 +20,8 @@ SECRET_PARAMS = ("key", "token", "secret", "signature", "sig", "password", "pass
 """A query parameter whose lower-cased name contains one of these is a secret
 (``api_key``, ``access_token``, ``X-Amz-Signature``, ``X-Amz-Credential``, ...)."""
 
+_AUTHORITY_RE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^/]*)"
+                           r"(?P<rest>.*)$", re.DOTALL)
 _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
@@ -30,27 +32,25 @@ def _secret_param(name: str) -> bool:
 
 def redact_url(url: str) -> str:
     """``url`` without secrets: the userinfo's password and the values of secret query
-    parameters (see :data:`SECRET_PARAMS`) become :data:`MASK`; the rest (scheme, user,
-    host, port, path) stays, so an operator still sees which endpoint is meant."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{user}@{host}"
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            if any(_secret_param(k) for k, _ in pairs):
-                query = urlencode([(k, MASK if _secret_param(k) else v) for k, v in pairs],
-                                  safe="*")
-        fragment = MASK if parts.fragment and "=" in parts.fragment else parts.fragment
-        return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
-    except ValueError:
-        # Not parseable (e.g. a bad port): show the scheme only, never the rest.
-        scheme = url.split(":", 1)[0] if ":" in url else ""
-        return f"{scheme}://{MASK}" if scheme else MASK
+    parameters (see :data:`SECRET_PARAMS`) become :data:`MASK`, and so does a fragment
+    holding ``name=value`` pairs; the rest (scheme, user, host, port, path) stays as
+    written, so an operator still sees which endpoint is meant."""
+    head, hash_sep, fragment = url.partition("#")
+    base, query_sep, query = head.partition("?")
+    m = _AUTHORITY_RE.match(base)
+    if m is not None and "@" in m["authority"]:
+        userinfo, host = m["authority"].rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        shown = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{user}@{host}"
+        base = m["scheme"] + shown + m["rest"]
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_secret_param(k) for k, _ in pairs):
+            query = urlencode([(k, MASK if _secret_param(k) else v) for k, v in pairs],
+                              safe="*/:")
+    if "=" in fragment:
+        fragment = MASK
+    return base + query_sep + query + hash_sep + fragment
 
 
 def redact_text(text: str) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -30,13 +31,25 @@ from syncclass.httperrors import json_error
 from syncclass.protocol import dumps_strict
 
 from .comments import CommentStore, check_lesson_id
+from .core import Mixer
+from .guard import require_ops, require_reader
 from .observer import OBSERVERS_KEY, ObserverHub
-from .server import MIXER_KEY
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).with_name("static")
-COMMENTS_KEY = web.AppKey("comments", CommentStore)
+
+
+@dataclass
+class Browser:
+    """What the browser routes use, passed in by the app."""
+
+    mixer: Mixer
+    observers: ObserverHub
+    comments: CommentStore
+
+
+BROWSER_KEY = web.AppKey("browser", Browser)
 
 
 
@@ -77,10 +90,8 @@ def _page_args(request: web.Request) -> tuple[int, int]:
 async def lesson_comments(request: web.Request) -> web.Response:
     """A page of the lesson's comments: those with ``seq > after``, at most ``limit``
     (``next_after``: the ``after`` of the next page, ``None`` on the last)."""
-    from .guard import require_reader  # guard is set up after this module's routes
-
-    mixer = request.app[MIXER_KEY]
-    store = request.app[COMMENTS_KEY]
+    browser = request.app[BROWSER_KEY]
+    mixer, store = browser.mixer, browser.comments
     # Dashboard session, ops API token, classroom or observer credential; failures count
     # per address (mixer.auth_failures_per_min), so this is no guessing oracle.
     reader = require_reader(request)
@@ -114,20 +125,18 @@ async def lesson_comments(request: web.Request) -> web.Response:
 
 
 async def observers_status(request: web.Request) -> web.Response:
-    from .guard import require_ops  # guard is set up after this module's routes
-
     require_ops(request)
-    return web.json_response(request.app[OBSERVERS_KEY].status(),
+    return web.json_response(request.app[BROWSER_KEY].observers.status(),
                              headers={"Cache-Control": "no-store"}, dumps=dumps_strict)
 
 
-def setup_browser(app: web.Application) -> None:
-    """Add the browser pages, the observer hub and the comments API to the mixer's app."""
-    mixer = app[MIXER_KEY]
+def setup_browser(app: web.Application, mixer: Mixer) -> ObserverHub:
+    """Add the browser pages, the observer hub and the comments API to the mixer's app;
+    returns the hub (its credentials are the guard's, ``/ws`` hands it observers)."""
     store = CommentStore(mixer.config.mixer.data_dir)
     hub = ObserverHub(mixer, store)
-    app[COMMENTS_KEY] = store
-    app[OBSERVERS_KEY] = hub
+    app[BROWSER_KEY] = Browser(mixer, hub, store)
+    app[OBSERVERS_KEY] = hub  # for tests and tools; no mixer module reads it
 
     async def on_shutdown(app: web.Application) -> None:
         await hub.aclose()
@@ -138,3 +147,4 @@ def setup_browser(app: web.Application) -> None:
     app.router.add_static("/static/browser/", STATIC_DIR)
     app.router.add_get("/api/lessons/{lesson_id}/comments", lesson_comments)
     app.router.add_get("/api/observers", observers_status)
+    return hub

@@ -25,12 +25,13 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from mixer.analytics import ANALYTICS_KEY
+from mixer.app import create_app
+from mixer.core import MIXER_KEY
 from mixer.dashboard import OPS_KEY
-from mixer.limits import WS_CLOSE_TOO_MANY_ERRORS
+from mixer.guard.rates import WS_CLOSE_TOO_MANY_ERRORS
 from mixer.media import LessonMedia
 from mixer.observer import OBSERVERS_KEY
 from mixer.report import build_report, write_report
-from mixer.server import MIXER_KEY, create_app
 from mixer.store import ReportStore
 from mixer.webhooks import WebhookSender
 from syncclass.config import CountyConfig, WebhookConfig, parse_config

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
-import json
 import logging
 import queue
 import threading
@@ -44,6 +43,7 @@ from recorder.wire import (
 )
 from syncclass.config import CountyConfig
 from syncclass.events import EventName
+from syncclass.protocol import dumps_strict
 
 from .core import Mixer
 from .guard import require_ops
@@ -320,7 +320,7 @@ class RecordingPublisher:
             self._send_audio(state, item[2])
         elif kind == "end":
             end = {"reason": item[2], "ended_ms": int(time.time() * 1000)}
-            self._send(state, "end", json.dumps(end).encode(), 0, False, block=True)
+            self._send(state, "end", dumps_strict(end).encode(), 0, False, block=True)
             self._close_encoder(state)
             del lessons[lesson_id]
 
@@ -543,7 +543,7 @@ def setup_recording(app: web.Application, mixer: Mixer) -> RecordingPublisher:
     async def recorder_status(request: web.Request) -> web.Response:
         require_ops(request)  # recording paths and reports: ops only
         return web.json_response(request.app[PUBLISHER_KEY].stats(),
-                                 headers={"Cache-Control": "no-store"})
+                                 headers={"Cache-Control": "no-store"}, dumps=dumps_strict)
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/api/recorder", recorder_status)

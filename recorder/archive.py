@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from syncclass.config import RecorderConfig, S3ArchiveConfig
 from syncclass.errors import RecordingError
+from syncclass.protocol import dumps_strict
 
 from .segments import sha256_file
 
@@ -59,7 +60,7 @@ class Job:
         data = asdict(self)
         data.pop("path")
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+        tmp.write_text(dumps_strict(data, ensure_ascii=False, indent=1), encoding="utf-8")
         os.replace(tmp, self.path)
 
     @classmethod

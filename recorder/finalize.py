@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import shutil
@@ -27,6 +26,7 @@ import av
 import cv2
 
 from syncclass.errors import RecordingError
+from syncclass.protocol import dumps_strict
 
 from .segments import VIDEO_RATE, Journal, sha256_file
 from .wire import LessonMeta
@@ -217,7 +217,7 @@ async def finalize_lesson(lesson_dir: Path, meta: LessonMeta, progress: Progress
     }
     meta_path = lesson_dir / "metadata.json"
     tmp = meta_path.with_name("metadata.json.tmp")
-    tmp.write_text(json.dumps(metadata, ensure_ascii=False, indent=2), encoding="utf-8")
+    tmp.write_text(dumps_strict(metadata, ensure_ascii=False, indent=2), encoding="utf-8")
     os.replace(tmp, meta_path)
     checksums["metadata.json"] = await asyncio.to_thread(sha256_file, meta_path)
     return FinalizedLesson(meta.lesson_id, lesson_dir, mp4, meta_path, poster,

@@ -31,6 +31,8 @@ from typing import Any
 
 import av
 
+from syncclass.protocol import dumps_strict
+
 from .wire import AUDIO_RATE, VIDEO_RATE, LessonMeta
 
 logger = logging.getLogger(__name__)
@@ -407,14 +409,14 @@ class LessonRecording:
             meta = replace(meta, t0_epoch_ms=self.base_t0_ms)
         self.meta = meta
         tmp = self.dir / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta.to_dict(), ensure_ascii=False, indent=1),
+        tmp.write_text(dumps_strict(meta.to_dict(), ensure_ascii=False, indent=1),
                        encoding="utf-8")
         os.replace(tmp, self.dir / "meta.json")
 
     def _append(self, entry: dict[str, Any]) -> None:
         try:
             with self.journal_path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                fh.write(dumps_strict(entry, ensure_ascii=False) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:

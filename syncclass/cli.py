@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .config import CountyConfig, default_config_path, load_config
 from .errors import ConfigError, DeviceError, SyncClassError
+from .protocol import dumps_strict
 
 logger = logging.getLogger("syncclass")
 
@@ -364,7 +365,7 @@ def cmd_lesson(args: argparse.Namespace) -> int:
     if status != 200:
         print(f"syncclass lesson: {reply.get('code')}: {reply.get('message')}", file=sys.stderr)
         return 1
-    print(json.dumps(reply, ensure_ascii=False, indent=2))
+    print(dumps_strict(reply, ensure_ascii=False, indent=2))
     return 0
 
 
@@ -426,7 +427,7 @@ def cmd_hand(args: argparse.Namespace) -> int:
     if status != 200:
         print(f"syncclass hand: {reply.get('code')}: {reply.get('message')}", file=sys.stderr)
         return 1
-    print(json.dumps(reply, ensure_ascii=False))
+    print(dumps_strict(reply, ensure_ascii=False))
     return 0
 
 
@@ -456,7 +457,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"syncclass report: {exc}", file=sys.stderr)
         return 2
     if args.format == "json":
-        text = json.dumps(fig, ensure_ascii=False, indent=2) + "\n"
+        text = dumps_strict(fig, ensure_ascii=False, indent=2) + "\n"
     elif args.format == "csv":
         text = render_csv(fig)
     else:

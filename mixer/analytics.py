@@ -46,6 +46,7 @@ from syncclass.protocol import dumps_strict
 
 from .guard import REPORT_COOKIE, issue_report_grant, reader_of, report_grant_valid
 from .headcount import HeadCounter
+from .memory import release_free_memory
 from .netstats import ClassroomHealth, MixerHealth, NetStatsCollector
 from .report import LessonData, build_report, db_rows, write_report
 from .store import ReportStore
@@ -386,6 +387,8 @@ class Analytics:
         if la.recording_dir:
             await self._copy_beside_recording(la)
         la.release()
+        # The lesson's media pipeline is gone: hand its freed heap back to the OS.
+        await loop.run_in_executor(None, release_free_memory)
         la.done.set()
         self._forget_old()
         self.mixer.emit("report_ready", lesson.lesson_id, lesson.main,

@@ -189,8 +189,10 @@ def cmd_mixer(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from mixer.app import create_app
+    from mixer.memory import limit_malloc_arenas
     from syncclass.rtc import use_host_addresses
 
+    limit_malloc_arenas()  # before any worker thread: lessons' memory goes back to the OS
     config = _config(args)
     use_host_addresses(config.mixer.ice_host_addresses)
     _tune_aiortc(config)

@@ -193,6 +193,7 @@ def test_requests_from_other_sites_are_refused(dep: LocalDeployment) -> None:
                                      method="POST", headers={"Content-Type": "application/json"})
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req, timeout=10)
+        err.value.close()
         assert err.value.code == 400, path
     assert dep.agent_status(MAIN)["in_lesson"]
 

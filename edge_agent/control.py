@@ -84,7 +84,7 @@ async def mute(request: web.Request) -> web.Response:
     agent = request.app[AGENT_KEY]
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep to parse
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("muted"), bool):
         raise json_error(web.HTTPBadRequest, "bad_request",
@@ -116,7 +116,7 @@ async def choose_devices(request: web.Request) -> web.Response:
     (any of them; fields as in the config): switch now and keep the choice."""
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep to parse
         body = None
     if not isinstance(body, dict):
         raise json_error(web.HTTPBadRequest, "bad_request", "需要 JSON 对象 (body must be a JSON "

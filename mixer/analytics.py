@@ -40,13 +40,15 @@ from syncclass.analytics.speech import VadSmoother
 from syncclass.config import CountyConfig, RecorderConfig, is_lesson_id
 from syncclass.errors import AuthError, ConfigError, InvalidStateError
 from syncclass.events import Event
-from syncclass.httperrors import json_error
+from syncclass.httperrors import json_error, json_object_body
 from syncclass.lesson import Lesson
+from syncclass.protocol import dumps_strict
 
 from .core import Mixer
 from .guard import REPORT_COOKIE, issue_report_grant, reader_of, report_grant_valid
 from .headcount import HeadCounter
 from .media import LessonMedia
+from .memory import release_free_memory
 from .netstats import ClassroomHealth, MixerHealth, NetStatsCollector
 from .report import REPORT_FILES, LessonData, build_report, db_rows, write_report
 from .store import ReportStore
@@ -130,6 +132,18 @@ class LessonAnalytics:
     report_paths: dict[str, str] | None = None
     recording_dir: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def release(self) -> None:
+        """Drop the lesson's media and analytics state once its report is written: a
+        finished lesson keeps only its lesson, report paths and recording folder (the
+        media pipeline alone held ~33 MB per 720p lesson)."""
+        self.media = None
+        self.attendance = AttendanceTracker()
+        self.voices.clear()
+        self.hands.clear()
+        self.heads.clear()
+        self.network.clear()
+        self.next_head_s.clear()
 
     def data(self) -> LessonData:
         return LessonData(
@@ -376,10 +390,10 @@ class Analytics:
             lesson_row, rows = db_rows(report, paths["json"])
             try:
                 self.store.save(lesson_row, rows)
-                paths["database"] = self.store.url
+                paths["database"] = self.store.shown_url
             except Exception:
                 logger.exception("lesson %s: cannot store report rows in %s",
-                                 lesson.lesson_id, self.store.url)
+                                 lesson.lesson_id, self.store.shown_url)
             return paths
 
         # Not self._pool: that one may be busy counting heads.
@@ -388,6 +402,9 @@ class Analytics:
         logger.info("lesson %s: report written to %s", lesson.lesson_id, folder)
         if la.recording_dir:
             await self._copy_beside_recording(la)
+        la.release()
+        # The lesson's media pipeline is gone: hand its freed heap back to the OS.
+        await loop.run_in_executor(None, release_free_memory)
         la.done.set()
         self._forget_old()
         self.mixer.emit("report_ready", lesson.lesson_id, lesson.main,
@@ -531,7 +548,7 @@ async def report_status(request: web.Request) -> web.Response:
     return web.json_response({"lesson_id": la.lesson.lesson_id,
                               "ready": la.report_paths is not None,
                               "paths": la.report_paths,
-                              "url": f"/reports/{la.lesson.lesson_id}/"})
+                              "url": f"/reports/{la.lesson.lesson_id}/"}, dumps=dumps_strict)
 
 
 async def report_file(request: web.Request) -> web.StreamResponse:
@@ -564,24 +581,21 @@ async def hand_route(request: web.Request) -> web.Response:
     auth = request.headers.get("Authorization", "")
     if not auth.startswith("Bearer "):
         raise json_error(web.HTTPUnauthorized, "auth_required", "Bearer token required")
+    body = await json_object_body(request, mixer.config.mixer.max_message_bytes)
     try:
-        body = await request.json()
-    except ValueError:
-        raise json_error(web.HTTPBadRequest, "bad_json", "body is not JSON") from None
-    if not isinstance(body, dict):
-        raise json_error(web.HTTPBadRequest, "bad_message", "body must be a JSON object")
-    try:
-        room = mixer.authenticate(str(body.get("classroom_id", "")), auth[len("Bearer "):])
+        room = mixer.authenticate(str(body.get("classroom_id", "")), auth[len("Bearer "):],
+                                  request.remote)  # failures count per address
         lesson = raise_hand(mixer, room.id)
     except AuthError as exc:
-        status = web.HTTPUnauthorized if exc.code == "auth_failed" else web.HTTPForbidden
+        status = {"auth_failed": web.HTTPUnauthorized,
+                  "rate_limited": web.HTTPTooManyRequests}.get(exc.code, web.HTTPForbidden)
         raise json_error(status, exc.code, exc.message) from None
     except InvalidStateError as exc:
         raise json_error(web.HTTPConflict, "no_lesson", str(exc)) from None
     la = analytics.lessons.get(lesson.lesson_id)
     count = len(la.hands.get(room.id, [])) if la else 0
     return web.json_response({"lesson_id": lesson.lesson_id, "classroom_id": room.id,
-                              "hand_raises": count})
+                              "hand_raises": count}, dumps=dumps_strict)
 
 
 def setup_analytics(app: web.Application, mixer: Mixer, *,

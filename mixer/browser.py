@@ -7,9 +7,10 @@ Routes added to the mixer's app by :func:`setup_browser`:
   plays its N-1 mix (same ``/ws`` protocol as agents, ``client: "browser"``).
 - ``GET /observe`` — an observer (教研员) watches ``students_view`` and writes comments.
 - ``GET /static/browser/*`` — the pages' plain JS (no build step, no CDN).
-- ``GET /api/lessons/{lesson_id}/comments`` — the lesson's comments
-  (``Authorization: Bearer <token>`` of an observer allowed to watch the lesson's pairing
-  or of a classroom in that pairing).
+- ``GET /api/lessons/{lesson_id}/comments?after=<seq>&limit=<n>`` — a page of the
+  lesson's comments (default 100, at most 500; ``next_after`` names the next page) for a
+  dashboard session, the ops API token, or the ``Authorization: Bearer`` credential of an
+  observer allowed to watch the lesson's pairing or of a classroom in that pairing.
 - ``GET /api/observers`` — connected observers (ops only: dashboard session or
   ``ops.api_token``).
 
@@ -19,6 +20,7 @@ in the URL fragment, which browsers never send to the server, to log in without 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +28,11 @@ from pathlib import Path
 from aiohttp import web
 
 from syncclass.httperrors import json_error
+from syncclass.protocol import dumps_strict
 
 from .comments import CommentStore, check_lesson_id
 from .core import Mixer
-from .guard import require_ops
+from .guard import require_ops, require_reader
 from .observer import OBSERVERS_KEY, ObserverHub
 
 logger = logging.getLogger(__name__)
@@ -65,31 +68,39 @@ async def observe_page(request: web.Request) -> web.StreamResponse:
     return _page("observe.html")
 
 
-def _pairings_of_token(mixer: Mixer, hub: ObserverHub, token: str) -> set[str] | None:
-    """Pairings whose lessons the holder of ``token`` may read; ``None``: unknown token."""
-    observer = hub.observer_for_token(token)
-    if observer is not None:
-        return set(observer.pairings)
-    room = mixer.classroom_for_token(token)  # static or signed (syncclass.tokens)
-    if room is None:
-        return None
-    return {p.id for p in mixer.config.pairings if room.id == p.main or room.id in p.receiving}
+COMMENTS_PAGE_DEFAULT = 100
+COMMENTS_PAGE_MAX = 500
+"""Comments per page of ``GET /api/lessons/{id}/comments`` (``?limit=``, at most this)."""
+
+
+def _page_args(request: web.Request) -> tuple[int, int]:
+    """``?after=<seq>&limit=<n>`` of a comments request; 400 when malformed."""
+    try:
+        after = int(request.query.get("after", "0"))
+        limit = int(request.query.get("limit", str(COMMENTS_PAGE_DEFAULT)))
+    except ValueError:
+        raise json_error(web.HTTPBadRequest, "bad_message",
+                         "after and limit must be integers") from None
+    if after < 0 or not 1 <= limit <= COMMENTS_PAGE_MAX:
+        raise json_error(web.HTTPBadRequest, "bad_message",
+                         f"after must be >= 0 and limit 1..{COMMENTS_PAGE_MAX}")
+    return after, limit
 
 
 async def lesson_comments(request: web.Request) -> web.Response:
+    """A page of the lesson's comments: those with ``seq > after``, at most ``limit``
+    (``next_after``: the ``after`` of the next page, ``None`` on the last)."""
     browser = request.app[BROWSER_KEY]
-    mixer, hub, store = browser.mixer, browser.observers, browser.comments
-    auth = request.headers.get("Authorization", "")
-    if not auth.startswith("Bearer "):
-        raise json_error(web.HTTPUnauthorized, "auth_required", "Bearer token required")
-    allowed = _pairings_of_token(mixer, hub, auth[len("Bearer "):])
-    if allowed is None:
-        raise json_error(web.HTTPUnauthorized, "auth_failed", "unknown credential")
+    mixer, store = browser.mixer, browser.comments
+    # Dashboard session, ops API token, classroom or observer credential; failures count
+    # per address (mixer.auth_failures_per_min), so this is no guessing oracle.
+    reader = require_reader(request)
     try:
         lesson_id = check_lesson_id(request.match_info["lesson_id"])
     except ValueError as exc:
         raise json_error(web.HTTPBadRequest, "bad_message", str(exc)) from None
-    comments = store.read(lesson_id)
+    after, limit = _page_args(request)
+    comments = await asyncio.to_thread(store.read, lesson_id)
     lesson = next((x for x in mixer.lessons.all_lessons() if x.lesson_id == lesson_id), None)
     if lesson is not None:
         pairing_id: str | None = lesson.pairing_id
@@ -99,21 +110,24 @@ async def lesson_comments(request: web.Request) -> web.Response:
         pairing_id = None
     if pairing_id is None:
         raise json_error(web.HTTPNotFound, "not_found", f"no lesson {lesson_id!r} with comments")
-    if pairing_id not in allowed:
+    if not reader.may_read(pairing_id):
         raise json_error(web.HTTPForbidden, "not_paired",
                          "this credential may not read this lesson")
+    rest = [c for c in comments or [] if c.seq > after]
+    page = rest[:limit]
     return web.json_response({
         "lesson_id": lesson_id,
         "pairing_id": pairing_id,
         "started_ms": lesson.started_ms if lesson else None,
-        "comments": [c.model_dump(exclude={"type"}) for c in comments or []],
-    })
+        "comments": [c.model_dump(exclude={"type"}) for c in page],
+        "next_after": page[-1].seq if len(rest) > limit else None,
+    }, headers={"Cache-Control": "no-store"}, dumps=dumps_strict)
 
 
 async def observers_status(request: web.Request) -> web.Response:
     require_ops(request)
     return web.json_response(request.app[BROWSER_KEY].observers.status(),
-                             headers={"Cache-Control": "no-store"})
+                             headers={"Cache-Control": "no-store"}, dumps=dumps_strict)
 
 
 def setup_browser(app: web.Application, mixer: Mixer) -> ObserverHub:

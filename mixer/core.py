@@ -50,6 +50,7 @@ from .guard import (
     GuardStats,
     bounded_send,
 )
+from .guard.rates import SignalingLimits
 from .media import LessonMedia
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ class Mixer:
         """Failed credentials per remote address."""
         self.joins = RateLimiter(config.mixer.joins_per_min / 60.0, config.mixer.joins_per_min)
         """Hellos and offers per classroom."""
+        self.limits = SignalingLimits(config.mixer)
+        """Lesson starts/ends, pings, comments; the refusal log (issue 18)."""
         self.lessons_path = Path(config.mixer.data_dir) / "lessons.json"
         """Live lessons, rewritten (atomically) on every change; reloaded at start."""
         self._bg: set[asyncio.Task[None]] = set()

@@ -38,6 +38,7 @@ from aiohttp import web
 
 from syncclass.auth import LoginRateLimiter, SessionSigner, hash_password, verify_password
 from syncclass.config import CountyConfig
+from syncclass.protocol import dumps_strict
 
 from .alerts import AlertEngine
 from .core import Mixer
@@ -197,7 +198,7 @@ def _history_row(h: ClassroomHealth) -> list[Any]:
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    text = dumps_strict(data, ensure_ascii=False, separators=(",", ":"))
     return f"event: {event}\ndata: {text}\n\n".encode()
 
 
@@ -220,6 +221,12 @@ def _client_key(request: web.Request) -> str:
     return f"ip:{request.remote or 'unknown'}"
 
 
+def _login_keys(request: web.Request, user: str) -> list[str]:
+    """Failed logins count per client address and per user at that address: a guesser
+    is stopped, and a user is never locked out by failures from another address."""
+    return [_client_key(request), f"user:{user}@{request.remote or 'unknown'}"]
+
+
 def _page(name: str, **values: str) -> str:
     text = (HERE / name).read_text(encoding="utf-8")
     for key, value in values.items():
@@ -235,7 +242,11 @@ def _login_page(message: str = "", status: int = 200,
 
 
 def _same_origin(request: web.Request) -> bool:
-    """Refuse cross-site form posts (login CSRF): Origin, when sent, must be this host."""
+    """Refuse cross-site form posts (login/logout CSRF): ``Sec-Fetch-Site``, when sent,
+    must say same-origin (or ``none``: typed by the user); Origin, when sent, must be
+    this host."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return False
     origin = request.headers.get("Origin")
     if origin is None or origin == "null":
         return origin is None
@@ -260,7 +271,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     user = str(form.get("user", "")).strip().lower()[:64]
     password = str(form.get("password", ""))[:1024]
     now = time.time()
-    keys = [_client_key(request), f"user:{user}"]
+    keys = _login_keys(request, user)
     wait = max(ops.limiter.blocked_for(k, now) for k in keys)
     if wait > 0:
         logger.warning("ops login: too many failures (%s, user %r); blocked %.0f s",
@@ -287,8 +298,10 @@ async def login_post(request: web.Request) -> web.StreamResponse:
 
 async def logout(request: web.Request) -> web.StreamResponse:
     ops = request.app[OPS_KEY]
+    if not _same_origin(request):  # a cross-site page must not log the user out
+        return _login_page("Cross-site logout refused.", status=403)
     value = request.cookies.get(COOKIE)
-    if value and _same_origin(request):
+    if value:
         ops.revoke(value)
     resp = web.HTTPSeeOther("/dashboard/login")
     resp.del_cookie(COOKIE, path="/")
@@ -318,7 +331,7 @@ async def api_snapshot(request: web.Request) -> web.StreamResponse:
     if ops.user_of(request) is None:
         raise _unauthorized()
     return web.json_response(ops.snapshot(with_history=request.query.get("history") == "1"),
-                             headers={"Cache-Control": "no-store"})
+                             headers={"Cache-Control": "no-store"}, dumps=dumps_strict)
 
 
 async def events(request: web.Request) -> web.StreamResponse:

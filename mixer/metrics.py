@@ -155,9 +155,9 @@ class SyncclassCollector(Collector):
             wh = CounterMetricFamily("syncclass_webhook_events", "Webhook events by outcome.",
                                      labels=["url", "outcome"])
             for s in self.webhooks:
-                wh.add_metric([s.config.url, "delivered"], s.delivered)
-                wh.add_metric([s.config.url, "failed"], s.failed)
-                wh.add_metric([s.config.url, "dropped"], s.dropped)
+                wh.add_metric([s.shown_url, "delivered"], s.delivered)
+                wh.add_metric([s.shown_url, "failed"], s.failed)
+                wh.add_metric([s.shown_url, "dropped"], s.dropped)
             yield wh
 
 

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import hmac
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,7 +141,23 @@ class ObserverHub:
         mixer.events.subscribe(self._on_event)
 
     # -- auth -------------------------------------------------------------------------------
-    def authenticate(self, observer_id: str, token: str) -> ObserverConfig:
+    def authenticate(self, observer_id: str, token: str,
+                     remote: str | None = None) -> ObserverConfig:
+        """The observer whose credential this is. Failures count against ``remote`` like
+        classrooms' (``mixer.auth_failures_per_min``); an address over it is refused
+        (``rate_limited``) without its credential being checked."""
+        key, now = remote or "unknown", time.monotonic()
+        limiter = self.mixer.auth_failures
+        if limiter.blocked(key, now):
+            wait = limiter.retry_after_s(key, now)
+            raise AuthError("rate_limited", f"too many failed attempts; retry in {wait:.0f} s")
+        try:
+            return self._check(observer_id, token)
+        except AuthError:
+            limiter.allow(key, now)
+            raise
+
+    def _check(self, observer_id: str, token: str) -> ObserverConfig:
         found = None
         for known, candidate in self._tokens.items():
             if hmac.compare_digest(known.encode(), token.encode()):
@@ -187,6 +204,10 @@ class ObserverHub:
         lesson = self.current_lesson(session.pairing_id)
         if lesson is None or lesson.state != "live":
             raise InvalidStateError("no live lesson to observe")
+        if any(line.startswith("m=application") for line in offer.sdp.splitlines()):
+            raise AuthError("not_allowed", "an observer opens no data channel; offer audio "
+                            "and video only")
+        self.mixer.check_join_rate(media_key(session.observer.id))  # like a classroom's
         media = self.mixer.media[lesson.lesson_id]
         view = observer_view(media)
         await self.leave(session, "renegotiated")
@@ -293,6 +314,7 @@ class ObserverHub:
         lesson = self.current_lesson(session.pairing_id)
         if lesson is None or lesson.state != "live" or lesson.started_ms is None:
             raise InvalidStateError("comments are taken while the lesson is live")
+        self.mixer.limits.check("comment", media_key(session.observer.id))
         epoch = now_ms()
         record = await self.store.add({
             "lesson_id": lesson.lesson_id,
@@ -345,8 +367,8 @@ def observers_of(app: web.Application) -> ObserverHub:
 
 
 async def _open(hub: ObserverHub, ws: web.WebSocketResponse,
-                hello: ObserverHello) -> ObserverSession:
-    observer = hub.authenticate(hello.observer_id, hello.token)
+                hello: ObserverHello, remote: str | None = None) -> ObserverSession:
+    observer = hub.authenticate(hello.observer_id, hello.token, remote)
     pairing_id = hello.pairing_id or observer.pairings[0]
     if pairing_id not in observer.pairings:
         raise AuthError("not_paired", f"observer {observer.id!r} may not watch {pairing_id!r}")
@@ -381,7 +403,7 @@ async def serve_observer(hub: ObserverHub, request: web.Request, ws: web.WebSock
     Raises :class:`AuthError` (before anything else) if the credential is refused.
     """
     mixer = hub.mixer
-    session = await _open(hub, ws, hello)
+    session = await _open(hub, ws, hello, request.remote)
     session.transport = request.transport
     session.send_timeout_s = mixer.config.mixer.send_timeout_s
     limit = mixer.config.mixer.max_message_bytes
@@ -401,7 +423,8 @@ async def serve_observer(hub: ObserverHub, request: web.Request, ws: web.WebSock
                 elif isinstance(message, Stats):
                     session.stats = message.model_dump(exclude={"type"})
                 elif isinstance(message, Ping):
-                    await session.send(Pong(id=message.id, server_time_ms=now_ms()))
+                    if mixer.limits.allow("ping", media_key(session.observer.id)):
+                        await session.send(Pong(id=message.id, server_time_ms=now_ms()))
                 elif isinstance(message, Leave):
                     await hub.leave(session, "leave")
                 elif isinstance(message, ObserverHello):

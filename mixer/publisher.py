@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
-import json
 import logging
 import queue
 import threading
@@ -46,6 +45,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from syncclass.config import CountyConfig, CurveConfig
 from syncclass.events import EventName
+from syncclass.protocol import dumps_strict
 from syncclass.recorder_wire import (
     AUDIO_RATE,
     ClassroomMeta,
@@ -418,7 +418,7 @@ class RecordingPublisher:
         elif kind == "end":
             ended_ms = item[3] if len(item) > 3 and item[3] else int(time.time() * 1000)
             end = {"reason": item[2], "ended_ms": ended_ms}
-            self._send(state, "end", json.dumps(end).encode(), 0, False, block=True)
+            self._send(state, "end", dumps_strict(end).encode(), 0, False, block=True)
             self._close_encoder(state)
             del lessons[lesson_id]
 
@@ -732,7 +732,7 @@ def setup_recording(app: web.Application, mixer: Mixer) -> RecordingPublisher:
     async def recorder_status(request: web.Request) -> web.Response:
         require_ops(request)  # recording paths and reports: ops only
         return web.json_response(request.app[PUBLISHER_KEY].stats(),
-                                 headers={"Cache-Control": "no-store"})
+                                 headers={"Cache-Control": "no-store"}, dumps=dumps_strict)
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/api/recorder", recorder_status)

@@ -13,7 +13,6 @@ import datetime as dt
 import html
 import io
 import itertools
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from syncclass.analytics.st import st_analysis
 from syncclass.config import AnalyticsConfig, CountyConfig
 from syncclass.lesson import Lesson
 from syncclass.private_files import private_dir, write_private
+from syncclass.protocol import dumps_strict, finite_or_none
 
 from .headcount import METHOD as HEAD_COUNT_METHOD
 
@@ -531,8 +531,9 @@ def write_report(report: dict[str, Any], folder: Path) -> dict[str, str]:
     """Write :data:`REPORT_FILES` (report.json, report.csv, report-excel.csv,
     report.html) into ``folder``; their paths."""
     private_dir(folder, own=True)  # minors' data: owner only (0700 / 0600)
+    report = finite_or_none(report)  # no NaN in the JSON, no "nan" coordinate in the page
     paths = {k: folder / name for k, name in REPORT_FILES.items()}
-    texts = {"json": json.dumps(report, ensure_ascii=False, indent=2),
+    texts = {"json": dumps_strict(report, ensure_ascii=False, indent=2),
              "csv": render_csv(report), "excel_csv": render_csv(report, excel=True),
              "html": render_html(report)}
     for key, path in paths.items():

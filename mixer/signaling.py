@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from aiohttp import WSMsgType, web
 
 from syncclass.errors import AuthError, InvalidStateError, ProtocolError
-from syncclass.httperrors import json_error
+from syncclass.httperrors import json_error, json_object_body
 from syncclass.protocol import (
     Answer,
     EndLesson,
@@ -45,12 +45,14 @@ from syncclass.protocol import (
     StartLesson,
     Stats,
     Welcome,
+    dumps_strict,
     parse_client_message,
 )
 
 from .analytics import raise_hand
 from .core import ClassroomSession, Mixer, now_ms, reply_error
 from .guard import Guard, hello_deadline, require_reader
+from .guard.rates import refuse_unauthenticated
 from .observer import ObserverHub, serve_observer
 from .threadcpu import thread_cpu_seconds
 
@@ -118,7 +120,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 await reply_error(ws, mixer, exc.code, exc.message, ref)  # type: ignore[arg-type]
             except AuthError as exc:
                 await reply_error(ws, mixer, exc.code, exc.message, ref)  # type: ignore[arg-type]
-                logger.warning("refused %s from %s: %s", ref, request.remote, exc.message)
+                mixer.limits.log_refusal(ref, request.remote, exc.message)
                 if exc.code in ("auth_failed", "rate_limited") and session is None:
                     break
             except InvalidStateError as exc:
@@ -127,6 +129,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             except Exception:  # one classroom's failure must not end its connection
                 logger.exception("error handling %s", ref)
                 await reply_error(ws, mixer, "internal", "internal error; see mixer log", ref)
+            if session is None and await refuse_unauthenticated(ws, mixer.limits,
+                                                                request.remote):
+                break
     finally:
         watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -175,8 +180,10 @@ async def _dispatch(mixer: Mixer, session: ClassroomSession, message: object) ->
     if isinstance(message, Hello):
         raise AuthError("already_authenticated", "this connection is already authenticated")
     if isinstance(message, StartLesson):
+        mixer.limits.check("lesson_action", cid)
         mixer.lessons.start(cid, message.timetable_id)
     elif isinstance(message, EndLesson):
+        mixer.limits.check("lesson_action", cid)
         mixer.lessons.end(cid)
     elif isinstance(message, Offer):
         paired = any(cid == p.main or cid in p.receiving for p in mixer.config.pairings)
@@ -187,7 +194,8 @@ async def _dispatch(mixer: Mixer, session: ClassroomSession, message: object) ->
     elif isinstance(message, Stats):
         session.stats = message.model_dump(exclude={"type"})
     elif isinstance(message, Ping):
-        await session.send(Pong(id=message.id, server_time_ms=now_ms()))
+        if mixer.limits.allow("ping", cid):  # beyond the limit: dropped, unanswered
+            await session.send(Pong(id=message.id, server_time_ms=now_ms()))
     elif isinstance(message, Leave):
         await mixer.leave(session, "leave")
     elif isinstance(message, RaiseHand):
@@ -210,15 +218,11 @@ def _bearer(request: web.Request) -> str:
 async def _lesson_action(request: web.Request, action: str) -> web.Response:
     mixer = request.app[SIGNALING_KEY].mixer
     token = _bearer(request)
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except ValueError:
-        raise json_error(web.HTTPBadRequest, "bad_json", "body is not JSON") from None
-    if not isinstance(body, dict):
-        raise json_error(web.HTTPBadRequest, "bad_message", "body must be a JSON object")
+    body = await json_object_body(request, mixer.config.mixer.max_message_bytes)
     classroom_id = str(body.get("classroom_id", ""))
     try:
         room = mixer.authenticate(classroom_id, token, request.remote)
+        mixer.limits.check("lesson_action", room.id)
         if action == "start":
             timetable_id = body.get("timetable_id")
             lesson = mixer.lessons.start(room.id, str(timetable_id) if timetable_id else None)
@@ -230,7 +234,7 @@ async def _lesson_action(request: web.Request, action: str) -> web.Response:
         raise json_error(status, exc.code, exc.message) from None
     except InvalidStateError as exc:
         raise json_error(web.HTTPConflict, "bad_state", str(exc)) from None
-    return web.json_response(lesson.info().model_dump())
+    return web.json_response(lesson.info().model_dump(), dumps=dumps_strict)
 
 
 async def start_lesson(request: web.Request) -> web.Response:
@@ -244,7 +248,7 @@ async def end_lesson(request: web.Request) -> web.Response:
 async def lessons(request: web.Request) -> web.Response:
     reader = require_reader(request)
     return web.json_response(request.app[SIGNALING_KEY].mixer.status(reader.pairings),
-                             headers={"Cache-Control": "no-store"})
+                             headers={"Cache-Control": "no-store"}, dumps=dumps_strict)
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -265,7 +269,7 @@ async def stats(request: web.Request) -> web.Response:
                            "threads": threading.active_count(),
                            "fds": _open_fds(),
                            "thread_cpu_s": thread_cpu_seconds()}
-    return web.json_response(body, headers={"Cache-Control": "no-store"})
+    return web.json_response(body, headers={"Cache-Control": "no-store"}, dumps=dumps_strict)
 
 
 def _open_fds() -> int | None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from syncclass.errors import ConfigError
 from syncclass.private_files import create_private, private_dir
+from syncclass.redact import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +84,15 @@ class ReportStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.shown_url = redact_url(url)
+        """``url`` as shown in replies, events and logs (no password, no key)."""
         if url.startswith("sqlite:///"):
             self.kind = "sqlite"
             self.path = Path(url[len("sqlite:///"):])
         elif url.startswith(("postgresql://", "postgres://")):
             self.kind = "postgresql"
         else:
-            raise ConfigError(f"analytics.database_url {url!r}: use sqlite:///PATH or "
+            raise ConfigError(f"analytics.database_url {self.shown_url!r}: use sqlite:///PATH or "
                               "postgresql://...")
 
     def exists(self) -> bool:

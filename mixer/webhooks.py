@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import random
 import time
@@ -32,6 +31,8 @@ import aiohttp
 from syncclass.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_webhook
 from syncclass.config import WebhookConfig
 from syncclass.events import Event, EventBus
+from syncclass.protocol import dumps_strict
+from syncclass.redact import redact_text, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class WebhookSender:
                  backoff_initial_s: float = BACKOFF_INITIAL_S) -> None:
         self.config = config
         self.bus = bus
+        self.shown_url = redact_url(config.url)
+        """The URL as shown in logs, stats and metrics (no password, no key)."""
         self._secret = config.secret.encode("utf-8")
         self._all = "*" in config.events
         self._names = frozenset(config.events)
@@ -76,7 +79,7 @@ class WebhookSender:
             return
         self.bus.subscribe(self._on_event)
         self._task = asyncio.ensure_future(self._run())
-        self._task.set_name(f"webhook:{self.config.url}")
+        self._task.set_name(f"webhook:{self.shown_url}")
 
     async def aclose(self, drain_s: float = 2.0) -> None:
         """Stop taking events; give queued ones up to ``drain_s`` seconds, then stop."""
@@ -92,7 +95,7 @@ class WebhookSender:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         if not self._queue.empty():
-            logger.warning("webhook %s: %d event(s) not delivered at shutdown", self.config.url,
+            logger.warning("webhook %s: %d event(s) not delivered at shutdown", self.shown_url,
                            self._queue.qsize())
 
     # -- intake (runs inside EventBus.emit: must not block) ------------------------------------
@@ -103,13 +106,13 @@ class WebhookSender:
         payload = {"id": delivery_id, "event": event.name, "ts_ms": event.ts_ms,
                    "lesson_id": event.lesson_id, "classroom_id": event.classroom_id,
                    "data": event.data}
-        body = json.dumps(payload, ensure_ascii=False, default=_jsonable).encode("utf-8")
+        body = dumps_strict(payload, ensure_ascii=False, default=_jsonable).encode("utf-8")
         if self._queue.full():
             old = self._queue.get_nowait()
             self._queue.task_done()
             self.dropped += 1
             logger.warning("webhook %s: queue full, dropped %s event %s (%d dropped)",
-                           self.config.url, old.event.name, old.id, self.dropped)
+                           self.shown_url, old.event.name, old.id, self.dropped)
         self._queue.put_nowait(_Delivery(delivery_id, event, body))
 
     # -- sending ------------------------------------------------------------------------------
@@ -143,26 +146,26 @@ class WebhookSender:
                     await resp.read()
                     if 200 <= resp.status < 300:
                         self.delivered += 1
-                        logger.debug("webhook %s: delivered %s %s", self.config.url,
+                        logger.debug("webhook %s: delivered %s %s", self.shown_url,
                                      d.event.name, d.id)
                         return
                     retry = resp.status == 429 or resp.status >= 500
                     problem = f"HTTP {resp.status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                problem = redact_text(f"{type(exc).__name__}: {exc}")  # may quote the URL
             if not retry or attempt == self.config.max_attempts:
                 self.failed += 1
                 logger.error("webhook %s: giving up on %s event %s after %d attempt(s): %s",
-                             self.config.url, d.event.name, d.id, attempt, problem)
+                             self.shown_url, d.event.name, d.id, attempt, problem)
                 return
             delay = min(backoff, BACKOFF_MAX_S) * random.uniform(0.8, 1.2)
             logger.warning("webhook %s: %s event %s attempt %d failed (%s); retrying in %.1f s",
-                           self.config.url, d.event.name, d.id, attempt, problem, delay)
+                           self.shown_url, d.event.name, d.id, attempt, problem, delay)
             await asyncio.sleep(delay)
             backoff *= 2
 
     def stats(self) -> dict[str, Any]:
-        return {"url": self.config.url, "delivered": self.delivered, "failed": self.failed,
+        return {"url": self.shown_url, "delivered": self.delivered, "failed": self.failed,
                 "dropped": self.dropped, "pending": self.pending, "attempts": self.attempts}
 
 

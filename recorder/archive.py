@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from syncclass.config import RecorderConfig, S3ArchiveConfig, is_lesson_id
 from syncclass.errors import RecordingError
 from syncclass.private_files import create_private, private_dir, write_private
+from syncclass.protocol import dumps_strict
 
 from .segments import sha256_file
 
@@ -60,7 +61,7 @@ class Job:
         data = asdict(self)
         data.pop("path")
         tmp = self.path.with_name(self.path.name + ".tmp")
-        write_private(tmp, json.dumps(data, ensure_ascii=False, indent=1))
+        write_private(tmp, dumps_strict(data, ensure_ascii=False, indent=1))
         os.replace(tmp, self.path)
 
     @classmethod

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import shutil
@@ -28,6 +27,7 @@ import cv2
 
 from syncclass.errors import RecordingError
 from syncclass.private_files import make_private, write_private
+from syncclass.protocol import dumps_strict
 from syncclass.recorder_wire import LessonMeta
 
 from .segments import VIDEO_RATE, Journal, sha256_file
@@ -220,7 +220,7 @@ async def finalize_lesson(lesson_dir: Path, meta: LessonMeta, progress: Progress
     }
     meta_path = lesson_dir / "metadata.json"
     tmp = meta_path.with_name("metadata.json.tmp")
-    write_private(tmp, json.dumps(metadata, ensure_ascii=False, indent=2))
+    write_private(tmp, dumps_strict(metadata, ensure_ascii=False, indent=2))
     os.replace(tmp, meta_path)
     checksums["metadata.json"] = await asyncio.to_thread(sha256_file, meta_path)
     return FinalizedLesson(meta.lesson_id, lesson_dir, mp4, meta_path, poster,

@@ -33,6 +33,7 @@ import av
 
 from syncclass.config import is_lesson_id
 from syncclass.private_files import FILE_MODE, create_private, private_dir, write_private
+from syncclass.protocol import dumps_strict
 from syncclass.recorder_wire import AUDIO_RATE, VIDEO_RATE, LessonMeta
 
 logger = logging.getLogger(__name__)
@@ -414,14 +415,14 @@ class LessonRecording:
             meta = replace(meta, t0_epoch_ms=self.base_t0_ms)
         self.meta = meta
         tmp = self.dir / "meta.json.tmp"
-        write_private(tmp, json.dumps(meta.to_dict(), ensure_ascii=False, indent=1))
+        write_private(tmp, dumps_strict(meta.to_dict(), ensure_ascii=False, indent=1))
         os.replace(tmp, self.dir / "meta.json")
 
     def _append(self, entry: dict[str, Any]) -> None:
         try:
             fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
             with os.fdopen(fd, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                fh.write(dumps_strict(entry, ensure_ascii=False) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:

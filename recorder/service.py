@@ -36,6 +36,7 @@ import zmq.asyncio
 from syncclass.config import RecorderConfig
 from syncclass.errors import RecordingError
 from syncclass.private_files import private_dir, write_private
+from syncclass.protocol import dumps_strict
 from syncclass.recorder_wire import Header, LessonMeta, Report
 
 from .archive import Job, Spool, Uploader, make_target
@@ -348,7 +349,7 @@ class Recorder:
             result = await finalize_lesson(lesson_dir, meta, progress, self.name)
             job = self.spool.add(lid, result.files(), result.sha256)
             with (lesson_dir / "journal.jsonl").open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"t": "finalized", "mp4": str(result.mp4),
+                fh.write(dumps_strict({"t": "finalized", "mp4": str(result.mp4),
                                      "sha256": result.sha256}) + "\n")
         except (RecordingError, OSError) as exc:
             msg = f"lesson {lid}: cannot finalise the recording: {exc}"
@@ -375,7 +376,7 @@ class Recorder:
         status = {"lesson_id": job.lesson_id, "archived": where,
                   "mp4": str(local / "lesson.mp4")}
         with contextlib.suppress(OSError):
-            write_private(local / "archived.json", json.dumps(status, indent=1))
+            write_private(local / "archived.json", dumps_strict(status, indent=1))
         logger.info("lesson %s: recording ready: %s", job.lesson_id, where.get("lesson.mp4"))
         self._spawn(self._report("recording_ready", job.lesson_id, locations=where,
                                  mp4=where.get("lesson.mp4"),

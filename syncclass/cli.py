@@ -24,11 +24,15 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from .auth import hash_password
-from .config import CountyConfig, default_config_path, load_config
+from .config import CountyConfig, RecorderConfig, default_config_path, load_config
 from .config_check import check_paths
 from .demo import http_json, run_demo
 from .errors import ConfigError, DeviceError, SyncClassError
+from .protocol import dumps_strict
+from .redact import redact_url
 from .switches import Switches
 from .tokens import SigningKey, issue_token
 
@@ -191,8 +195,10 @@ def cmd_mixer(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from mixer.app import create_app  # optional: per command
+    from mixer.memory import limit_malloc_arenas  # optional: per command
     from syncclass.rtc import use_host_addresses  # optional: media only
 
+    limit_malloc_arenas()  # before any worker thread: lessons' memory goes back to the OS
     config = _config(args)
     switches = Switches.from_environ()
     use_host_addresses(config.mixer.ice_host_addresses)
@@ -249,10 +255,6 @@ def _with_recorder_args(config: CountyConfig, args: argparse.Namespace) -> Count
     }.items() if v is not None}
     if not update:
         return config
-    from pydantic import ValidationError
-
-    from .config import RecorderConfig
-
     try:  # validated again: a new endpoint may need keys (RecorderConfig.bus_problem)
         recorder = RecorderConfig.model_validate({**dict(config.recorder), **update})
     except ValidationError as exc:
@@ -379,7 +381,7 @@ def cmd_lesson(args: argparse.Namespace) -> int:
     if status != 200:
         print(f"syncclass lesson: {reply.get('code')}: {reply.get('message')}", file=sys.stderr)
         return 1
-    print(json.dumps(reply, ensure_ascii=False, indent=2))
+    print(dumps_strict(reply, ensure_ascii=False, indent=2))
     return 0
 
 
@@ -436,7 +438,6 @@ def cmd_recorder_keys(args: argparse.Namespace) -> int:
         "recorders": [{"name": n, "public_key": pub.decode()} for n, (pub, _) in pairs.items()],
         "recorder_secret_key": pairs[names[0]][1].decode(),
     }
-    from .config import RecorderConfig
 
     RecorderConfig.model_validate({"curve": curve})  # what we print is what load accepts
     text = yaml.safe_dump({"recorder": {"curve": curve}}, sort_keys=False,
@@ -467,7 +468,7 @@ def cmd_hand(args: argparse.Namespace) -> int:
     if status != 200:
         print(f"syncclass hand: {reply.get('code')}: {reply.get('message')}", file=sys.stderr)
         return 1
-    print(json.dumps(reply, ensure_ascii=False))
+    print(dumps_strict(reply, ensure_ascii=False))
     return 0
 
 
@@ -517,7 +518,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"syncclass report: warning: the database has no lessons from {start} to {end}"
               f"; is this the mixer's database (--from/--to, --database)?", file=sys.stderr)
     if args.format == "json":
-        text = json.dumps(fig, ensure_ascii=False, indent=2) + "\n"
+        text = dumps_strict(fig, ensure_ascii=False, indent=2) + "\n"
     elif args.format in ("csv", "csv-excel"):
         text = render_csv(fig, excel=args.format == "csv-excel")
     else:
@@ -536,14 +537,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _without_password(url: str) -> str:
-    """A database URL to show: its password (``postgresql://user:secret@host``) hidden."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """A database URL to show: its password (``postgresql://user:secret@host``) and secret
+    query parameters hidden (the one redaction rule: :func:`syncclass.redact.redact_url`)."""
+    return redact_url(url)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -355,7 +355,19 @@ class MixerConfig(_Model):
     auth_failures_per_min: float = Field(default=10.0, gt=0)
     """Failed hellos/credentials allowed per remote address per minute (burst the same)."""
     joins_per_min: float = Field(default=30.0, gt=0)
-    """Hellos and offers allowed per classroom per minute (burst the same)."""
+    """Hellos and offers allowed per classroom (and per observer) per minute (burst the
+    same)."""
+    lesson_actions_per_min: float = Field(default=12.0, gt=0)
+    """Lesson starts and ends allowed per main classroom per minute (burst the same): each
+    start builds a media pipeline."""
+    pings_per_min: float = Field(default=60.0, gt=0)
+    """``ping`` messages answered per connection per minute (burst the same); agents ping
+    every ``2 × heartbeat_s``. Beyond it pings are dropped, unanswered."""
+    comments_per_min: float = Field(default=20.0, gt=0)
+    """Comments an observer may write per minute (burst the same)."""
+    max_errors_before_hello: int = Field(default=5, ge=1, le=100)
+    """Refused messages a signaling socket may send before its ``hello``; the next one
+    closes it (code 4400)."""
     header_timeout_s: float = Field(default=10.0, ge=0.5, le=300)
     """An HTTP request's line and headers must arrive within this many seconds of the
     connection opening (or of the first byte of a keep-alive request); slower clients

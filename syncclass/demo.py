@@ -28,6 +28,7 @@ import psutil
 import yaml
 
 from .config import CountyConfig, load_config
+from .protocol import dumps_strict
 
 if TYPE_CHECKING:
     from .netem import EmulatedLink
@@ -343,7 +344,7 @@ def run_demo(config_path: Path, duration_s: float, out_dir: Path, port: int = 0,
             "recording": recording,
         }
         report_path = out_dir / "demo-summary.json"
-        report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        report_path.write_text(dumps_strict(report, indent=2, ensure_ascii=False))
 
     print("\nGlass-to-glass latency (capture → mixer → decoded), ms:")
     print(f"  {'receiver':<14}{'source':<14}{'p50':>8}{'p95':>8}{'frames':>8}{'fps':>7}")

@@ -11,11 +11,15 @@ before sending) and the ``answer`` does too.
 from __future__ import annotations
 
 import json
+import logging
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from .errors import ProtocolError
+
+logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 MAX_SDP_BYTES = 32_768
@@ -40,7 +44,9 @@ ErrorCode = Literal[
 
 
 class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN/Infinity have no JSON form: refused in every message, so no reply, page, metric
+    # or report built from one can carry them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # -- classroom -> mixer ----------------------------------------------------------------------
@@ -249,11 +255,59 @@ ServerMessage = Annotated[
 _server_adapter: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
 
 
-def _decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def loads_strict(raw: str | bytes) -> Any:
+    """``json.loads`` refusing ``NaN``/``Infinity`` and numbers that overflow to them
+    (``ValueError``) and nesting deeper than Python's recursion limit (``RecursionError``)."""
+    return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` (JSON-like: dicts, lists, tuples, scalars) with every NaN/Infinity float
+    replaced by ``None``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def dumps_strict(obj: Any, **kwargs: Any) -> str:
+    """JSON text that any parser (a browser's, Prometheus', ...) accepts: ``json.dumps``
+    with ``allow_nan=False``; should a NaN/Infinity still be in ``obj`` (they are refused
+    at the protocol boundary), it is written as ``null`` and logged. Pass it as
+    ``dumps=`` to ``web.json_response``."""
+    try:
+        return json.dumps(obj, allow_nan=False, **kwargs)
+    except ValueError as exc:
+        if "JSON compliant" not in str(exc):
+            raise
+        logger.warning("a non-finite number was about to be written as JSON; wrote null")
+        return json.dumps(finite_or_none(obj), allow_nan=False, **kwargs)
+
+
+def decode_object(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
+    """A JSON object from a message or request body, else :class:`ProtocolError`
+    (``too_large``, ``bad_json`` — also for NaN/Infinity and too deep nesting — or
+    ``bad_message``)."""
     if len(raw) > max_bytes:
         raise ProtocolError("too_large", f"message of {len(raw)} bytes exceeds {max_bytes}")
     try:
-        data = json.loads(raw)
+        data = loads_strict(raw)
+    except RecursionError:
+        raise ProtocolError("bad_json", "message is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError("bad_json", f"message is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -275,7 +329,7 @@ def parse_client_message(raw: str | bytes, max_bytes: int = 65_536) -> ClientMes
     Raises :class:`ProtocolError` with code ``too_large``, ``bad_json``, ``bad_message``
     or ``unknown_type``.
     """
-    data = _decode(raw, max_bytes)
+    data = decode_object(raw, max_bytes)
     kind = data.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("bad_message", "message has no string 'type'")
@@ -289,7 +343,7 @@ def parse_client_message(raw: str | bytes, max_bytes: int = 65_536) -> ClientMes
 
 def parse_server_message(raw: str | bytes, max_bytes: int = 1_048_576) -> ServerMessage:
     """Parse a message from the mixer (used by agents and tests)."""
-    data = _decode(raw, max_bytes)
+    data = decode_object(raw, max_bytes)
     try:
         return _server_adapter.validate_python(data)
     except ValidationError as exc:

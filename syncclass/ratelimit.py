@@ -112,3 +112,23 @@ class RateLimiter:
     def retry_after_s(self, key: str, now_s: float) -> float:
         bucket = self._buckets.get(key)
         return 0.0 if bucket is None else bucket.retry_after_s(now_s)
+
+
+class LogLimiter:
+    """Bounds how many lines a noisy log site writes: ``burst`` lines back to back, then
+    ``rate_per_s``; the lines left out are counted and the next line written says how many
+    (a flood of bad messages must not become a flood of log lines)."""
+
+    def __init__(self, rate_per_s: float = 1.0, burst: float = 10.0) -> None:
+        self._bucket = TokenBucket(rate_per_s, burst)
+        self.suppressed = 0
+        """Lines left out since the last one written."""
+
+    def allow(self, now_s: float) -> int | None:
+        """``None``: leave this line out; otherwise write it, noting the returned number
+        of lines left out before it."""
+        if not self._bucket.allow(now_s):
+            self.suppressed += 1
+            return None
+        left_out, self.suppressed = self.suppressed, 0
+        return left_out

@@ -182,6 +182,14 @@ def test_requests_from_other_sites_are_refused(dep: LocalDeployment) -> None:
     assert status == 403 and body["code"] == "not_local"
     status, body = post(base + "api/mute", {"muted": "yes"})
     assert status == 400
+    # JSON nested too deeply to parse (issue 18): a clear 400, not a 500.
+    for path in ("api/mute", "api/devices"):
+        req = urllib.request.Request(base + path, data=b"[" * 50_000 + b"]" * 50_000,
+                                     method="POST", headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=10)
+        err.value.close()
+        assert err.value.code == 400, path
     assert dep.agent_status(MAIN)["in_lesson"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from syncclass.ratelimit import RateLimiter, TokenBucket
+from syncclass.ratelimit import LogLimiter, RateLimiter, TokenBucket
 
 
 def test_bucket_burst_then_refill() -> None:
@@ -38,3 +38,12 @@ def test_bad_parameters() -> None:
         TokenBucket(rate_per_s=1, burst=0)
     with pytest.raises(ValueError):
         RateLimiter(1, 1, max_keys=0)
+
+
+def test_log_limiter_bounds_lines_and_counts_the_rest() -> None:
+    log = LogLimiter(rate_per_s=1.0, burst=3)
+    written = [log.allow(100.0) for _ in range(10)]
+    assert written[:3] == [0, 0, 0] and written[3:] == [None] * 7
+    assert log.suppressed == 7
+    assert log.allow(101.0) == 7  # the next line written says how many were left out
+    assert log.suppressed == 0 and log.allow(101.0) is None

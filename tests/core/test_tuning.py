@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-_PROBE = ("import cv2; from syncclass.cli import _tune_opencv; before = cv2.getNumThreads(); "
-          "_tune_opencv(); print(before, cv2.getNumThreads())")
+_PROBE = ("import cv2; from syncclass.cli import _tune_opencv; "
+          "from syncclass.switches import Switches; before = cv2.getNumThreads(); "
+          "_tune_opencv(Switches.from_environ()); print(before, cv2.getNumThreads())")
 
 
 @pytest.mark.parametrize(("setting", "expect_one"), [(None, True), ("default", False)])
@@ -27,8 +28,8 @@ def test_opencv_runs_on_the_calling_thread(setting: str | None, expect_one: bool
 
 def test_opencv_thread_setting_rejects_garbage_clearly() -> None:
     env = dict(os.environ, SYNCCLASS_CV_THREADS="two")
-    run = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
-                         text=True)
+    run = subprocess.run([sys.executable, "-m", "syncclass", "agent", "--classroom", "main-3-1"],
+                         env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode != 0
     assert "SYNCCLASS_CV_THREADS must be a thread count or 'default', got 'two'" in run.stderr
     assert "Traceback" not in run.stderr

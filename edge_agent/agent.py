@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import ssl
@@ -44,6 +45,7 @@ from syncclass.protocol import (
     EndLesson,
     Error,
     Hello,
+    IceServer,
     Layout,
     LessonInfo,
     LessonState,
@@ -63,8 +65,11 @@ from syncclass.rtc import (
     prefer_codec,
     recv_newest,
     route_keyframe_requests,
+    selected_ice_pair,
+    turn_ssl_context,
 )
 from syncclass.timecode import read_timecode
+from syncclass.turn import credential_expiry_s
 
 from .classroom_pc import ClassroomPC, apply_saved_devices
 from .devices import (
@@ -77,6 +82,7 @@ from .devices import (
     open_video_sink,
     open_video_source,
 )
+from .turn import choose_turn_server
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +93,9 @@ seconds (a mixer's rate limit, ``mixer.joins_per_min``, bounds a misbehaving age
 CONNECT_TIMEOUT_S = 3.0
 """TCP/TLS connect timeout: a SYN lost on a dead link must not stall the next attempt."""
 STATS_INTERVAL_S = 2.0
+TURN_REFRESH_MARGIN_S = 3600.0
+"""Join a lesson only with TURN credentials valid this much longer, s (longer than any
+lesson; coturn ends a relay whose credential expired); else fetch fresh ones first."""
 LATENCY_WINDOW = 450  # samples kept per source (30 s at 15 fps)
 FREEZE_GAP_S = 0.5
 """A gap between received view frames longer than this counts as a freeze (s; as the
@@ -354,6 +363,13 @@ class Agent:
         self._stopping = asyncio.Event()
         self._waiters: list[Callable[[object], bool]] = []
         self._join_lock = asyncio.Lock()
+        self._ice_servers: list[IceServer] = []
+        """TURN relays from the last ``welcome``."""
+        self._ice_refresh_mono = math.inf
+        """After this (this process's monotonic clock, s) their credentials are too close to
+        expiry to start a lesson with."""
+        self.turn_url: str | None = None
+        """The TURN URL the current peer connection gathers a relay through."""
         self.local = ClassroomPC(self)
         """Mic chain (AEC, noise suppression, AGC, mute), screen strip, preview, devices."""
 
@@ -442,6 +458,8 @@ class Agent:
             "in_lesson": self.in_lesson,
             "lesson": self.lesson.model_dump() if self.lesson else None,
             "peer": self._pc.connectionState if self._pc else None,
+            "ice": {"turn": self.turn_url,
+                    "pair": selected_ice_pair(self._pc) if self._pc else None},
             "reconnects": self.reconnects,
             "hands_raised": self.hands_raised,
             "local": self.local.status(),
@@ -459,6 +477,21 @@ class Agent:
         }
 
     # -- signaling ---------------------------------------------------------------------------
+    def _set_ice_servers(self, welcome: Welcome) -> None:
+        """Keep ``welcome``'s TURN relays and when their credentials expire (measured
+        from the mixer's ``server_time_ms``, so clock skew between the PCs does not
+        matter)."""
+        self._ice_servers = list(welcome.ice_servers)
+        expiries = [e for s in welcome.ice_servers
+                    if (e := credential_expiry_s(s.username)) is not None]
+        self._ice_refresh_mono = math.inf
+        if expiries:
+            left_s = min(expiries) - welcome.server_time_ms / 1000
+            # Half the granted time at most, so a short lifetime cannot make every join
+            # reconnect for fresh credentials.
+            margin_s = min(TURN_REFRESH_MARGIN_S, left_s / 2)
+            self._ice_refresh_mono = time.monotonic() + left_s - margin_s
+
     async def _send(self, message: Any) -> None:
         if self._ws is not None and not self._ws.closed:
             await self._ws.send_str(encode(message))
@@ -513,6 +546,7 @@ class Agent:
         for waiter in list(self._waiters):
             waiter(message)
         if isinstance(message, Welcome):
+            self._set_ice_servers(message)
             self.state = "connected"
             logger.info("classroom %s: welcomed (lesson %s)", self.classroom.id,
                         message.lesson.state if message.lesson else None)
@@ -565,8 +599,20 @@ class Agent:
         async with self._join_lock:
             if self._pc is not None:
                 return
+            if time.monotonic() >= self._ice_refresh_mono:
+                # coturn ends a relay when its credential expires: reconnect signaling for
+                # a fresh welcome (which joins this lesson again) rather than lose the
+                # lesson's media midway.
+                logger.info("classroom %s: TURN credentials expire soon; reconnecting for "
+                            "fresh ones", self.classroom.id)
+                self._ice_refresh_mono = math.inf
+                if self._ws is not None:
+                    await self._ws.close()
+                return
             logger.info("classroom %s: joining lesson %s", self.classroom.id, lesson.lesson_id)
-            pc = new_peer_connection()
+            ice = await choose_turn_server(self._ice_servers, turn_ssl_context())
+            self.turn_url = str(ice[0].urls) if ice else None
+            pc = new_peer_connection(ice)
             self._pc = pc
             self.reception = Reception(lesson.lesson_id)
             video = EncodedVideoTrack(self.video_source, self.encoder, self.local.camera_frame)

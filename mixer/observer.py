@@ -17,6 +17,7 @@ import contextlib
 import functools
 import hmac
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,7 @@ from syncclass.rtc import (
     prefer_codec,
     route_keyframe_requests,
 )
+from syncclass.turn import advertise_addresses, ice_servers_for
 
 from .comments import CommentStore
 from .guard import bounded_send
@@ -249,7 +251,8 @@ class ObserverHub:
         await pc.setLocalDescription(answer)
         session.layout_task = asyncio.ensure_future(self._layout_loop(session, media, view))
         logger.info("observer %s: watching %s of lesson %s", oid, view, lesson.lesson_id)
-        return str(pc.localDescription.sdp)
+        return advertise_addresses(str(pc.localDescription.sdp),
+                                   self.mixer.advertised_addresses)
 
     async def _layout_loop(self, session: ObserverSession, media: LessonMedia,
                            view: str) -> None:
@@ -363,6 +366,7 @@ async def _open(hub: ObserverHub, ws: web.WebSocketResponse,
         view=observer_view(media) if media else "students_view",
         lesson=lesson.info() if lesson else None,
         server_time_ms=now_ms(),
+        ice_servers=ice_servers_for(hub.mixer.config.mixer.turn, observer.id, time.time()),
     ))
     logger.info("observer %s: authenticated (%s), watching pairing %s", observer.id,
                 hello.client, pairing_id)

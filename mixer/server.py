@@ -68,6 +68,7 @@ from syncclass.rtc import (
     route_keyframe_requests,
 )
 from syncclass.tokens import SigningKey, looks_signed, verify_token
+from syncclass.turn import advertise_addresses, ice_servers_for
 
 from .guard import (
     GUARD_KEY,
@@ -130,6 +131,9 @@ class Mixer:
         self.peers: set[RTCPeerConnection] = set()
         """Every peer connection not yet closed (closed on shutdown, so none leaks)."""
         self.media: dict[str, LessonMedia] = {}
+        self.advertised_addresses = {str(k): str(v) for k, v in
+                                     config.mixer.ice_advertised_addresses.items()}
+        """Host address -> address written in answers' candidates (1:1 NAT)."""
         self._tokens = {c.token: c for c in config.classrooms}
         self._signing_keys = [SigningKey(k.id, k.secret.encode()) for k in config.mixer.token_keys]
         self.auth_failures = RateLimiter(config.mixer.auth_failures_per_min / 60.0,
@@ -361,7 +365,7 @@ class Mixer:
         await pc.setLocalDescription(answer)
         if views and media.views[views[0]].last_layout is not None:
             self._background(session.send(media.views[views[0]].last_layout))
-        return str(pc.localDescription.sdp)
+        return advertise_addresses(str(pc.localDescription.sdp), self.advertised_addresses)
 
     # -- shutdown -----------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -518,6 +522,7 @@ async def _hello(mixer: Mixer, ws: web.WebSocketResponse, hello: Hello,
             name=room.name,
             lesson=lesson.info() if lesson else None,
             server_time_ms=now_ms(),
+            ice_servers=ice_servers_for(mixer.config.mixer.turn, room.id, time.time()),
         )
     )
     logger.info("classroom %s: authenticated (%s)", room.id, hello.client)

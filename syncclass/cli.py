@@ -290,6 +290,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     config = _config(args)
     use_host_addresses(config.mixer.ice_host_addresses)
+    if config.mixer.turn is not None:
+        from syncclass.rtc import use_turn_ca_file
+
+        use_turn_ca_file(config.mixer.turn.ca_file)
     from syncclass.liveness import tighten_ice_consent
 
     tighten_ice_consent(config.mixer.ice_consent_interval_s, config.mixer.ice_consent_failures)

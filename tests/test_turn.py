@@ -1,0 +1,276 @@
+"""TURN: URLs, coturn REST-API credentials, SDP address rewriting (pure), and a real coturn
+(``scripts/turnserver.sh``) relaying aiortc media over TCP and TLS on loopback.
+
+The classroom behind a NAT with UDP blocked is in ``tests/test_turn_nat.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import os
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+)
+from aiortc.mediastreams import AudioStreamTrack
+
+from edge_agent.turn import choose_turn_server
+from syncclass.config import MixerConfig, TurnConfig
+from syncclass.protocol import IceServer, Welcome, parse_server_message
+from syncclass.rtc import (
+    audio_frame_to_mono,
+    new_peer_connection,
+    selected_ice_pair,
+    turn_ssl_context,
+    use_host_addresses,
+    use_turn_ca_file,
+)
+from syncclass.turn import (
+    TurnUrl,
+    advertise_addresses,
+    credential_expiry_s,
+    ice_servers_for,
+    turn_credential,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "test-turn-secret-0123456789"
+RELAY_ONLY = RTCIceTransportPolicy.RELAY
+
+
+# -- pure --------------------------------------------------------------------------------------
+def test_turn_url_parse() -> None:
+    assert TurnUrl.parse("turn:turn.example.org") == TurnUrl(
+        "turn:turn.example.org", "turn.example.org", 3478, "udp")
+    assert TurnUrl.parse("turn:10.0.0.1:3478?transport=tcp").transport == "tcp"
+    u = TurnUrl.parse("turns:turn.example.org:443?transport=tcp")
+    assert (u.host, u.port, u.transport) == ("turn.example.org", 443, "tls")
+    assert TurnUrl.parse("turns:[2001:db8::1]").port == 5349
+    for bad in ("stun:x", "turn:", "turn:x:99999", "turns:x?transport=udp",
+                "turn:x?transport=sctp", "http://x"):
+        with pytest.raises(ValueError, match="TURN URL"):
+            TurnUrl.parse(bad)
+
+
+def test_rest_credentials() -> None:
+    c = turn_credential(SECRET, "hetou-3", now_s=1_700_000_000.7, lifetime_s=3600)
+    assert c.username == "1700003600:hetou-3" and c.expires_s == 1_700_003_600
+    assert credential_expiry_s(c.username) == 1_700_003_600
+    assert credential_expiry_s("plain-user") is None
+    # base64 of a 20-byte HMAC-SHA1; changes with the secret and the user.
+    assert len(c.credential) == 28 and c.credential.endswith("=")
+    assert turn_credential("another-secret-0123", "hetou-3", 1_700_000_000, 3600).credential \
+        != c.credential
+    assert turn_credential(SECRET, "hetou-4", 1_700_000_000, 3600).credential != c.credential
+    with pytest.raises(ValueError):
+        turn_credential(SECRET, "a:b", 0, 10)
+    with pytest.raises(ValueError):
+        turn_credential("", "a", 0, 10)
+
+
+def test_turn_config_hides_secret_and_checks_urls() -> None:
+    cfg = TurnConfig(urls=["turn:10.0.0.1:3478?transport=tcp"], secret=SECRET)
+    assert SECRET not in repr(cfg) and SECRET not in str(MixerConfig(turn=cfg))
+    with pytest.raises(ValueError, match="not turn:HOST"):
+        TurnConfig(urls=["stun:10.0.0.1"], secret=SECRET)
+    with pytest.raises(ValueError):
+        TurnConfig(urls=[], secret=SECRET)
+    with pytest.raises(ValueError):
+        TurnConfig(urls=["turn:x"], secret="short")
+    servers = ice_servers_for(cfg, "hetou-3", 1000.0)
+    assert servers[0].urls == cfg.urls and servers[0].username == "87400:hetou-3"
+    assert ice_servers_for(None, "hetou-3", 1000.0) == []
+    # The welcome carries them to the agent and survives the wire.
+    w = Welcome(classroom_id="hetou-3", classroom_number=2, role="receiving", name="x",
+                lesson=None, server_time_ms=1, ice_servers=servers)
+    back = parse_server_message(w.model_dump_json())
+    assert isinstance(back, Welcome) and back.ice_servers == servers
+
+
+def test_advertise_addresses_rewrites_host_candidates() -> None:
+    sdp = "\r\n".join([
+        "v=0", "c=IN IP4 10.0.0.5",
+        "a=candidate:1 1 udp 2130706431 10.0.0.5 40000 typ host",
+        "a=candidate:2 1 udp 2130706431 127.0.0.1 40001 typ host",
+        "a=candidate:3 1 udp 16777215 10.0.0.5 50000 typ relay raddr 10.0.0.5 rport 1",
+        ""])
+    out = advertise_addresses(sdp, {"10.0.0.5": "203.0.113.7"}).split("\r\n")
+    assert out[1] == "c=IN IP4 203.0.113.7"
+    assert out[2] == "a=candidate:1 1 udp 2130706431 203.0.113.7 40000 typ host"
+    assert out[3].endswith("127.0.0.1 40001 typ host")
+    assert out[4].startswith("a=candidate:3 1 udp 16777215 10.0.0.5 50000 typ relay")
+    assert advertise_addresses(sdp, {}) == sdp
+
+
+# -- a real coturn -----------------------------------------------------------------------------
+def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Coturn:
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.port = _free_port()
+        self.tls_port = _free_port()
+        self.log = data / "turnserver.log"
+        env = {**os.environ, "TURN_SECRET": SECRET, "TURN_LISTEN_IP": "127.0.0.1",
+               "TURN_PORT": str(self.port), "TURN_TLS_PORT": str(self.tls_port),
+               "TURN_MIN_PORT": "61000", "TURN_MAX_PORT": "61999",
+               # The peers of this test live on loopback too, which coturn refuses by
+               # default (a relay must not reach the TURN host's own services).
+               "TURN_EXTRA": "allow-loopback-peers"}
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen([str(ROOT / "scripts" / "turnserver.sh"), str(data)],
+                                         env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"turnserver exited: {self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.tls_port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"turnserver did not listen: {self.log.read_text()[-2000:]}")
+
+    @property
+    def ca_file(self) -> str:
+        return str(self.data / "turn-cert.pem")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
+    server = Coturn(tmp_path_factory.mktemp("coturn"))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _servers(coturn: Coturn, *urls: str, lifetime_s: int = 600,
+             now_s: float | None = None) -> list[IceServer]:
+    cfg = TurnConfig(urls=list(urls), secret=SECRET, credential_lifetime_s=lifetime_s)
+    return ice_servers_for(cfg, "hetou-3", time.time() if now_s is None else now_s)
+
+
+async def test_choose_turn_server_probes_in_order(coturn: Coturn) -> None:
+    dead_udp = f"turn:127.0.0.1:{_free_port(socket.SOCK_DGRAM)}?transport=udp"
+    dead_tcp = f"turn:127.0.0.1:{_free_port()}?transport=tcp"
+    udp = f"turn:127.0.0.1:{coturn.port}?transport=udp"
+    tcp = f"turn:127.0.0.1:{coturn.port}?transport=tcp"
+    tls = f"turns:127.0.0.1:{coturn.tls_port}?transport=tcp"
+    ctx = ssl.create_default_context(cafile=coturn.ca_file)
+    picked = await choose_turn_server(_servers(coturn, udp, tcp, tls), ctx)
+    assert [s.urls for s in picked] == [udp]
+    picked = await choose_turn_server(_servers(coturn, dead_udp, dead_tcp, tls, tcp), ctx)
+    assert [s.urls for s in picked] == [tls]
+    assert picked[0].username and picked[0].credential
+    # A certificate the agent does not trust is no way through.
+    picked = await choose_turn_server(_servers(coturn, tls, tcp), ssl.create_default_context())
+    assert [s.urls for s in picked] == [tcp]
+    assert await choose_turn_server([], ctx) == []
+
+
+class _Tone(AudioStreamTrack):
+    def __init__(self, hz: float) -> None:
+        super().__init__()
+        self.hz, self.n = hz, 0
+
+    async def recv(self) -> av.AudioFrame:
+        await asyncio.sleep(0.02)
+        t = (np.arange(960) + self.n * 960) / 48000
+        block = (np.sin(2 * np.pi * self.hz * t) * 8000).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(block[None, :], format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 48000, self.n * 960
+        frame.time_base = fractions.Fraction(1, 48000)
+        self.n += 1
+        return frame
+
+
+async def _relayed_tone(ice: list[RTCIceServer], timeout_s: float = 10.0) -> dict[str, Any]:
+    """A relay-only peer (as behind a firewall) sends a 700 Hz tone to a host-only peer."""
+    use_host_addresses(["127.0.0.1"])
+    sender = RTCPeerConnection(RTCConfiguration(iceServers=ice,
+                                                iceTransportPolicy=RELAY_ONLY))
+    receiver = new_peer_connection()
+    got: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
+    receiver.on("track", got.put_nowait)
+    try:
+        sender.addTrack(_Tone(700.0))
+        await sender.setLocalDescription(await sender.createOffer())
+        offer = sender.localDescription.sdp
+        await receiver.setRemoteDescription(sender.localDescription)
+        await receiver.setLocalDescription(await receiver.createAnswer())
+        await sender.setRemoteDescription(receiver.localDescription)
+        track = await asyncio.wait_for(got.get(), timeout_s)
+        frames = [await asyncio.wait_for(track.recv(), timeout_s) for _ in range(25)]
+        samples = np.concatenate([audio_frame_to_mono(f) for f in frames[5:]])
+        spectrum = np.abs(np.fft.rfft(samples))
+        return {"offer": offer, "pair": selected_ice_pair(sender),
+                "peak_hz": float(np.argmax(spectrum) * 48000 / len(samples))}
+    finally:
+        await sender.close()
+        await receiver.close()
+        use_host_addresses(None)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+async def test_media_relayed_through_coturn(coturn: Coturn, transport: str) -> None:
+    url = (f"turn:127.0.0.1:{coturn.port}?transport=tcp" if transport == "tcp"
+           else f"turns:127.0.0.1:{coturn.tls_port}?transport=tcp")
+    use_turn_ca_file(coturn.ca_file)
+    try:
+        ice = await choose_turn_server(_servers(coturn, url), turn_ssl_context())
+        result = await _relayed_tone(ice)
+    finally:
+        use_turn_ca_file(None)
+    assert " typ relay " in result["offer"] and " typ host " not in result["offer"]
+    assert result["pair"] == {"local": "relay", "remote": "host"}, result["pair"]
+    assert abs(result["peak_hz"] - 700.0) < 5, result["peak_hz"]
+
+
+async def test_expired_credentials_get_no_relay(coturn: Coturn) -> None:
+    url = f"turn:127.0.0.1:{coturn.port}?transport=tcp"
+    servers = _servers(coturn, url, lifetime_s=600, now_s=time.time() - 3600)
+    ice = [RTCIceServer(urls=url, username=servers[0].username,
+                        credential=servers[0].credential)]
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=ice, iceTransportPolicy=RELAY_ONLY))
+    try:
+        pc.addTrack(_Tone(700.0))
+        await pc.setLocalDescription(await pc.createOffer())
+        assert " typ relay " not in pc.localDescription.sdp
+    finally:
+        await pc.close()
+
+
+def test_turn_ca_file_errors_clearly(tmp_path: Path) -> None:
+    from syncclass.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"mixer\.turn\.ca_file"):
+        use_turn_ca_file(str(tmp_path / "missing.pem"))

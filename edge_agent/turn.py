@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import time
 from collections.abc import Sequence
 
 from aioice import stun
@@ -35,6 +34,11 @@ logger = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 1.5
 """How long a probe may take, s: a round trip to the county's TURN server plus a TLS
 handshake is well under this; a blocked port never answers."""
+GRACE_MIN_S = 0.25
+"""Least time a preferred URL gets once a less preferred one answered, s."""
+UDP_RESEND_S = (0.0, 0.1, 0.3, 0.7)
+"""When the UDP probe (re)sends its STUN request, s after it starts: one lost datagram
+must not push a school that can use UDP to TCP."""
 
 
 class _StunReply(asyncio.DatagramProtocol):
@@ -58,13 +62,13 @@ async def _probe(url: TurnUrl, tls: ssl.SSLContext) -> None:
         transport, protocol = await loop.create_datagram_endpoint(
             lambda: _StunReply(request.transaction_id), remote_addr=(url.host, url.port))
         try:
-            # Three tries: one lost datagram must not push a UDP-capable school to TCP.
-            for _ in range(3):
-                transport.sendto(bytes(request))
-                done, _ = await asyncio.wait({protocol.answered}, timeout=PROBE_TIMEOUT_S / 3)
-                if done:
+            start = loop.time()
+            for at in UDP_RESEND_S:
+                await asyncio.wait({protocol.answered}, timeout=max(0.0, start + at - loop.time()))
+                if protocol.answered.done():
                     return
-            raise TimeoutError("no STUN answer")
+                transport.sendto(bytes(request))
+            await protocol.answered  # the caller's timeout ends the wait
         finally:
             transport.close()
     stream, _ = await loop.create_connection(
@@ -77,33 +81,58 @@ async def _probe(url: TurnUrl, tls: ssl.SSLContext) -> None:
 async def choose_turn_server(servers: Sequence[IceServer],
                              tls: ssl.SSLContext | None = None) -> list[RTCIceServer]:
     """The ``iceServers`` for aiortc: the first of ``servers``' URLs (in their order) whose
-    server answered a probe within :data:`PROBE_TIMEOUT_S`; ``[]`` without servers."""
+    server answered a probe; ``[]`` without servers.
+
+    A preferred URL that has not answered yet is waited for until :data:`PROBE_TIMEOUT_S`,
+    or, once a less preferred one answered after ``t`` s, until ``max(GRACE_MIN_S, 4 t)``:
+    the same server answering over TCP measures the round trip a UDP answer needs, so a
+    school whose firewall drops UDP does not wait the whole timeout at every join."""
     candidates = [(TurnUrl.parse(u), s) for s in servers for u in s.urls]
     if not candidates:
         return []
     tls = tls or ssl.create_default_context()
-    t0 = time.monotonic()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
     tasks = [asyncio.ensure_future(asyncio.wait_for(_probe(u, tls), PROBE_TIMEOUT_S))
              for u, _ in candidates]
-    chosen = candidates[0]
+    answered_at: dict[int, float] = {}
+    chosen: int | None = None
     try:
-        # In order of preference: the first success wins as soon as every URL before it
-        # has failed, without waiting for the ones after it.
-        for (url, server), task in zip(candidates, tasks, strict=True):
-            try:
-                await task
-            except (OSError, TimeoutError, ssl.SSLError, ValueError) as exc:
-                logger.info("TURN %s unreachable: %s", url.url, exc or type(exc).__name__)
-                continue
-            chosen = (url, server)
-            break
-        else:
-            logger.warning("no TURN server answered (%s); trying %s anyway",
-                           ", ".join(u.url for u, _ in candidates), chosen[0].url)
+        deadline = t0 + PROBE_TIMEOUT_S
+        while True:
+            for i, task in enumerate(tasks):
+                if not task.done():
+                    break
+                if i in answered_at:
+                    chosen = i
+                    break
+            if chosen is not None:
+                break  # every more preferred URL failed
+            pending = [t for t in tasks if not t.done()]
+            if answered_at:
+                first = min(answered_at.values())
+                deadline = min(deadline, t0 + max(GRACE_MIN_S, 4 * (first - t0)))
+            if not pending or loop.time() >= deadline:
+                chosen = min(answered_at) if answered_at else None
+                break
+            done, _ = await asyncio.wait(pending, timeout=deadline - loop.time(),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                i = tasks.index(task)
+                if task.exception() is None:
+                    answered_at[i] = loop.time()
+                else:
+                    exc = task.exception()
+                    logger.info("TURN %s unreachable: %s", candidates[i][0].url,
+                                exc or type(exc).__name__)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    url, server = chosen
-    logger.info("TURN: using %s (probed in %.0f ms)", url.url, (time.monotonic() - t0) * 1000)
+    if chosen is None:
+        logger.warning("no TURN server answered (%s); trying %s anyway",
+                       ", ".join(u.url for u, _ in candidates), candidates[0][0].url)
+        chosen = 0
+    url, server = candidates[chosen]
+    logger.info("TURN: using %s (probed in %.0f ms)", url.url, (loop.time() - t0) * 1000)
     return [RTCIceServer(urls=url.url, username=server.username, credential=server.credential)]

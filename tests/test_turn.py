@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import fractions
-import os
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,9 +45,8 @@ from syncclass.turn import (
     ice_servers_for,
     turn_credential,
 )
+from tests.turn_support import SECRET, Coturn, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-SECRET = "test-turn-secret-0123456789"
 RELAY_ONLY = RTCIceTransportPolicy.RELAY
 
 
@@ -118,54 +115,9 @@ def test_advertise_addresses_rewrites_host_candidates() -> None:
 
 
 # -- a real coturn -----------------------------------------------------------------------------
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Coturn:
-    def __init__(self, data: Path) -> None:
-        self.data = data
-        self.port = _free_port()
-        self.tls_port = _free_port()
-        self.log = data / "turnserver.log"
-        env = {**os.environ, "TURN_SECRET": SECRET, "TURN_LISTEN_IP": "127.0.0.1",
-               "TURN_PORT": str(self.port), "TURN_TLS_PORT": str(self.tls_port),
-               "TURN_MIN_PORT": "61000", "TURN_MAX_PORT": "61999",
-               # The peers of this test live on loopback too, which coturn refuses by
-               # default (a relay must not reach the TURN host's own services).
-               "TURN_EXTRA": "allow-loopback-peers"}
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen([str(ROOT / "scripts" / "turnserver.sh"), str(data)],
-                                         env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"turnserver exited: {self.log.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.tls_port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError(f"turnserver did not listen: {self.log.read_text()[-2000:]}")
-
-    @property
-    def ca_file(self) -> str:
-        return str(self.data / "turn-cert.pem")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
-    server = Coturn(tmp_path_factory.mktemp("coturn"))
+    server = Coturn(tmp_path_factory.mktemp("coturn"), allow_loopback_peers=True)
     try:
         yield server
     finally:
@@ -179,8 +131,8 @@ def _servers(coturn: Coturn, *urls: str, lifetime_s: int = 600,
 
 
 async def test_choose_turn_server_probes_in_order(coturn: Coturn) -> None:
-    dead_udp = f"turn:127.0.0.1:{_free_port(socket.SOCK_DGRAM)}?transport=udp"
-    dead_tcp = f"turn:127.0.0.1:{_free_port()}?transport=tcp"
+    dead_udp = f"turn:127.0.0.1:{free_port(socket.SOCK_DGRAM)}?transport=udp"
+    dead_tcp = f"turn:127.0.0.1:{free_port()}?transport=tcp"
     udp = f"turn:127.0.0.1:{coturn.port}?transport=udp"
     tcp = f"turn:127.0.0.1:{coturn.port}?transport=tcp"
     tls = f"turns:127.0.0.1:{coturn.tls_port}?transport=tcp"

@@ -1,0 +1,162 @@
+"""A receiving classroom behind a school NAT whose firewall blocks UDP (or lets only TCP to
+the TURN server's TLS port and the mixer out) joins its lesson through TURN (coturn,
+started by ``scripts/turnserver.sh``) and has picture and sound both ways.
+
+    classroom hetou-3 (namespace) ─ NAT router (namespace: nftables masquerade + filter)
+        ─ this namespace: mixer, coturn, the main classroom
+
+One deployment serves the module; each case holds its own lesson and sets the firewall:
+- ``open``: the baseline, UDP leaves the school; ICE pairs the classroom's host candidate
+  (through the NAT, as peer-reflexive) with the mixer's;
+- ``udp_blocked``: the agent's probe finds UDP to the TURN server dead and relays over TCP;
+- ``tls_only``: only TCP to the mixer's signaling port and TURN's TLS port leaves (the
+  "only HTTPS on 443" firewall; the test's ports are free ones): TURN over TLS.
+
+Needs root (network namespaces, nftables) and coturn: CI runs as root and
+``scripts/bootstrap.sh`` installs coturn and nftables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from syncclass.demo import LocalDeployment, http_json, write_link_configs
+from syncclass.netem import FirewallPolicy, NattedSchool
+from tests.turn_support import SECRET, Coturn
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN, RURAL = "main-3-1", "hetou-3"
+LESSON_S = 6.0
+RESULTS: dict[str, Any] = {}
+
+
+class Net:
+    def __init__(self, dep: LocalDeployment, school: NattedSchool, coturn: Coturn,
+                 out: Path) -> None:
+        self.dep, self.school, self.coturn, self.out = dep, school, coturn, out
+        self.rural_port = 0
+
+    def rural_status(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.rural_port}/api/status"
+        return dict(self.school.call_in_ns(lambda: http_json(url, timeout=2.0)[1]))
+
+    def peer(self, cid: str) -> str | None:
+        room = self.dep.mixer_status()["classrooms"].get(cid)
+        return None if room is None else room["peer"]
+
+
+def _write_configs(tmp: Path, school: NattedSchool, coturn: Coturn) -> tuple[Path, Path]:
+    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
+    # Small pictures: the network is the point here, and the machine is shared.
+    data["media"].update(width=640, height=360, bitrate_kbps=800, uplink_bitrate_kbps=500)
+    for room in data["classrooms"]:
+        room.setdefault("devices", {})["camera"] = {"kind": "synthetic", "width": 320,
+                                                    "height": 180, "fps": 15}
+    data["analytics"] = {"enabled": False}
+    data["mixer"]["turn"] = {"urls": coturn.urls(), "secret": SECRET,
+                             "credential_lifetime_s": 3 * 3600, "ca_file": coturn.ca_file}
+    return write_link_configs(data, school, tmp)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    if os.geteuid() != 0:
+        pytest.fail("the school NAT needs root (network namespaces, nftables)")
+    tmp = tmp_path_factory.mktemp("turn-nat")
+    out = tmp / "classrooms"
+    with NattedSchool("tn") as school:
+        coturn = Coturn(tmp / "coturn", host=school.host_addr)
+        dep: LocalDeployment | None = None
+        try:
+            main_cfg, ns_cfg = _write_configs(tmp, school, coturn)
+            dep = LocalDeployment(main_cfg, tmp)
+            dep.start_mixer()
+            dep.start_agent(MAIN, out_dir=out)
+            n = Net(dep, school, coturn, out)
+            n.rural_port = dep.start_agent_behind(school, RURAL, ns_cfg, out).control_port or 0
+            dep.wait_for(lambda: {MAIN, RURAL} <= set(dep.mixer_status()["classrooms"]), 30,
+                         "agents connected")
+            yield n
+        except BaseException:
+            if dep is not None:
+                for proc in list(dep.procs.values()):
+                    sys.stderr.write(f"--- {proc.name} log ---\n{dep.tail(proc, 40)}\n")
+            sys.stderr.write(f"--- coturn log ---\n{coturn.tail()}\n")
+            raise
+        finally:
+            if dep is not None:
+                dep.stop_all()
+            coturn.close()
+            print("\nTURN/NAT figures:", json.dumps(RESULTS, indent=1))
+            (ROOT / "artifacts").mkdir(exist_ok=True)
+            (ROOT / "artifacts" / "turn_nat.json").write_text(json.dumps(RESULTS, indent=1),
+                                                              encoding="utf-8")
+
+
+CASES: dict[str, tuple[FirewallPolicy, str | None, str]] = {
+    # firewall, the TURN URL scheme+transport the agent should pick, its nominated pair
+    "open": ("open", "?transport=udp", "host"),
+    "udp_blocked": ("udp_blocked", "?transport=tcp", "relay"),
+    "tls_only": ("tcp_only_ports", "turns:", "relay"),
+}
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("case", list(CASES))
+def test_classroom_behind_nat_joins(net: Net, case: str) -> None:
+    policy, expect_url, expect_local = CASES[case]
+    ports = (net.dep.port, net.coturn.tls_port) if policy == "tcp_only_ports" else ()
+    net.school.set_firewall(policy, ports)
+    try:
+        t0 = time.monotonic()
+        status, lesson = net.dep.agent_command(MAIN, "start")
+        assert status == 200, lesson
+        net.dep.wait_for(lambda: net.peer(RURAL) == "connected"
+                         and net.peer(MAIN) == "connected", 30, f"{case}: both joined",
+                         interval=0.1)
+        join_s = time.monotonic() - t0
+        net.dep.wait_for(lambda: (net.rural_status()["reception"] or {})
+                         .get("frames_received", 0) > 0, 15, f"{case}: first frame",
+                         interval=0.1)
+        first_frame_s = time.monotonic() - t0
+        time.sleep(LESSON_S)
+        rural = net.rural_status()
+        main = net.dep.agent_status(MAIN)
+        status, body = net.dep.agent_command(MAIN, "end")
+        assert status == 200, body
+    finally:
+        net.school.set_firewall("open")
+    rx, back = rural["reception"], main["reception"]
+    RESULTS[case] = {
+        "turn_url": rural["ice"]["turn"], "pair": rural["ice"]["pair"],
+        "join_s": round(join_s, 2), "first_frame_s": round(first_frame_s, 2),
+        "rural_frames": rx["frames_received"], "rural_fps": rx["fps"],
+        "rural_tone_levels_db": rx["tone_levels_db"],
+        "main_sees_rural_timecode_advances":
+            back["latency_ms"].get(RURAL, {}).get("timecode_advances"),
+        "main_fps": back["fps"],
+        "main_tone_levels_db": back["tone_levels_db"],
+    }
+    result = RESULTS[case]
+    assert expect_url in (rural["ice"]["turn"] or ""), result
+    assert rural["ice"]["pair"]["local"] == expect_local, result
+    # Picture both ways: the rural room shows the view (>= 5 fps on a shared 2-core
+    # machine), and the main classroom's view shows the rural classroom's timecode advancing.
+    assert rx["fps"] >= 5 and rx["frames_received"] >= 5 * LESSON_S, result
+    assert (result["main_sees_rural_timecode_advances"] or 0) >= 2 * LESSON_S, result
+    # Sound both ways: each hears the other's tone above the rest of its mix.
+    tones_rx, tones_back = rx["tone_levels_db"], back["tone_levels_db"]
+    assert tones_rx[MAIN] > max(v for k, v in tones_rx.items() if k != MAIN) + 10, tones_rx
+    assert tones_back[RURAL] > max(v for k, v in tones_back.items() if k != RURAL) + 10, \
+        tones_back

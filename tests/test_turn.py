@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import json
 import socket
 import ssl
 import time
@@ -226,3 +227,62 @@ def test_turn_ca_file_errors_clearly(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"mixer\.turn\.ca_file"):
         use_turn_ca_file(str(tmp_path / "missing.pem"))
+
+
+# -- the mixer hands credentials out and advertises its public address ------------------------
+async def test_mixer_welcome_credentials_and_advertised_answer() -> None:
+    import base64
+    import hashlib
+    import hmac
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from mixer.server import create_app
+    from syncclass.config import load_config
+    from tests.test_config import SAMPLE
+
+    base = load_config(SAMPLE)
+    turn = TurnConfig(urls=["turn:turn.example.org:3478?transport=tcp",
+                            "turns:turn.example.org:443?transport=tcp"],
+                      secret=SECRET, credential_lifetime_s=7200)
+    mixer = base.mixer.model_copy(update={
+        "turn": turn, "ice_host_addresses": ["127.0.0.1"],
+        "ice_advertised_addresses": {"127.0.0.1": "203.0.113.7"}})
+    config = base.model_copy(update={"mixer": mixer})
+    tokens = {c.id: c.token for c in config.classrooms}
+    use_host_addresses(["127.0.0.1"])
+    pc = new_peer_connection()
+    try:
+        async with TestClient(TestServer(create_app(config))) as client, \
+                client.ws_connect("/ws") as main, client.ws_connect("/ws") as rural:
+            await main.send_json({"type": "hello", "classroom_id": "main-3-1",
+                                  "token": tokens["main-3-1"]})
+            t0 = time.time()
+            await rural.send_json({"type": "hello", "classroom_id": "hetou-3",
+                                   "token": tokens["hetou-3"]})
+            assert (await main.receive_json(timeout=5))["type"] == "welcome"
+            welcome = await rural.receive_json(timeout=5)
+            [server] = welcome["ice_servers"]
+            assert server["urls"] == turn.urls
+            expiry, user = server["username"].split(":")
+            assert user == "hetou-3" and abs(int(expiry) - (t0 + 7200)) <= 2
+            # coturn's REST-API check, done independently of syncclass.turn.
+            mac = hmac.new(SECRET.encode(), server["username"].encode(), hashlib.sha1)
+            assert server["credential"] == base64.b64encode(mac.digest()).decode()
+            assert SECRET not in json.dumps(welcome)
+
+            await main.send_json({"type": "start_lesson"})
+            while (await rural.receive_json(timeout=5))["type"] != "lesson_state":
+                pass
+            pc.addTrack(_Tone(440.0))
+            await pc.setLocalDescription(await pc.createOffer())
+            await rural.send_json({"type": "offer", "sdp": pc.localDescription.sdp})
+            while (msg := await rural.receive_json(timeout=10))["type"] != "answer":
+                pass
+            candidates = [line for line in msg["sdp"].splitlines()
+                          if line.startswith("a=candidate:")]
+            assert candidates and all(" 203.0.113.7 " in c for c in candidates), candidates
+            assert "c=IN IP4 203.0.113.7" in msg["sdp"]
+    finally:
+        await pc.close()
+        use_host_addresses(None)

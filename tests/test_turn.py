@@ -237,7 +237,7 @@ async def test_mixer_welcome_credentials_and_advertised_answer() -> None:
 
     from aiohttp.test_utils import TestClient, TestServer
 
-    from mixer.server import create_app
+    from mixer.app import create_app
     from syncclass.config import load_config
     from tests.test_config import SAMPLE
 

@@ -286,3 +286,19 @@ async def test_mixer_welcome_credentials_and_advertised_answer() -> None:
     finally:
         await pc.close()
         use_host_addresses(None)
+
+
+def test_readme_turn_config_example_is_valid() -> None:
+    """The README's ``mixer.turn`` example loads (with a real secret in place of "…")."""
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "turn:" in b)
+    data = yaml.safe_load(block.replace('"…"', f'"{SECRET}"'))
+    mixer = MixerConfig(**data["mixer"])
+    assert mixer.turn is not None and len(mixer.turn.urls) == 3
+    assert [TurnUrl.parse(u).transport for u in mixer.turn.urls] == ["udp", "tcp", "tls"]
+    assert {str(k): str(v) for k, v in mixer.ice_advertised_addresses.items()} == {
+        "10.0.0.5": "203.0.113.7"}

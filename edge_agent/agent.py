@@ -69,7 +69,7 @@ from syncclass.rtc import (
     turn_ssl_context,
 )
 from syncclass.timecode import read_timecode
-from syncclass.turn import credential_expiry_s
+from syncclass.turn import credential_refresh_in_s
 
 from .classroom_pc import ClassroomPC, apply_saved_devices
 from .devices import (
@@ -478,19 +478,12 @@ class Agent:
 
     # -- signaling ---------------------------------------------------------------------------
     def _set_ice_servers(self, welcome: Welcome) -> None:
-        """Keep ``welcome``'s TURN relays and when their credentials expire (measured
-        from the mixer's ``server_time_ms``, so clock skew between the PCs does not
-        matter)."""
+        """Keep ``welcome``'s TURN relays and when to fetch fresh credentials."""
         self._ice_servers = list(welcome.ice_servers)
-        expiries = [e for s in welcome.ice_servers
-                    if (e := credential_expiry_s(s.username)) is not None]
-        self._ice_refresh_mono = math.inf
-        if expiries:
-            left_s = min(expiries) - welcome.server_time_ms / 1000
-            # Half the granted time at most, so a short lifetime cannot make every join
-            # reconnect for fresh credentials.
-            margin_s = min(TURN_REFRESH_MARGIN_S, left_s / 2)
-            self._ice_refresh_mono = time.monotonic() + left_s - margin_s
+        refresh_in = credential_refresh_in_s(welcome.ice_servers, welcome.server_time_ms,
+                                             TURN_REFRESH_MARGIN_S)
+        self._ice_refresh_mono = (math.inf if refresh_in is None
+                                  else time.monotonic() + refresh_in)
 
     async def _send(self, message: Any) -> None:
         if self._ws is not None and not self._ws.closed:

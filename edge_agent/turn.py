@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 1.5
 """How long a probe may take, s: a round trip to the county's TURN server plus a TLS
 handshake is well under this; a blocked port never answers."""
-GRACE_MIN_S = 0.25
-"""Least time a preferred URL gets once a less preferred one answered, s."""
+GRACE_MIN_S = 0.5
+"""Least time a preferred URL gets once a less preferred one answered, s (a loaded PC or
+a busy TURN server may answer UDP a little later than the TCP handshake)."""
 UDP_RESEND_S = (0.0, 0.1, 0.3, 0.7)
 """When the UDP probe (re)sends its STUN request, s after it starts: one lost datagram
 must not push a school that can use UDP to TCP."""

@@ -16,7 +16,7 @@ import base64
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -136,3 +136,17 @@ def advertise_addresses(sdp: str, mapping: Mapping[str, str]) -> str:
                 line = " ".join(parts)
         out.append(line)
     return "\r\n".join(out)
+
+
+def credential_refresh_in_s(servers: Sequence[IceServer], server_time_ms: int,
+                            margin_s: float) -> float | None:
+    """Seconds after a ``welcome`` (sent at the mixer's ``server_time_ms``) from which its
+    TURN credentials are too close to expiry to start a lesson with: ``margin_s`` before
+    the earliest expiry, or half-way through their lifetime if that is shorter (so a short
+    ``credential_lifetime_s`` cannot make every join fetch new ones). ``None``: nothing
+    expires. Measured from the mixer's own clock, so a PC's clock skew does not matter."""
+    expiries = [e for s in servers if (e := credential_expiry_s(s.username)) is not None]
+    if not expiries:
+        return None
+    left_s = min(expiries) - server_time_ms / 1000
+    return max(0.0, left_s - min(margin_s, left_s / 2))

@@ -28,6 +28,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import AudioStreamTrack
 
+import edge_agent.turn
 from edge_agent.turn import choose_turn_server
 from syncclass.config import MixerConfig, TurnConfig
 from syncclass.protocol import IceServer, Welcome, parse_server_message
@@ -43,6 +44,7 @@ from syncclass.turn import (
     TurnUrl,
     advertise_addresses,
     credential_expiry_s,
+    credential_refresh_in_s,
     ice_servers_for,
     turn_credential,
 )
@@ -131,7 +133,12 @@ def _servers(coturn: Coturn, *urls: str, lifetime_s: int = 600,
     return ice_servers_for(cfg, "hetou-3", time.time() if now_s is None else now_s)
 
 
-async def test_choose_turn_server_probes_in_order(coturn: Coturn) -> None:
+async def test_choose_turn_server_probes_in_order(coturn: Coturn,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # The order is the point here: give every URL the whole probe time, so a loaded
+    # machine answering UDP late does not pick TCP (the grace is measured in
+    # benchmarks/turn_join.py).
+    monkeypatch.setattr(edge_agent.turn, "GRACE_MIN_S", edge_agent.turn.PROBE_TIMEOUT_S)
     dead_udp = f"turn:127.0.0.1:{free_port(socket.SOCK_DGRAM)}?transport=udp"
     dead_tcp = f"turn:127.0.0.1:{free_port()}?transport=tcp"
     udp = f"turn:127.0.0.1:{coturn.port}?transport=udp"
@@ -302,3 +309,16 @@ def test_readme_turn_config_example_is_valid() -> None:
     assert [TurnUrl.parse(u).transport for u in mixer.turn.urls] == ["udp", "tcp", "tls"]
     assert {str(k): str(v) for k, v in mixer.ice_advertised_addresses.items()} == {
         "10.0.0.5": "203.0.113.7"}
+
+
+def test_credential_refresh_time() -> None:
+    def servers(expiry: int) -> list[IceServer]:
+        return [IceServer(urls=["turn:x"], username=f"{expiry}:hetou-3", credential="c")]
+
+    # 24 h credentials: fetch new ones an hour before they expire.
+    assert credential_refresh_in_s(servers(1000 + 86_400), 1000_000, 3600) == 86_400 - 3600
+    # 20 min credentials: half-way, not at once.
+    assert credential_refresh_in_s(servers(1000 + 1200), 1000_000, 3600) == 600
+    # Already expired (the mixer's clock says so): at once.
+    assert credential_refresh_in_s(servers(900), 1000_000, 3600) == 0
+    assert credential_refresh_in_s([], 1000_000, 3600) is None

@@ -1,6 +1,6 @@
 """A real coturn for tests, started by the project's ``scripts/turnserver.sh``, and a
-deployment whose receiving classroom sits behind a school NAT (tests/test_turn_nat.py,
-benchmarks/turn_join.py)."""
+deployment whose receiving classroom sits behind a school NAT
+(``tests/integration/test_turn_nat.py``, ``benchmarks/turn_join.py``)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ One deployment serves the module; each case holds its own lesson and sets the fi
 - ``tls_only``: only TCP to the mixer's signaling port and TURN's TLS port leaves (the
   "only HTTPS on 443" firewall; the test's ports are free ones): TURN over TLS;
 - a browser classroom (shanping-3, Debian's Chromium in the school's namespace) with UDP
-  blocked: Chromium gathers through every TURN URL and relays over TCP or TLS.
+  blocked: Chromium gathers through every TURN URL and relays over TCP or TLS; an observer
+  (教研员) page in the same school watches through the relay too.
 
 Needs root (network namespaces, nftables) and coturn: CI runs as root and
 ``scripts/bootstrap.sh`` installs coturn and nftables.
@@ -36,7 +37,7 @@ from tests.turn_support import MAIN, RURAL, Net, hold_lesson, turn_nat_deploymen
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-BROWSER = "shanping-3"
+BROWSER, OBSERVER = "shanping-3", "jiaoyan-li"
 LESSON_S = 6.0
 RESULTS: dict[str, Any] = {}
 
@@ -129,10 +130,17 @@ def test_browser_classroom_behind_nat_udp_blocked(net: Net, tmp_path: Path) -> N
             wait_page(page, f"""() => {{ const l = window.syncclass.state.latency['{MAIN}'];
                                  return l && l.advances >= 15; }}""", 40, "teacher timecodes")
             first_s = time.monotonic() - t0
+            # A teaching researcher (教研员) in the same school watches from /observe.
+            observer = b.new_page()
+            observer.goto(f"{origin}/observe#observer={OBSERVER}&token="
+                          f"{dep.config.observer(OBSERVER).token}")
             early = page.evaluate("() => window.syncclass.summary()")
             time.sleep(LESSON_S)
             during = page.evaluate("() => window.syncclass.summary()")
             pair = page.evaluate(SELECTED_PAIR_JS)
+            wait_page(observer, "() => window.syncclass.summary().frames_received >= 15", 20,
+                      "observer's view frames")
+            observer_pair = observer.evaluate(SELECTED_PAIR_JS)
             page_tones = {str(hz): page.evaluate(
                 f"() => window.syncclass.state.toneLevelDb({hz}, 0.06)") for hz in (440, 1000)}
             main = dep.agent_status(MAIN)
@@ -151,7 +159,8 @@ def test_browser_classroom_behind_nat_udp_blocked(net: Net, tmp_path: Path) -> N
         school.set_firewall("open")
     back = main["reception"]
     RESULTS["browser_udp_blocked"] = result = {
-        "pair": pair, "teacher_timecodes_after_s": round(first_s, 2),
+        "pair": pair, "observer_pair": observer_pair,
+        "teacher_timecodes_after_s": round(first_s, 2),
         "page_frames": during["frames_received"] - early["frames_received"],
         "page_tones_db": page_tones,
         "main_sees_browser_timecode_advances":
@@ -162,6 +171,7 @@ def test_browser_classroom_behind_nat_udp_blocked(net: Net, tmp_path: Path) -> N
     # Chromium relays through coturn over TCP or TLS (UDP cannot leave the school).
     assert pair is not None and pair["local"] == "relay", result
     assert pair["relay_protocol"] in ("tcp", "tls"), result
+    assert observer_pair is not None and observer_pair["local"] == "relay", result
     # Picture both ways: the page decodes the view, the main classroom reads the browser's
     # camera timecode in its view; sound both ways: each hears the other's tone.
     assert result["page_frames"] >= 2 * LESSON_S, result

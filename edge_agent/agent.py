@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import ssl
@@ -44,6 +45,7 @@ from syncclass.protocol import (
     EndLesson,
     Error,
     Hello,
+    IceServer,
     Layout,
     LessonInfo,
     LessonState,
@@ -63,13 +65,17 @@ from syncclass.rtc import (
     prefer_codec,
     recv_newest,
     route_keyframe_requests,
+    selected_ice_pair,
+    turn_ssl_context,
 )
 from syncclass.stats import median, percentile
 from syncclass.timecode import read_timecode
+from syncclass.turn import credential_refresh_in_s
 
 from .classroom_pc import ClassroomPC, LessonView, apply_saved_devices
 from .rig import DeviceRig
 from .sources import AudioSource, VideoSource
+from .turn import choose_turn_server
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +86,9 @@ seconds (a mixer's rate limit, ``mixer.joins_per_min``, bounds a misbehaving age
 CONNECT_TIMEOUT_S = 3.0
 """TCP/TLS connect timeout: a SYN lost on a dead link must not stall the next attempt."""
 STATS_INTERVAL_S = 2.0
+TURN_REFRESH_MARGIN_S = 3600.0
+"""Join a lesson only with TURN credentials valid this much longer, s (longer than any
+lesson; coturn ends a relay whose credential expired); else fetch fresh ones first."""
 LATENCY_WINDOW = 450  # samples kept per source (30 s at 15 fps)
 FREEZE_GAP_S = 0.5
 """A gap between received view frames longer than this counts as a freeze (s; as the
@@ -337,6 +346,13 @@ class Agent:
         self._stopping = asyncio.Event()
         self._waiters: list[Callable[[object], bool]] = []
         self._join_lock = asyncio.Lock()
+        self._ice_servers: list[IceServer] = []
+        """TURN relays from the last ``welcome``."""
+        self._ice_refresh_mono = math.inf
+        """After this (this process's monotonic clock, s) their credentials are too close to
+        expiry to start a lesson with."""
+        self.turn_url: str | None = None
+        """The TURN URL the current peer connection gathers a relay through."""
         self.local = ClassroomPC(self.rig, self.lesson_view)
         """Mic chain (AEC, noise suppression, AGC, mute), screen strip, preview, devices."""
 
@@ -441,6 +457,8 @@ class Agent:
             "in_lesson": self.in_lesson,
             "lesson": self.lesson.model_dump() if self.lesson else None,
             "peer": self._pc.connectionState if self._pc else None,
+            "ice": {"turn": self.turn_url,
+                    "pair": selected_ice_pair(self._pc) if self._pc else None},
             "reconnects": self.reconnects,
             "hands_raised": self.hands_raised,
             "local": self.local.status(),
@@ -458,6 +476,14 @@ class Agent:
         }
 
     # -- signaling ---------------------------------------------------------------------------
+    def _set_ice_servers(self, welcome: Welcome) -> None:
+        """Keep ``welcome``'s TURN relays and when to fetch fresh credentials."""
+        self._ice_servers = list(welcome.ice_servers)
+        refresh_in = credential_refresh_in_s(welcome.ice_servers, welcome.server_time_ms,
+                                             TURN_REFRESH_MARGIN_S)
+        self._ice_refresh_mono = (math.inf if refresh_in is None
+                                  else time.monotonic() + refresh_in)
+
     async def _send(self, message: Any) -> None:
         if self._ws is not None and not self._ws.closed:
             await self._ws.send_str(encode(message))
@@ -512,6 +538,7 @@ class Agent:
         for waiter in list(self._waiters):
             waiter(message)
         if isinstance(message, Welcome):
+            self._set_ice_servers(message)
             self.state = "connected"
             logger.info("classroom %s: welcomed (lesson %s)", self.classroom.id,
                         message.lesson.state if message.lesson else None)
@@ -564,8 +591,20 @@ class Agent:
         async with self._join_lock:
             if self._pc is not None:
                 return
+            if time.monotonic() >= self._ice_refresh_mono:
+                # coturn ends a relay when its credential expires: reconnect signaling for
+                # a fresh welcome (which joins this lesson again) rather than lose the
+                # lesson's media midway.
+                logger.info("classroom %s: TURN credentials expire soon; reconnecting for "
+                            "fresh ones", self.classroom.id)
+                self._ice_refresh_mono = math.inf
+                if self._ws is not None:
+                    await self._ws.close()
+                return
             logger.info("classroom %s: joining lesson %s", self.classroom.id, lesson.lesson_id)
-            pc = new_peer_connection()
+            ice = await choose_turn_server(self._ice_servers, turn_ssl_context())
+            self.turn_url = str(ice[0].urls) if ice else None
+            pc = new_peer_connection(ice)
             self._pc = pc
             self.reception = Reception(lesson.lesson_id)
             video = EncodedVideoTrack(self.rig.video_source, self.encoder,

@@ -45,6 +45,7 @@ from syncclass.rtc import (
     route_keyframe_requests,
 )
 from syncclass.tokens import SigningKey, looks_signed, verify_token
+from syncclass.turn import advertise_addresses
 
 from .guard import (
     GuardStats,
@@ -102,6 +103,9 @@ class Mixer:
         self.peers: set[RTCPeerConnection] = set()
         """Every peer connection not yet closed (closed on shutdown, so none leaks)."""
         self.media: dict[str, LessonMedia] = {}
+        self.advertised_addresses = {str(k): str(v) for k, v in
+                                     config.mixer.ice_advertised_addresses.items()}
+        """Host address -> address written in answers' candidates (1:1 NAT)."""
         self._tokens = {c.token: c for c in config.classrooms}
         self._signing_keys = [SigningKey(k.id, k.secret.encode()) for k in config.mixer.token_keys]
         self.auth_failures = RateLimiter(config.mixer.auth_failures_per_min / 60.0,
@@ -340,7 +344,7 @@ class Mixer:
         await pc.setLocalDescription(answer)
         if views and media.views[views[0]].last_layout is not None:
             self._background(session.send(media.views[views[0]].last_layout))
-        return str(pc.localDescription.sdp)
+        return advertise_addresses(str(pc.localDescription.sdp), self.advertised_addresses)
 
     # -- shutdown -----------------------------------------------------------------------------
     async def aclose(self) -> None:

@@ -53,6 +53,7 @@ from syncclass.rtc import (
     prefer_codec,
     route_keyframe_requests,
 )
+from syncclass.turn import advertise_addresses, ice_servers_for
 
 from .comments import CommentStore
 from .core import Mixer, now_ms, reply_error
@@ -270,7 +271,8 @@ class ObserverHub:
         await pc.setLocalDescription(answer)
         session.layout_task = asyncio.ensure_future(self._layout_loop(session, media, view))
         logger.info("observer %s: watching %s of lesson %s", oid, view, lesson.lesson_id)
-        return str(pc.localDescription.sdp)
+        return advertise_addresses(str(pc.localDescription.sdp),
+                                   self.mixer.advertised_addresses)
 
     async def _layout_loop(self, session: ObserverSession, media: LessonMedia,
                            view: str) -> None:
@@ -390,6 +392,7 @@ async def _open(hub: ObserverHub, ws: web.WebSocketResponse,
         view=observer_view(media) if media else "students_view",
         lesson=lesson.info() if lesson else None,
         server_time_ms=now_ms(),
+        ice_servers=ice_servers_for(hub.mixer.config.mixer.turn, observer.id, time.time()),
     ))
     logger.info("observer %s: authenticated (%s), watching pairing %s", observer.id,
                 hello.client, pairing_id)

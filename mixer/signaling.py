@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
@@ -48,6 +49,7 @@ from syncclass.protocol import (
     dumps_strict,
     parse_client_message,
 )
+from syncclass.turn import ice_servers_for
 
 from .analytics import raise_hand
 from .core import ClassroomSession, Mixer, now_ms, reply_error
@@ -167,6 +169,7 @@ async def _hello(mixer: Mixer, ws: web.WebSocketResponse, hello: Hello,
             name=room.name,
             lesson=lesson.info() if lesson else None,
             server_time_ms=now_ms(),
+            ice_servers=ice_servers_for(mixer.config.mixer.turn, room.id, time.time()),
         )
     )
     logger.info("classroom %s: authenticated (%s)", room.id, hello.client)

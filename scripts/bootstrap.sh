@@ -17,6 +17,9 @@ APT_PACKAGES=(
   chromium                   # headless browser tests: dashboard, browser classrooms, observers
   fonts-wqy-zenhei           # CJK glyphs for school/classroom names in browser screenshots
   iproute2                   # fault tests: network namespaces + TUN links (syncclass.netem)
+  coturn                     # TURN relay for classrooms behind NAT/firewalls (scripts/turnserver.sh)
+  openssl                    # scripts/turnserver.sh: a self-signed TLS certificate for turns:
+  nftables                   # tests: a school NAT (masquerade) that blocks UDP, in a namespace
 )
 
 missing=()

@@ -302,11 +302,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
         return 2
     from edge_agent.agent import Agent  # optional: per command
     from edge_agent.control import serve_control  # optional: per command
-    from syncclass.rtc import use_host_addresses  # optional: media only
+    from syncclass.rtc import use_host_addresses, use_turn_ca_file  # optional: media only
 
     config = _config(args)
     switches = Switches.from_environ()
     use_host_addresses(config.mixer.ice_host_addresses)
+    if config.mixer.turn is not None:
+        use_turn_ca_file(config.mixer.turn.ca_file)
     from syncclass.liveness import tighten_ice_consent  # optional: media only
 
     tighten_ice_consent(config.mixer.ice_consent_interval_s, config.mixer.ice_consent_failures)

@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyAddress,
     PrivateAttr,
     SecretStr,
     ValidationError,
@@ -31,6 +32,7 @@ from pydantic import (
 
 from .auth import check_password_hash_format
 from .errors import ConfigError
+from .turn import TurnUrl
 
 PATTERN_WORDS: dict[str, tuple[str, bool]] = {}
 """Per regular expression of a ``Field(pattern=...)``: what it allows, in words with an
@@ -316,6 +318,34 @@ class TlsConfig(_Model):
     """PEM private key of the certificate."""
 
 
+class TurnConfig(_Model):
+    """TURN relays for classrooms behind NAT or a firewall (coturn with a REST-API shared
+    secret, ``scripts/turnserver.sh``). The mixer hands each classroom time-limited
+    credentials in its ``welcome``; the secret itself never leaves the servers."""
+
+    urls: list[str] = Field(min_length=1)
+    """TURN URLs in order of preference, e.g. ``turn:turn.example.org:3478?transport=udp``,
+    ``turn:turn.example.org:3478?transport=tcp``, ``turns:turn.example.org:443?transport=tcp``.
+    Browsers try them all; an agent (aiortc uses one TURN server) probes them and uses the
+    first that answers."""
+    secret: SecretStr = Field(min_length=16)
+    """coturn's ``static-auth-secret`` (shown as ``**********`` in logs and reprs)."""
+    credential_lifetime_s: int = Field(default=86_400, ge=600, le=7 * 86_400)
+    """How long a handed-out credential works, s. coturn ends a relay when its credential
+    expires, so this must outlast a lesson; an agent reconnects for fresh credentials
+    before it joins a lesson with less than an hour of them left."""
+    ca_file: str | None = None
+    """CA certificate(s) (PEM) agents trust for a ``turns:`` server's certificate (e.g. the
+    self-signed one ``scripts/turnserver.sh`` makes); ``None``: the system trust store."""
+
+    @field_validator("urls")
+    @classmethod
+    def _valid_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            TurnUrl.parse(url)  # ValueError names the bad URL
+        return urls
+
+
 class MixerConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8700, ge=0, le=65535)
@@ -324,6 +354,11 @@ class MixerConfig(_Model):
     ice_host_addresses: list[str] | None = None
     """Host addresses to offer as ICE candidates; ``None`` lets aioice enumerate
     interfaces (which never offers 127.0.0.1). Set to ``[127.0.0.1]`` for one machine."""
+    ice_advertised_addresses: dict[IPvAnyAddress, IPvAnyAddress] = {}
+    """Host address -> address written in the mixer's ICE candidates instead, for a mixer
+    behind a 1:1 NAT (a cloud VM's private address -> its public one). Ports are kept."""
+    turn: TurnConfig | None = None
+    """TURN relays handed to classrooms (``None``: host candidates only)."""
     max_message_bytes: int = Field(default=65536, ge=1024)
     """Signaling messages larger than this are refused."""
     data_dir: str = path_field("out_dir", "var/mixer")

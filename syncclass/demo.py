@@ -31,7 +31,7 @@ from .config import CountyConfig, load_config
 from .protocol import dumps_strict
 
 if TYPE_CHECKING:
-    from .netem import EmulatedLink
+    from .netem import NamespaceLink
 
 
 def free_port() -> int:
@@ -167,7 +167,7 @@ class LocalDeployment:
             args += ["--token", token]
         return self._spawn(classroom_id, args + (extra or []), control_port, wrap)
 
-    def start_agent_behind(self, link: EmulatedLink, classroom_id: str, config_path: Path,
+    def start_agent_behind(self, link: NamespaceLink, classroom_id: str, config_path: Path,
                            out_dir: Path | None = None) -> Proc:
         """An agent inside ``link``'s network namespace (``config_path`` from
         :func:`write_link_configs`), reaching the mixer at the link's host address. Its
@@ -241,7 +241,7 @@ class LocalDeployment:
         self.stop_all()
 
 
-def write_link_configs(data: dict[str, Any], link: EmulatedLink,
+def write_link_configs(data: dict[str, Any], link: NamespaceLink,
                        tmp: Path) -> tuple[Path, Path]:
     """County configs (from the county ``data``) for a lesson with one classroom behind
     ``link``: the mixer's, listening on every address and offering loopback and the link's

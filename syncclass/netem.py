@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, Protocol, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,46 @@ def _run(*argv: str) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
+
+
+def call_in_netns(netns: str, fn: Callable[[], T], timeout: float = 30.0) -> T:
+    """Run ``fn`` on a thread that entered network namespace ``netns`` (its sockets live
+    there)."""
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            with open(f"/run/netns/{netns}", "rb") as fh:
+                if libc.setns(fh.fileno(), _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns failed")
+            result.append(fn())
+        except BaseException as exc:  # handed to the caller
+            error.append(exc)
+
+    thread = threading.Thread(target=target, name=f"in-{netns}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if error:
+        raise error[0]
+    if not result:
+        raise TimeoutError(f"call in namespace {netns} timed out")
+    return result[0]
+
+
+class NamespaceLink(Protocol):
+    """What a deployment needs of a namespace it starts a classroom in."""
+
+    netns: str
+    host_addr: str
+    """This (root) namespace's address as the classroom reaches it."""
+    ns_addr: str
+    """The classroom's own address inside its namespace."""
+
+    def ns_command(self, argv: list[str]) -> list[str]: ...
+
+    def call_in_ns(self, fn: Callable[[], T], timeout: float = 30.0) -> T: ...
 
 
 def _free_subnet() -> int:
@@ -196,27 +236,7 @@ class EmulatedLink:
 
     def call_in_ns(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
         """Run ``fn`` on a thread that entered the namespace (its sockets live there)."""
-        result: list[T] = []
-        error: list[BaseException] = []
-
-        def target() -> None:
-            try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                with open(f"/run/netns/{self.netns}", "rb") as fh:
-                    if libc.setns(fh.fileno(), _CLONE_NEWNET) != 0:
-                        raise OSError(ctypes.get_errno(), "setns failed")
-                result.append(fn())
-            except BaseException as exc:  # handed to the caller
-                error.append(exc)
-
-        thread = threading.Thread(target=target, name=f"in-{self.netns}", daemon=True)
-        thread.start()
-        thread.join(timeout)
-        if error:
-            raise error[0]
-        if not result:
-            raise TimeoutError(f"call in namespace {self.netns} timed out")
-        return result[0]
+        return call_in_netns(self.netns, fn, timeout)
 
     def stats(self) -> dict[str, dict[str, int]]:
         with self._lock:
@@ -281,3 +301,134 @@ class EmulatedLink:
                             heapq.heappush(pending, (due, seq, out_fd, packet))
         finally:
             sel.close()
+
+
+FirewallPolicy = Literal["open", "udp_blocked", "tcp_only_ports"]
+
+
+class NattedSchool:
+    """A school LAN behind a NAT router, each in its own network namespace, over veth::
+
+        namespace <tag>s            namespace <tag>r                  this (root) namespace
+        classroom 192.168.X.2 ─veth─ 192.168.X.1  NAT  10.98.X.2 ─veth─ 10.98.X.1  mixer, TURN
+                                     (nftables masquerade + a forward filter)
+
+    The router masquerades everything the school sends out (as a school's ADSL router
+    does) and filters it by :meth:`set_firewall`: ``open``; ``udp_blocked`` (no UDP leaves
+    the school: host and server-reflexive ICE candidates are useless, TURN over TCP/TLS is
+    the way); ``tcp_only_ports`` (only TCP to the given ports leaves, like a firewall that
+    allows only HTTPS on 443). Replies to allowed connections come back (conntrack).
+    Needs root and nftables. :meth:`close` (or the context manager) removes everything.
+    """
+
+    def __init__(self, name: str = "nat") -> None:
+        used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True,
+                              text=True).stdout
+        free = [x for x in range(1, 255) if f" 10.98.{x}." not in used
+                and f" 192.168.{x}." not in used]
+        if not free:
+            raise RuntimeError("no free 10.98.X.0 / 192.168.X.0 test subnet")
+        self.subnet = random.choice(free)
+        tag = f"{name[:3]}{os.getpid() % 100000}{self.subnet}"[:11]
+        self.netns, self.router_ns = f"{tag}s", f"{tag}r"
+        self.wan_host, self.wan_router = f"{tag}w0", f"{tag}w1"
+        self.lan_router, self.lan_school = f"{tag}l0", f"{tag}l1"
+        self.host_addr = f"10.98.{self.subnet}.1"
+        self.router_addr = f"10.98.{self.subnet}.2"
+        """The school's public address: everything it sends arrives from here."""
+        self.ns_addr = f"192.168.{self.subnet}.2"
+        self.lan = f"192.168.{self.subnet}.0/24"
+        self._made: list[str] = []
+
+    def start(self) -> NattedSchool:
+        try:
+            for ns in (self.router_ns, self.netns):
+                _run("ip", "netns", "add", ns)
+                self._made.append(ns)
+            _run("ip", "link", "add", self.wan_host, "type", "veth", "peer", "name",
+                 self.wan_router, "netns", self.router_ns)
+            self._made.append("wan")
+            _run("ip", "-n", self.router_ns, "link", "add", self.lan_router, "type", "veth",
+                 "peer", "name", self.lan_school, "netns", self.netns)
+            _run("ip", "addr", "add", f"{self.host_addr}/24", "dev", self.wan_host)
+            _run("ip", "link", "set", self.wan_host, "up")
+            r, s = ("ip", "-n", self.router_ns), ("ip", "-n", self.netns)
+            _run(*r, "addr", "add", f"{self.router_addr}/24", "dev", self.wan_router)
+            _run(*r, "addr", "add", f"192.168.{self.subnet}.1/24", "dev", self.lan_router)
+            for dev in (self.wan_router, self.lan_router, "lo"):
+                _run(*r, "link", "set", dev, "up")
+            _run(*s, "addr", "add", f"{self.ns_addr}/24", "dev", self.lan_school)
+            _run(*s, "link", "set", self.lan_school, "up")
+            _run(*s, "link", "set", "lo", "up")
+            _run(*s, "route", "add", "default", "via", f"192.168.{self.subnet}.1")
+            _run("ip", "netns", "exec", self.router_ns, "sysctl", "-q", "-w",
+                 "net.ipv4.ip_forward=1")
+            # The mixer's ICE checks to the school's private host candidate must die here,
+            # not leave through this machine's default route.
+            _run("ip", "route", "add", "unreachable", self.lan)
+            self._made.append("route")
+            self.set_firewall("open")
+        except BaseException:
+            self.close()
+            raise
+        logger.info("school %s behind NAT %s (%s) <-> %s up", self.ns_addr, self.router_addr,
+                    self.router_ns, self.host_addr)
+        return self
+
+    def set_firewall(self, policy: FirewallPolicy, tcp_ports: tuple[int, ...] = ()) -> None:
+        """Replace the router's rules: masquerade, plus what may leave the school."""
+        if policy == "open":
+            filt = ""
+        elif policy == "udp_blocked":
+            filt = f'iifname "{self.lan_router}" meta l4proto udp drop'
+        else:
+            if not tcp_ports:
+                raise ValueError("tcp_only_ports needs tcp_ports")
+            ports = ", ".join(str(p) for p in tcp_ports)
+            filt = (f'iifname "{self.lan_router}" tcp dport {{ {ports} }} accept\n'
+                    f'    iifname "{self.lan_router}" drop')
+        ruleset = f"""flush ruleset
+table ip school {{
+  chain nat_out {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "{self.wan_router}" masquerade
+  }}
+  chain leaving {{
+    type filter hook forward priority filter; policy accept;
+    ct state established,related accept
+    {filt}
+  }}
+}}
+"""
+        proc = subprocess.run(["ip", "netns", "exec", self.router_ns, "nft", "-f", "-"],
+                              input=ruleset, capture_output=True, text=True, timeout=10)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nft failed: {proc.stderr.strip()}\n{ruleset}")
+        logger.info("school %s: firewall %s %s", self.netns, policy, tcp_ports or "")
+
+    def ns_command(self, argv: list[str]) -> list[str]:
+        """``argv`` run inside the school's namespace."""
+        return ["ip", "netns", "exec", self.netns, *argv]
+
+    def call_in_ns(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
+        """Run ``fn`` on a thread inside the school's namespace."""
+        return call_in_netns(self.netns, fn, timeout)
+
+    def close(self) -> None:
+        if "route" in self._made:
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                _run("ip", "route", "del", "unreachable", self.lan)
+        if "wan" in self._made:
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                _run("ip", "link", "del", self.wan_host)  # its peer goes with it
+        for ns in (self.netns, self.router_ns):
+            if ns in self._made:
+                with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                    _run("ip", "netns", "del", ns)  # the LAN veth pair goes with them
+        self._made.clear()
+
+    def __enter__(self) -> NattedSchool:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

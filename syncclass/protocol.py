@@ -161,6 +161,16 @@ class LessonInfo(_Msg):
     ended_ms: int | None = None
 
 
+class IceServer(_Msg):
+    """A TURN server for the classroom's peer connection (the shape of WebRTC's
+    ``RTCIceServer``): time-limited credentials from the county's shared secret."""
+
+    urls: list[str] = Field(min_length=1, max_length=8)
+    username: str = Field(max_length=256)
+    """``"<expiry unix s>:<classroom id>"`` (coturn REST-API scheme)."""
+    credential: str = Field(max_length=256)
+
+
 class Welcome(_Msg):
     type: Literal["welcome"] = "welcome"
     classroom_id: str
@@ -171,6 +181,8 @@ class Welcome(_Msg):
     lesson: LessonInfo | None
     server_time_ms: int
     protocol: int = PROTOCOL_VERSION
+    ice_servers: list[IceServer] = []
+    """TURN relays to offer relay candidates through (empty: host candidates only)."""
 
 
 class ObserverWelcome(_Msg):
@@ -185,6 +197,8 @@ class ObserverWelcome(_Msg):
     lesson: LessonInfo | None
     server_time_ms: int
     protocol: int = PROTOCOL_VERSION
+    ice_servers: list[IceServer] = []
+    """TURN relays for the observer's browser (as in :class:`Welcome`)."""
 
 
 class CommentRecord(_Msg):

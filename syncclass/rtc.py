@@ -29,6 +29,7 @@ import fractions
 import logging
 import math
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from typing import Any
 
 import aioice.ice
 import aiortc.codecs.opus
+import aiortc.rtcicetransport
 import aiortc.rtcrtpreceiver
 import aiortc.rtp
 import av
@@ -43,6 +45,7 @@ import numpy as np
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
+    RTCIceServer,
     RTCPeerConnection,
     RTCRtpReceiver,
     RTCRtpSender,
@@ -61,7 +64,7 @@ from aiortc.rtp import (
 from aiortc.utils import uint16_add, uint16_gt
 
 from .adapt import LinkFeedback
-from .errors import ProtocolError
+from .errors import ConfigError, ProtocolError
 from .lipsync import SenderClock, ntp_to_seconds
 
 logger = logging.getLogger(__name__)
@@ -83,10 +86,63 @@ def use_host_addresses(addresses: Sequence[str] | None) -> None:
     aioice.ice.get_host_addresses = get_host_addresses
 
 
-def new_peer_connection() -> RTCPeerConnection:
-    """A peer connection with no STUN/TURN servers (aiortc would default to a public
-    STUN server, which a school LAN and this project's tests cannot reach)."""
-    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+def new_peer_connection(ice_servers: Sequence[RTCIceServer] = ()) -> RTCPeerConnection:
+    """A peer connection with only these ICE servers (TURN relays handed out by the mixer);
+    none by default: aiortc would default to a public STUN server, which a school LAN and
+    this project's tests cannot reach. aiortc 1.16 uses one TURN URL (the first it can
+    use) and one STUN URL; see ``edge_agent/turn.py`` for how an agent picks it."""
+    return RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
+
+
+_original_connection_kwargs = aiortc.rtcicetransport.connection_kwargs
+_turn_ssl_context: ssl.SSLContext | None = None
+
+
+def turn_ssl_context() -> ssl.SSLContext:
+    """The TLS client context used for ``turns:`` servers (see :func:`use_turn_ca_file`)."""
+    return _turn_ssl_context or ssl.create_default_context()
+
+
+def use_turn_ca_file(path: str | None) -> None:
+    """Verify ``turns:`` servers' certificates against the CA certificate(s) in ``path``
+    (PEM; ``None``: the system trust store).
+
+    aiortc passes ``turn_ssl=True`` to aioice, which hands it to
+    ``loop.create_connection(ssl=...)``: a default context that cannot trust a county's own
+    CA or the self-signed certificate of ``scripts/turnserver.sh``. aioice takes an
+    ``SSLContext`` there as well, so the kwargs aiortc builds get ours instead."""
+    global _turn_ssl_context
+    if path is None:
+        _turn_ssl_context = None
+        aiortc.rtcicetransport.connection_kwargs = _original_connection_kwargs
+        return
+    try:
+        ctx = ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"mixer.turn.ca_file: cannot load {path!r}: {exc}") from None
+    _turn_ssl_context = ctx
+
+    def connection_kwargs(servers: list[RTCIceServer]) -> dict[str, Any]:
+        kwargs = _original_connection_kwargs(servers)
+        if kwargs.get("turn_ssl") is True:
+            kwargs["turn_ssl"] = ctx
+        return kwargs
+
+    aiortc.rtcicetransport.connection_kwargs = connection_kwargs
+
+
+def selected_ice_pair(pc: RTCPeerConnection) -> dict[str, str] | None:
+    """Candidate types of the pair ICE nominated (``{"local": "relay", "remote": "host"}``),
+    ``None`` before one is nominated. Reads aioice's nominated pair: aiortc's getStats has
+    no candidate-pair report."""
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.sender.transport
+        connection = getattr(getattr(transport, "transport", None), "_connection", None)
+        nominated = getattr(connection, "_nominated", None)
+        if nominated:
+            pair = nominated[min(nominated)]
+            return {"local": pair.local_candidate.type, "remote": pair.remote_candidate.type}
+    return None
 
 
 def route_keyframe_requests(sender: RTCRtpSender, callback: Callable[[], Any]) -> None:

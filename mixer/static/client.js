@@ -5,6 +5,7 @@ import { readTimecode, lumaOfRgba, timecodeBandHeight } from "./timecode.js";
 const STATS_INTERVAL_MS = 2000;
 const LATENCY_WINDOW = 450; // samples per source (30 s at 15 fps)
 const ICE_GATHER_TIMEOUT_MS = 5000;
+const RELAY_GRACE_MS = 300; // after the first TURN relay candidate (see iceGathered)
 
 /** Parse "#a=1&b=2" into an object. */
 export function fragmentParams() {
@@ -128,6 +129,12 @@ export function iceGathered(pc) {
     if (pc.iceGatheringState === "complete") return resolve();
     const done = () => { if (pc.iceGatheringState === "complete") resolve(); };
     pc.addEventListener("icegatheringstatechange", done);
+    // Behind a firewall that drops UDP, gathering through a turn:...?transport=udp URL
+    // completes only when Chromium gives up on it (the 5 s timeout here): once one relay
+    // candidate is in, the others that will come come within a moment.
+    pc.addEventListener("icecandidate", (ev) => {
+      if (ev.candidate && ev.candidate.type === "relay") setTimeout(resolve, RELAY_GRACE_MS);
+    });
     setTimeout(resolve, ICE_GATHER_TIMEOUT_MS);
   });
 }

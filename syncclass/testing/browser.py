@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 import wave
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -73,10 +73,14 @@ def write_tone_wav(path: Path, hz: float, seconds: float = 2.0, rate: int = 4800
 
 
 @contextmanager
-def chromium(video: Path | None = None, audio: Path | None = None) -> Iterator[BrowserContext]:
+def chromium(video: Path | None = None, audio: Path | None = None, *,
+             executable: Path = CHROMIUM,
+             extra_args: Sequence[str] = ()) -> Iterator[BrowserContext]:
     """A headless Chromium with fake camera/microphone (from ``video``/``audio`` if given)
-    and an empty profile, closed on exit."""
-    args = [*BASE_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+    and an empty profile, closed on exit. ``executable`` may be a wrapper that starts
+    /usr/bin/chromium elsewhere (e.g. in a network namespace)."""
+    args = [*BASE_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+            *extra_args]
     if video is not None:
         args.append(f"--use-file-for-fake-video-capture={video}")
     if audio is not None:
@@ -84,7 +88,7 @@ def chromium(video: Path | None = None, audio: Path | None = None) -> Iterator[B
     with tempfile.TemporaryDirectory(prefix="syncclass-chromium-") as profile, \
             sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            profile, executable_path=str(CHROMIUM), headless=True, args=args,
+            profile, executable_path=str(executable), headless=True, args=args,
         )
         try:
             yield context

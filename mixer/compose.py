@@ -263,6 +263,7 @@ class Compositor:
         # Planes of the frame being composed (set during compose only).
         self._y, self._u, self._v = self._bg_planes
         self._tiles: tuple[Tile, ...] = ()
+        self._overlays: set[int] = set()
         self._placements: dict[str, Rect] = {}
         self._sprites: dict[tuple[str, int, float], Plane] = {}
         self._state: dict[str, str] = {}
@@ -303,6 +304,11 @@ class Compositor:
                     f"{self.width}x{self.height} canvas"
                 )
         self._tiles = tuple(tiles)
+        # Tiles drawn over an earlier one (picture-in-picture) paint their own background.
+        self._overlays = {
+            j for j, tile in enumerate(self._tiles)
+            if any(tile.rect.intersects(t.rect) for t in self._tiles[:j])
+        }
         y, u, v = self._bg_planes
         y.fill(CANVAS_Y)
         u.fill(NEUTRAL_UV)
@@ -346,25 +352,44 @@ class Compositor:
         for dst, src in zip((self._y, self._u, self._v), self._bg_planes, strict=True):
             np.copyto(dst, src)
         placements: dict[str, Rect] = {}
-        for tile in self._tiles:
+        # Pictures first, in draw order (a later tile may lie over the lower part of an
+        # earlier one), then every label and badge, so that no picture covers a label.
+        shown: list[tuple[Tile, Rect | None, str]] = []
+        for index, tile in enumerate(self._tiles):
             source = sources.get(tile.classroom_id)
+            over = index in self._overlays
             if source is None:
                 self._set_state(tile, "missing")
-                self._draw_text(tile, f"{tile.label}: no video", None, centre=True)
+                if over:
+                    self._fill_tile(tile.rect)
+                shown.append((tile, None, "missing"))
                 continue
             frame = source.frame
             if frame.format.name not in ("yuv420p", "yuvj420p"):
                 frame = frame.reformat(format="yuv420p")
             content = fit_rect(frame.width, frame.height, tile.rect)
+            if over and content != tile.rect:
+                self._fill_tile(tile.rect)  # its own bars, not the picture below
             self._draw_picture(frame, content, cache)
             placements[tile.classroom_id] = content
             if now - source.received_at > self.freeze_timeout_s:
                 self._set_state(tile, "frozen")
                 self._dim(content)
-                self._draw_text(tile, f"{tile.label}: frozen", content, centre=True)
+                shown.append((tile, content, "frozen"))
             else:
                 self._set_state(tile, "live")
-                self._draw_text(tile, tile.label, content, centre=False)
+                shown.append((tile, content, "live"))
+        for index, (tile, shown_rect, state) in enumerate(shown):
+            above = [t.rect for t in self._tiles[index + 1 :] if t.rect.intersects(tile.rect)]
+            if shown_rect is None:
+                self._draw_text(tile, f"{tile.label}: no video", None, centre=True, above=above)
+                continue
+            content = shown_rect
+            if state == "frozen":
+                self._draw_text(tile, f"{tile.label}: frozen", content, centre=True,
+                                above=above)
+            else:
+                self._draw_text(tile, tile.label, content, centre=False, above=above)
             badge = self._badges.get(tile.classroom_id)
             if badge is not None:
                 if badge[1] > now:
@@ -416,6 +441,13 @@ class Compositor:
             return
         for target, plane in zip(dst, cache.scaled(frame, content.w, content.h), strict=True):
             target[...] = plane
+
+    def _fill_tile(self, r: Rect) -> None:
+        """Paint ``r`` with the tile background (dark grey, neutral chroma)."""
+        y, u, v = self._canvas_views(r)
+        y.fill(TILE_Y)
+        u.fill(NEUTRAL_UV)
+        v.fill(NEUTRAL_UV)
 
     def _dim(self, content: Rect) -> None:
         """Halve the contrast of the picture below its timecode band (luma towards black,
@@ -483,9 +515,11 @@ class Compositor:
         self._u[cy : cy + sh // 2, cx : cx + sw // 2] = BADGE_U
         self._v[cy : cy + sh // 2, cx : cx + sw // 2] = BADGE_V
 
-    def _draw_text(self, tile: Tile, text: str, content: Rect | None, *, centre: bool) -> None:
+    def _draw_text(self, tile: Tile, text: str, content: Rect | None, *, centre: bool,
+                   above: Sequence[Rect] = ()) -> None:
         """Draw ``text`` in a dark box at the bottom-left of ``tile`` (or its centre),
-        never inside the timecode band of ``content``; skipped if it cannot fit."""
+        never inside the timecode band of ``content`` and moved up out of the tiles
+        ``above`` (drawn over this one); skipped if it cannot fit."""
         r = tile.rect
         scale = min(0.8, max(0.35, r.h / 360 * 0.6))
         sprite = self._sprite(text, scale, r.w - 2 * _LABEL_MARGIN)
@@ -501,8 +535,15 @@ class Compositor:
         else:
             x = r.x + _LABEL_MARGIN
             y = r.bottom - _LABEL_MARGIN - sh
+        moved = True
+        while moved and y >= top_limit:
+            moved = False
+            for other in above:
+                if y >= top_limit and Rect(x, y, sw, sh).intersects(other):
+                    y = (other.y - _LABEL_MARGIN - sh) // 2 * 2  # strictly higher
+                    moved = True
         y = max(y, top_limit)
-        if y + sh > r.bottom:
+        if y + sh > r.bottom or any(Rect(x, y, sw, sh).intersects(o) for o in above):
             return  # no room below the band: better no label than a broken timecode
         self._y[y : y + sh, x : x + sw] = sprite
         cx, cy = x // 2, y // 2

@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 from av.video.frame import PictureType
 
+from syncclass.fonts import fit_text, render_text
 from syncclass.layout import Rect, Tile, fit_rect
 from syncclass.timecode import TIMECODE_BAND
 
@@ -55,7 +56,6 @@ LABEL_TEXT_Y = 235
 #: Badge (e.g. a raised hand): yellow box (BT.601 Y, U, V) with dark text.
 BADGE_BOX_Y, BADGE_U, BADGE_V = 210, 16, 146
 
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
 _LABEL_MARGIN = 4  # px between the tile edge and the label box (even)
 _LABEL_PAD = 4  # px between the box edge and the text (even)
 _SPRITE_CACHE_MAX = 256
@@ -217,9 +217,11 @@ class ScaleCache:
         return planes
 
 
-def _ascii(text: str) -> str:
-    """Hershey fonts draw ASCII only: anything else becomes '?'."""
-    return "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text)
+def _font_px(tile_h: int, share: float, low: int, high: int) -> int:
+    """Font size in px for a tile ``tile_h`` px high: ``share`` of it, within [low, high]
+    (CJK needs about 14 px to stay legible after H.264), but never over 40 % of a very
+    flat tile."""
+    return min(max(low, min(high, round(tile_h * share))), max(6, int(tile_h * 0.4)))
 
 
 def _even_up(value: int) -> int:
@@ -265,7 +267,7 @@ class Compositor:
         self._tiles: tuple[Tile, ...] = ()
         self._overlays: set[int] = set()
         self._placements: dict[str, Rect] = {}
-        self._sprites: dict[tuple[str, int, float], Plane] = {}
+        self._sprites: dict[tuple[str, int, int], Plane] = {}
         self._state: dict[str, str] = {}
         self._badges: dict[str, tuple[str, float]] = {}
         self.frames = 0
@@ -320,8 +322,8 @@ class Compositor:
         logger.debug("%stiles set: %s", self._prefix, [t.classroom_id for t in self._tiles])
 
     def set_badge(self, classroom_id: str, text: str, until: float) -> None:
-        """Show ``text`` (ASCII, e.g. ``HAND UP``) as a bright badge in the classroom's
-        tile, below its timecode band, until monotonic time ``until`` (seconds, the
+        """Show ``text`` (any script, e.g. ``HAND UP`` or ``举手``) as a bright badge in
+        the classroom's tile, below its timecode band, until monotonic time ``until`` (seconds, the
         compositor's clock). May be called from another thread than :meth:`compose`."""
         self._badges[classroom_id] = (text, until)
 
@@ -463,33 +465,27 @@ class Compositor:
             np.right_shift(c, 1, out=c)
             c += 64
 
-    def _sprite(self, text: str, scale: float, max_w: int) -> Plane | None:
-        """A label image (luma, even size): text on a dark box, cut to ``max_w`` px."""
-        key = (text, max_w, scale)
+    def _sprite(self, text: str, size_px: int, max_w: int) -> Plane | None:
+        """A label image (luma, even size): text in any script (CJK font, see
+        :mod:`syncclass.fonts`) on a dark box, shortened with '…' to ``max_w`` px.
+        Rendered once per (text, size, width) and cached, then copied each frame."""
+        key = (text, max_w, size_px)
         sprite = self._sprites.get(key)
         if sprite is not None:
             return sprite
-        shown = _ascii(text)
-        while True:
-            (tw, th), base = cv2.getTextSize(shown, _FONT, scale, 1)
-            box_w = _even_up(tw + 2 * _LABEL_PAD)
-            if box_w <= max_w or len(shown) <= 1:
-                break
-            shown = shown[:-3] + ".." if len(shown) > 3 else shown[:-1]
+        shown = fit_text(text, size_px, max_w - 2 * _LABEL_PAD)
+        if shown is None:
+            return None
+        ink = render_text(shown, size_px)
+        th, tw = ink.shape
+        box_w = _even_up(tw + 2 * _LABEL_PAD)
+        box_h = _even_up(th + 2 * _LABEL_PAD)
         if box_w > max_w:
             return None
-        box_h = _even_up(th + base + 2 * _LABEL_PAD)
         sprite = np.full((box_h, box_w), LABEL_BOX_Y, dtype=np.uint8)
-        cv2.putText(
-            sprite,
-            shown,
-            (_LABEL_PAD, _LABEL_PAD + th),
-            _FONT,
-            scale,
-            (LABEL_TEXT_Y,),
-            1,
-            cv2.LINE_AA,
-        )
+        region = sprite[_LABEL_PAD : _LABEL_PAD + th, _LABEL_PAD : _LABEL_PAD + tw]
+        region[...] = LABEL_BOX_Y + (ink.astype(np.uint16) * (LABEL_TEXT_Y - LABEL_BOX_Y)
+                                     // 255).astype(np.uint8)
         if len(self._sprites) >= _SPRITE_CACHE_MAX:
             self._sprites.clear()
         self._sprites[key] = sprite
@@ -499,8 +495,7 @@ class Compositor:
         """A yellow box with dark text at the top right of ``content``, below its
         timecode band; skipped if it cannot fit."""
         r = tile.rect
-        scale = min(1.0, max(0.45, r.h / 360 * 0.8))
-        sprite = self._sprite(text, scale, content.w - 2 * _LABEL_MARGIN)
+        sprite = self._sprite(text, _font_px(r.h, 0.08, 16, 32), content.w - 2 * _LABEL_MARGIN)
         if sprite is None:
             return
         # The label sprite is light text on a dark box: invert it to dark on light.
@@ -521,8 +516,7 @@ class Compositor:
         never inside the timecode band of ``content`` and moved up out of the tiles
         ``above`` (drawn over this one); skipped if it cannot fit."""
         r = tile.rect
-        scale = min(0.8, max(0.35, r.h / 360 * 0.6))
-        sprite = self._sprite(text, scale, r.w - 2 * _LABEL_MARGIN)
+        sprite = self._sprite(text, _font_px(r.h, 0.06, 14, 28), r.w - 2 * _LABEL_MARGIN)
         if sprite is None:
             return
         sh, sw = sprite.shape

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -115,13 +122,35 @@ class DevicesConfig(_Model):
     """If a configured device is missing, use the synthetic source instead of failing."""
 
 
+LABEL_MAX_CHARS = 40
+"""Longest classroom label, in characters (any script)."""
+
+
+def check_label(value: str) -> str:
+    """``value`` if it is a valid classroom label, else ``ValueError`` saying in words
+    what is allowed: 1 to :data:`LABEL_MAX_CHARS` printable characters in any language,
+    not only spaces, no control characters or line breaks."""
+    allowed = (f"a label is 1 to {LABEL_MAX_CHARS} printable characters in any language "
+               "(e.g. '三(1)班' or 'Hetou 3'), without control characters or line breaks")
+    if not value.strip():
+        raise ValueError(f"{allowed}; got an empty label")
+    if len(value) > LABEL_MAX_CHARS:
+        raise ValueError(f"{allowed}; got {len(value)} characters")
+    for index, ch in enumerate(value):
+        if not ch.isprintable():
+            raise ValueError(f"{allowed}; character {index + 1} is U+{ord(ch):04X}, "
+                             "which cannot be printed")
+    return value
+
+
 class ClassroomConfig(_Model):
     id: Identifier
     school: Identifier
     name: str = Field(min_length=1)
     """Human name, e.g. 实验小学 三(1)班."""
-    label: str = Field(min_length=1, max_length=40, pattern=r"^[\x20-\x7e]+$")
-    """Short ASCII label burned into composed video (video fonts have no CJK glyphs)."""
+    label: str
+    """Short label burned into composed video, in any script (e.g. 三(1)班): 1 to
+    :data:`LABEL_MAX_CHARS` printable characters, drawn with a CJK font."""
     role: ClassroomRole
     token: str = Field(min_length=16)
     """Credential the classroom's agent presents to the mixer."""
@@ -130,6 +159,11 @@ class ClassroomConfig(_Model):
     devices: DevicesConfig = DevicesConfig()
     control_port: int = Field(default=0, ge=0, le=65535)
     """Port of the agent's local control page (0: pick a free one)."""
+
+    @field_validator("label")
+    @classmethod
+    def _label_in_words(cls, value: str) -> str:
+        return check_label(value)
 
 
 class PairingConfig(_Model):

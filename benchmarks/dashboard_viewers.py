@@ -148,8 +148,9 @@ async def micro(samples: int) -> dict[str, Any]:
     so other processes' load does not count."""
     from aiohttp import web
 
+    from mixer.app import create_app
+    from mixer.core import MIXER_KEY
     from mixer.dashboard import OPS_KEY
-    from mixer.server import MIXER_KEY, create_app
     from syncclass.config import load_config
 
     app = create_app(load_config(default_config_path()))

@@ -43,15 +43,15 @@ from syncclass.events import Event
 from syncclass.httperrors import json_error
 from syncclass.lesson import Lesson
 
-from .guard import GUARD_KEY, REPORT_COOKIE
+from .guard import REPORT_COOKIE, issue_report_grant, reader_of, report_grant_valid
 from .headcount import HeadCounter
+from .netstats import ClassroomHealth, MixerHealth, NetStatsCollector
 from .report import LessonData, build_report, db_rows, write_report
 from .store import ReportStore
 
 if TYPE_CHECKING:
+    from .core import Mixer
     from .media import LessonMedia
-    from .netstats import ClassroomHealth, MixerHealth, NetStatsCollector
-    from .server import Mixer
 
 logger = logging.getLogger(__name__)
 
@@ -177,8 +177,6 @@ class Analytics:
             except ConfigError as exc:
                 logger.warning("head count disabled: %s", exc)
         if netstats is None:
-            from .netstats import NetStatsCollector
-
             netstats = NetStatsCollector(self.mixer, self.config.ops)
             netstats.start()
             self._own_netstats = True
@@ -448,10 +446,10 @@ def _authorized(request: web.Request, lesson: Lesson) -> bool:
     """A dashboard user, the ops API token, or a classroom or observer of this lesson's
     pairing (``Authorization: Bearer``) may read the lesson's report; so may a browser
     holding this report's grant cookie (see :func:`_swap_query_token`)."""
-    guard = request.app[GUARD_KEY]
-    if guard.grant_valid(request.cookies.get(REPORT_COOKIE), lesson.lesson_id, time.time()):
+    if report_grant_valid(request, request.cookies.get(REPORT_COOKIE), lesson.lesson_id,
+                          time.time()):
         return True
-    reader = guard.reader_of(request)  # 401 for a wrong credential
+    reader = reader_of(request)  # 401 for a wrong credential
     return reader is not None and reader.may_read(lesson.pairing_id)
 
 
@@ -464,15 +462,14 @@ def _swap_query_token(request: web.Request, lesson: Lesson) -> None:
     token = request.query.get("token")
     if token is None:
         return
-    guard = request.app[GUARD_KEY]
-    reader = guard.reader_of(_with_bearer(request, token))
+    reader = reader_of(_with_bearer(request, token))
     if reader is None or not reader.may_read(lesson.pairing_id):
         raise json_error(web.HTTPForbidden, "not_paired",
                          "this credential may not read this lesson")
     resp = web.HTTPSeeOther(request.path, headers={"Cache-Control": "no-store",
                                                     "Referrer-Policy": "no-referrer"})
-    resp.set_cookie(REPORT_COOKIE, guard.issue_grant(lesson.lesson_id, time.time(),
-                                                     REPORT_GRANT_S),
+    resp.set_cookie(REPORT_COOKIE, issue_report_grant(request, lesson.lesson_id, time.time(),
+                                                      REPORT_GRANT_S),
                     max_age=int(REPORT_GRANT_S), path=f"/reports/{lesson.lesson_id}/",
                     httponly=True, samesite="Strict", secure=request.secure)
     raise resp
@@ -493,7 +490,7 @@ def _lesson_for(request: web.Request, *, link: bool = False) -> tuple[Analytics,
     if la is None:
         la = analytics.load_finished(lesson_id)
     if la is None:
-        if request.app[GUARD_KEY].reader_of(request) is None:  # tell strangers nothing
+        if reader_of(request) is None:  # tell strangers nothing
             raise json_error(web.HTTPUnauthorized, "auth_required",
                              "log in to the dashboard or give a classroom token of this lesson")
         raise json_error(web.HTTPNotFound, "not_found", f"no lesson {lesson_id!r}")
@@ -558,19 +555,14 @@ async def hand_route(request: web.Request) -> web.Response:
                               "hand_raises": count})
 
 
-def setup_analytics(app: web.Application, mixer: Mixer) -> Analytics:
-    """Attach analytics to the mixer app (after the ops subsystem, whose health sampler it
-    reads when present)."""
+def setup_analytics(app: web.Application, mixer: Mixer, *,
+                    netstats: NetStatsCollector | None = None) -> Analytics:
+    """Attach analytics to the mixer app; ``netstats``: the app's health sampler (the
+    dashboard's), else analytics starts one of its own."""
     analytics = Analytics(mixer)
     app[ANALYTICS_KEY] = analytics
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        netstats = None
-        with contextlib.suppress(ImportError):
-            from .dashboard import OPS_KEY
-
-            if OPS_KEY in app:
-                netstats = app[OPS_KEY].netstats
         analytics.start(netstats)
         yield
         await analytics.aclose()

@@ -20,6 +20,7 @@ in the URL fragment, which browsers never send to the server, to log in without 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -27,13 +28,25 @@ from aiohttp import web
 from syncclass.httperrors import json_error
 
 from .comments import CommentStore, check_lesson_id
+from .core import Mixer
+from .guard import require_ops
 from .observer import OBSERVERS_KEY, ObserverHub
-from .server import MIXER_KEY, Mixer
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).with_name("static")
-COMMENTS_KEY = web.AppKey("comments", CommentStore)
+
+
+@dataclass
+class Browser:
+    """What the browser routes use, passed in by the app."""
+
+    mixer: Mixer
+    observers: ObserverHub
+    comments: CommentStore
+
+
+BROWSER_KEY = web.AppKey("browser", Browser)
 
 
 
@@ -64,9 +77,8 @@ def _pairings_of_token(mixer: Mixer, hub: ObserverHub, token: str) -> set[str] |
 
 
 async def lesson_comments(request: web.Request) -> web.Response:
-    mixer = request.app[MIXER_KEY]
-    hub = request.app[OBSERVERS_KEY]
-    store = request.app[COMMENTS_KEY]
+    browser = request.app[BROWSER_KEY]
+    mixer, hub, store = browser.mixer, browser.observers, browser.comments
     auth = request.headers.get("Authorization", "")
     if not auth.startswith("Bearer "):
         raise json_error(web.HTTPUnauthorized, "auth_required", "Bearer token required")
@@ -99,20 +111,18 @@ async def lesson_comments(request: web.Request) -> web.Response:
 
 
 async def observers_status(request: web.Request) -> web.Response:
-    from .guard import require_ops  # guard is set up after this module's routes
-
     require_ops(request)
-    return web.json_response(request.app[OBSERVERS_KEY].status(),
+    return web.json_response(request.app[BROWSER_KEY].observers.status(),
                              headers={"Cache-Control": "no-store"})
 
 
-def setup_browser(app: web.Application) -> None:
-    """Add the browser pages, the observer hub and the comments API to the mixer's app."""
-    mixer = app[MIXER_KEY]
+def setup_browser(app: web.Application, mixer: Mixer) -> ObserverHub:
+    """Add the browser pages, the observer hub and the comments API to the mixer's app;
+    returns the hub (its credentials are the guard's, ``/ws`` hands it observers)."""
     store = CommentStore(mixer.config.mixer.data_dir)
     hub = ObserverHub(mixer, store)
-    app[COMMENTS_KEY] = store
-    app[OBSERVERS_KEY] = hub
+    app[BROWSER_KEY] = Browser(mixer, hub, store)
+    app[OBSERVERS_KEY] = hub  # for tests and tools; no mixer module reads it
 
     async def on_shutdown(app: web.Application) -> None:
         await hub.aclose()
@@ -123,3 +133,4 @@ def setup_browser(app: web.Application) -> None:
     app.router.add_static("/static/browser/", STATIC_DIR)
     app.router.add_get("/api/lessons/{lesson_id}/comments", lesson_comments)
     app.router.add_get("/api/observers", observers_status)
+    return hub

@@ -40,9 +40,10 @@ from syncclass.auth import LoginRateLimiter, SessionSigner, hash_password, verif
 from syncclass.config import CountyConfig
 
 from .alerts import AlertEngine
+from .core import Mixer
+from .guard import reader_of
 from .metrics import CONTENT_TYPE_LATEST, SyncclassCollector, make_registry, render
 from .netstats import ClassroomHealth, MixerHealth, NetStatsCollector
-from .server import MIXER_KEY, Mixer
 from .webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
@@ -361,11 +362,9 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     scraper = token is not None and hmac.compare_digest(auth.encode(),
                                                         f"Bearer {token}".encode())
     if not scraper and not (token is None and _loopback(request)):
-        from .guard import GUARD_KEY
-
         reader = None
         with contextlib.suppress(web.HTTPException):
-            reader = request.app[GUARD_KEY].reader_of(request)
+            reader = reader_of(request)
         if reader is None or not reader.is_ops:
             need = "metrics token required" if token else (
                 "set ops.metrics_token to scrape from another host")
@@ -384,9 +383,9 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         status=200 if ready else 503)
 
 
-def setup_ops(app: web.Application) -> Ops:
+def setup_ops(app: web.Application, mixer: Mixer) -> Ops:
     """Attach the dashboard, metrics, readiness, alerts and webhooks to the mixer app."""
-    ops = Ops(app[MIXER_KEY])
+    ops = Ops(mixer)
     app[OPS_KEY] = ops
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -17,8 +17,8 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from .alerts import AlertEngine
+    from .core import Mixer
     from .netstats import NetStatsCollector
-    from .server import Mixer
     from .webhooks import WebhookSender
 
 __all__ = ["CONTENT_TYPE_LATEST", "SyncclassCollector", "make_registry", "render"]

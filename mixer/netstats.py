@@ -33,8 +33,8 @@ from syncclass.config import OpsConfig, OpsThresholds
 from syncclass.events import Event
 
 if TYPE_CHECKING:
+    from .core import Mixer
     from .media import LessonMedia
-    from .server import Mixer
 
 logger = logging.getLogger(__name__)
 

@@ -54,9 +54,9 @@ from syncclass.rtc import (
 )
 
 from .comments import CommentStore
+from .core import Mixer, now_ms, reply_error
 from .guard import bounded_send
 from .media import LessonMedia
-from .server import MIXER_KEY, Mixer, _reply_error, now_ms
 
 logger = logging.getLogger(__name__)
 
@@ -369,14 +369,13 @@ async def _open(hub: ObserverHub, ws: web.WebSocketResponse,
     return session
 
 
-async def serve_observer(request: web.Request, ws: web.WebSocketResponse,
+async def serve_observer(hub: ObserverHub, request: web.Request, ws: web.WebSocketResponse,
                          hello: ObserverHello) -> None:
     """Run an observer's signaling connection after its ``observer_hello``, until it closes.
 
     Raises :class:`AuthError` (before anything else) if the credential is refused.
     """
-    mixer = request.app[MIXER_KEY]
-    hub = request.app[OBSERVERS_KEY]
+    mixer = hub.mixer
     session = await _open(hub, ws, hello)
     session.transport = request.transport
     session.send_timeout_s = mixer.config.mixer.send_timeout_s
@@ -406,12 +405,12 @@ async def serve_observer(request: web.Request, ws: web.WebSocketResponse,
                 else:
                     raise AuthError("not_allowed", f"an observer may not send {ref!r}")
             except (ProtocolError, AuthError) as exc:
-                await _reply_error(ws, mixer, exc.code, exc.message, ref)  # type: ignore[arg-type]
+                await reply_error(ws, mixer, exc.code, exc.message, ref)  # type: ignore[arg-type]
             except InvalidStateError as exc:
-                await _reply_error(ws, mixer, "no_lesson", str(exc), ref)
+                await reply_error(ws, mixer, "no_lesson", str(exc), ref)
             except Exception:  # one observer's failure must not end its connection
                 logger.exception("observer %s: error handling %s", session.observer.id, ref)
-                await _reply_error(ws, mixer, "internal", "internal error; see mixer log", ref)
+                await reply_error(ws, mixer, "internal", "internal error; see mixer log", ref)
     finally:
         if hub.sessions.get(session.observer.id) is session:
             del hub.sessions[session.observer.id]

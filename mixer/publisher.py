@@ -45,6 +45,8 @@ from recorder.wire import (
 from syncclass.config import CountyConfig
 from syncclass.events import EventName
 
+from .core import Mixer
+from .guard import require_ops
 from .media import LessonMedia
 
 logger = logging.getLogger(__name__)
@@ -524,21 +526,14 @@ class RecordingPublisher:
 PUBLISHER_KEY = web.AppKey("recording_publisher", RecordingPublisher)
 
 
-def setup_recording(app: web.Application) -> RecordingPublisher:
+def setup_recording(app: web.Application, mixer: Mixer) -> RecordingPublisher:
     """Attach the publisher to the mixer's aiohttp app: media hooks, lifecycle, and
     ``GET /api/recorder`` (publisher counters, connected recorders, their reports; ops
     only: dashboard session or ``ops.api_token``)."""
-    from .server import MIXER_KEY  # server imports this module inside create_app
-
-    mixer = app[MIXER_KEY]
     publisher = RecordingPublisher(mixer.config, mixer.emit)
     app[PUBLISHER_KEY] = publisher
     mixer.on_media_created.append(publisher.attach)
     mixer.on_media_closing.append(publisher.detach)
-    from .dashboard import OPS_KEY
-
-    if OPS_KEY in app:  # the dashboard's "Recorder" field
-        app[OPS_KEY].netstats.recorder_state = publisher.summary
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         publisher.start()
@@ -546,8 +541,6 @@ def setup_recording(app: web.Application) -> RecordingPublisher:
         await publisher.aclose()
 
     async def recorder_status(request: web.Request) -> web.Response:
-        from .guard import require_ops
-
         require_ops(request)  # recording paths and reports: ops only
         return web.json_response(request.app[PUBLISHER_KEY].stats(),
                                  headers={"Cache-Control": "no-store"})

@@ -7,6 +7,8 @@ echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy"
 .venv/bin/mypy
+echo "== import layers"
+.venv/bin/lint-imports
 echo "== pytest"
 mkdir -p artifacts
 .venv/bin/python -m pytest -ra "$@"

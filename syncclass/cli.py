@@ -187,7 +187,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_mixer(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from mixer.server import create_app
+    from mixer.app import create_app
     from syncclass.rtc import use_host_addresses
 
     config = _config(args)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mixer.analytics import Analytics, raise_hand
-from mixer.server import Mixer
+from mixer.core import Mixer
 from syncclass.config import default_config_path, load_config
 from syncclass.errors import AuthError, InvalidStateError
 

@@ -18,8 +18,8 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from mixer.app import create_app
 from mixer.dashboard import metrics
-from mixer.server import create_app
 from syncclass.config import CountyConfig, default_config_path, parse_config
 from tests.test_dashboard_auth import DEMO_PASSWORD, DEMO_USER
 

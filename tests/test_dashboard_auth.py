@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from mixer.server import create_app
+from mixer.app import create_app
 from tests.test_metrics import ops_config
 
 DEMO_USER, DEMO_PASSWORD = "ops", "syncclass-demo"

@@ -13,7 +13,7 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from mixer.server import create_app
+from mixer.app import create_app
 from syncclass.config import CountyConfig, default_config_path, parse_config
 
 METRICS_TOKEN = "metrics-token-0123456789"

@@ -21,9 +21,10 @@ import yaml
 from aiohttp import ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
+from mixer.app import create_app
 from mixer.comments import CommentStore
+from mixer.core import MIXER_KEY
 from mixer.observer import OBSERVERS_KEY
-from mixer.server import MIXER_KEY, create_app
 from syncclass.config import parse_config
 from syncclass.errors import ConfigError
 from syncclass.protocol import MAX_COMMENT_CHARS, CommentRecord

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
-from mixer.server import create_app
+from mixer.app import create_app
 from syncclass.config import CountyConfig, parse_config
 from syncclass.lesson import LessonRegistry, load_lessons, save_lessons
 

@@ -9,7 +9,8 @@ import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
-from mixer.server import MIXER_KEY, create_app
+from mixer.app import create_app
+from mixer.core import MIXER_KEY
 from syncclass.config import load_config
 
 from .test_config import SAMPLE

@@ -16,8 +16,8 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from mixer.app import create_app
 from mixer.guard import GUARD_KEY, WS_CLOSE_AUTH_TIMEOUT, GuardedAppRunner, bounded_send
-from mixer.server import create_app
 from syncclass.config import CountyConfig, parse_config
 from syncclass.demo import free_port
 

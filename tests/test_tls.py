@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from mixer.server import MIXER_KEY, create_app
+from mixer.app import create_app
+from mixer.core import MIXER_KEY
 from mixer.tls import server_ssl_context
 from syncclass.config import parse_config
 from syncclass.demo import free_port

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixer.server import create_app
+from mixer.app import create_app
 from syncclass.config import parse_config
 from syncclass.errors import AuthError
 from syncclass.tokens import SigningKey, issue_token, looks_signed, verify_token

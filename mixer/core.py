@@ -1,62 +1,39 @@
-"""The mixer's aiohttp application: signaling over WebSocket, lesson API, status.
+"""The mixer's core: :class:`Mixer` (lessons, classroom sessions, peers and media of one
+mixer process), :class:`ClassroomSession` and the app key they are stored under.
 
-Routes:
-- ``GET /ws`` — a classroom's signaling connection (see :mod:`syncclass.protocol`).
-- ``POST /api/lessons/start`` and ``/api/lessons/end`` — the main classroom's CLI
-  (``Authorization: Bearer <classroom token>``).
-- ``GET /api/lessons`` — lessons and who is connected.
-- ``GET /api/stats`` — media counters (frames, encoder counts per view); for ops also
-  the process's tasks, threads, descriptors and CPU seconds per kind of thread.
-  Both need a dashboard session, the ops API token or a classroom/observer credential
-  (which sees only its own pairings' lessons); see :mod:`mixer.guard`.
-- ``GET /healthz`` (open).
+Imports only lower layers (the ``syncclass`` core, the media pipeline, the guard's
+WebSocket helpers); subsystems, routes and the app build on it (see README, "How it
+works").
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import hmac
-import json
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from syncclass.config import ClassroomConfig, CountyConfig
 from syncclass.errors import AuthError, InvalidStateError, ProtocolError
 from syncclass.events import Event, EventBus, EventName
-from syncclass.httperrors import json_error
 from syncclass.lesson import Lesson, LessonRegistry, load_lessons, save_lessons
 from syncclass.lipsync import SenderClock
 from syncclass.protocol import (
-    Answer,
-    EndLesson,
     Error,
     ErrorCode,
-    Hello,
     Layout,
-    Leave,
     LessonState,
-    ObserverHello,
     Offer,
-    Ping,
-    Pong,
-    RaiseHand,
-    StartLesson,
-    Stats,
-    Welcome,
     encode,
-    parse_client_message,
 )
 from syncclass.ratelimit import RateLimiter
 from syncclass.rtc import (
@@ -70,16 +47,10 @@ from syncclass.rtc import (
 from syncclass.tokens import SigningKey, looks_signed, verify_token
 
 from .guard import (
-    GUARD_KEY,
     GuardStats,
-    RedactingAccessLogger,
     bounded_send,
-    hello_deadline,
-    require_reader,
-    setup_guard,
 )
 from .media import LessonMedia
-from .threadcpu import thread_cpu_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -412,269 +383,12 @@ class Mixer:
 MIXER_KEY = web.AppKey("mixer", Mixer)
 
 
-# -- WebSocket signaling ------------------------------------------------------------------------
-async def _reply_error(
+async def reply_error(
     ws: web.WebSocketResponse, mixer: Mixer, code: ErrorCode, message: str, ref: str | None
 ) -> None:
+    """Send an ``error`` message to a signaling socket (classroom or observer), counted in
+    ``mixer.errors_sent``."""
     mixer.errors_sent += 1
     if not ws.closed:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await ws.send_str(encode(Error(code=code, message=message, ref=ref)))
-
-
-async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    mixer = request.app[MIXER_KEY]
-    limit = mixer.config.mixer.max_message_bytes
-    # aiohttp refuses frames beyond max_msg_size outright (close 1009); between our limit
-    # and that, the classroom gets an error reply and keeps its connection.
-    ws = web.WebSocketResponse(heartbeat=mixer.config.mixer.heartbeat_s, max_msg_size=limit * 4)
-    await ws.prepare(request)
-    session: ClassroomSession | None = None
-    hello_s = mixer.config.mixer.hello_timeout_s
-    guard = request.app[GUARD_KEY]
-
-    def authenticated() -> bool:
-        from .observer import OBSERVERS_KEY  # the observer module imports us
-
-        hub = request.app.get(OBSERVERS_KEY)
-        return session is not None or (
-            hub is not None and any(o.ws is ws for o in hub.sessions.values()))
-
-    async def hello_timed_out() -> None:
-        guard.stats.hello_timeouts += 1
-        logger.info("closing a signaling socket from %s: no hello within %.1f s",
-                    request.remote, hello_s)
-        await _reply_error(ws, mixer, "auth_timeout", f"no hello within {hello_s:g} s", None)
-
-    watchdog = asyncio.ensure_future(hello_deadline(ws, authenticated, hello_s,
-                                                    hello_timed_out))
-    try:
-        async for msg in ws:
-            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                continue
-            ref: str | None = None
-            try:
-                message = parse_client_message(msg.data, limit)
-                ref = message.type
-                if session is None and isinstance(message, ObserverHello):
-                    from .observer import serve_observer  # the observer module imports us
-
-                    await serve_observer(request, ws, message)
-                    break
-                if session is None:
-                    if not isinstance(message, Hello):
-                        raise AuthError("auth_required", "send 'hello' with your credential first")
-                    session = await _hello(mixer, ws, message, request.remote)
-                    session.transport = request.transport
-                    session.send_timeout_s = mixer.config.mixer.send_timeout_s
-                    session.guard_stats = guard.stats
-                    continue
-                await _dispatch(mixer, session, message)
-            except ProtocolError as exc:
-                await _reply_error(ws, mixer, exc.code, exc.message, ref)  # type: ignore[arg-type]
-            except AuthError as exc:
-                await _reply_error(ws, mixer, exc.code, exc.message, ref)  # type: ignore[arg-type]
-                logger.warning("refused %s from %s: %s", ref, request.remote, exc.message)
-                if exc.code in ("auth_failed", "rate_limited") and session is None:
-                    break
-            except InvalidStateError as exc:
-                await _reply_error(ws, mixer, "no_lesson" if ref in ("offer", "raise_hand")
-                                   else "lesson_live", str(exc), ref)
-            except Exception:  # one classroom's failure must not end its connection
-                logger.exception("error handling %s", ref)
-                await _reply_error(ws, mixer, "internal", "internal error; see mixer log", ref)
-    finally:
-        watchdog.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watchdog
-        if session is not None and mixer.sessions.get(session.classroom.id) is session:
-            logger.info("classroom %s: disconnected", session.classroom.id)
-            await mixer.leave(session, "disconnected")
-            if mixer.sessions.get(session.classroom.id) is session:
-                del mixer.sessions[session.classroom.id]
-            mixer.emit("classroom_disconnected", None, session.classroom.id)
-    return ws
-
-
-async def _hello(mixer: Mixer, ws: web.WebSocketResponse, hello: Hello,
-                 remote: str | None = None) -> ClassroomSession:
-    room = mixer.authenticate(hello.classroom_id, hello.token, remote)
-    mixer.check_join_rate(room.id)
-    previous = mixer.sessions.get(room.id)
-    if previous is not None:
-        # The same classroom reconnected (e.g. after a network drop): the new one wins.
-        logger.info("classroom %s: replacing previous connection", room.id)
-        await mixer.leave(previous, "replaced")
-        with contextlib.suppress(Exception):  # bounded: the old socket may not be reading
-            await asyncio.wait_for(previous.ws.close(), previous.send_timeout_s)
-    session = ClassroomSession(classroom=room, ws=ws, client=hello.client)
-    mixer.sessions[room.id] = session
-    lesson = mixer.lessons.lesson_of(room.id)
-    await session.send(
-        Welcome(
-            classroom_id=room.id,
-            classroom_number=mixer.config.classroom_number(room.id),
-            role=room.role,
-            name=room.name,
-            lesson=lesson.info() if lesson else None,
-            server_time_ms=now_ms(),
-        )
-    )
-    logger.info("classroom %s: authenticated (%s)", room.id, hello.client)
-    mixer.emit("classroom_connected", lesson.lesson_id if lesson else None, room.id,
-               client=hello.client)
-    return session
-
-
-async def _dispatch(mixer: Mixer, session: ClassroomSession, message: object) -> None:
-    cid = session.classroom.id
-    if isinstance(message, Hello):
-        raise AuthError("already_authenticated", "this connection is already authenticated")
-    if isinstance(message, StartLesson):
-        mixer.lessons.start(cid, message.timetable_id)
-    elif isinstance(message, EndLesson):
-        mixer.lessons.end(cid)
-    elif isinstance(message, Offer):
-        paired = any(cid == p.main or cid in p.receiving for p in mixer.config.pairings)
-        if not paired:
-            raise AuthError("not_paired", f"classroom {cid!r} is not paired with any lesson")
-        sdp = await mixer.accept_offer(session, message)
-        await session.send(Answer(sdp=sdp))
-    elif isinstance(message, Stats):
-        session.stats = message.model_dump(exclude={"type"})
-    elif isinstance(message, Ping):
-        await session.send(Pong(id=message.id, server_time_ms=now_ms()))
-    elif isinstance(message, Leave):
-        await mixer.leave(session, "leave")
-    elif isinstance(message, RaiseHand):
-        from .analytics import raise_hand
-
-        raise_hand(mixer, cid)
-
-
-# -- HTTP API -----------------------------------------------------------------------------------
-def _bearer(request: web.Request) -> str:
-    auth = request.headers.get("Authorization", "")
-    if not auth.startswith("Bearer "):
-        raise web.HTTPUnauthorized(
-            text=json.dumps({"code": "auth_required", "message": "Bearer token required"}),
-            content_type="application/json",
-        )
-    return auth[len("Bearer ") :]
-
-
-
-
-async def _lesson_action(request: web.Request, action: str) -> web.Response:
-    mixer = request.app[MIXER_KEY]
-    token = _bearer(request)
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except ValueError:
-        raise json_error(web.HTTPBadRequest, "bad_json", "body is not JSON") from None
-    if not isinstance(body, dict):
-        raise json_error(web.HTTPBadRequest, "bad_message", "body must be a JSON object")
-    classroom_id = str(body.get("classroom_id", ""))
-    try:
-        room = mixer.authenticate(classroom_id, token, request.remote)
-        if action == "start":
-            timetable_id = body.get("timetable_id")
-            lesson = mixer.lessons.start(room.id, str(timetable_id) if timetable_id else None)
-        else:
-            lesson = mixer.lessons.end(room.id)
-    except AuthError as exc:
-        status = {"auth_failed": web.HTTPUnauthorized,
-                  "rate_limited": web.HTTPTooManyRequests}.get(exc.code, web.HTTPForbidden)
-        raise json_error(status, exc.code, exc.message) from None
-    except InvalidStateError as exc:
-        raise json_error(web.HTTPConflict, "bad_state", str(exc)) from None
-    return web.json_response(lesson.info().model_dump())
-
-
-async def start_lesson(request: web.Request) -> web.Response:
-    return await _lesson_action(request, "start")
-
-
-async def end_lesson(request: web.Request) -> web.Response:
-    return await _lesson_action(request, "end")
-
-
-async def lessons(request: web.Request) -> web.Response:
-    reader = require_reader(request)
-    return web.json_response(request.app[MIXER_KEY].status(reader.pairings),
-                             headers={"Cache-Control": "no-store"})
-
-
-async def stats(request: web.Request) -> web.Response:
-    reader = require_reader(request)
-    mixer = request.app[MIXER_KEY]
-    rooms = mixer.classrooms_of(reader.pairings)
-    body: dict[str, object] = {
-        "media": {lid: m.stats() for lid, m in mixer.media.items()
-                  if reader.may_read(m.lesson.pairing_id)},
-        "errors_sent": mixer.errors_sent,
-        "sessions": sorted(c for c in mixer.sessions if rooms is None or c in rooms),
-    }
-    if reader.is_ops:
-        body["guard"] = dataclasses.asdict(request.app[GUARD_KEY].stats)
-        # For leak checks (soak benchmark): the event loop's tasks, threads, descriptors.
-        body["process"] = {"tasks": len(asyncio.all_tasks()),
-                           "threads": threading.active_count(),
-                           "fds": _open_fds(),
-                           "thread_cpu_s": thread_cpu_seconds()}
-    return web.json_response(body, headers={"Cache-Control": "no-store"})
-
-
-def _open_fds() -> int | None:
-    """Open file descriptors of this process (None where /proc is missing)."""
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return None
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
-
-
-def create_app(config: CountyConfig, *, resume_lessons: bool = False) -> web.Application:
-    """The mixer's app. ``resume_lessons``: reload the live lessons a previous process
-    persisted in ``mixer.data_dir`` (the ``syncclass mixer`` command does)."""
-    # Access log lines without query strings: no credential ever reaches the log.
-    app = web.Application(client_max_size=config.mixer.max_message_bytes,
-                          handler_args={"access_log_class": RedactingAccessLogger})
-    mixer = Mixer(config)
-    app[MIXER_KEY] = mixer
-
-    async def on_shutdown(app: web.Application) -> None:
-        await mixer.aclose()
-
-    async def on_startup(app: web.Application) -> None:
-        # After every subsystem attached its media hooks: a restored lesson's media
-        # pipeline gets the recorder and analytics taps like a fresh one.
-        for lesson in mixer.restore_lessons() if resume_lessons else []:
-            logger.info("lesson %s: resumed after a mixer restart", lesson.lesson_id)
-
-    app.on_shutdown.append(on_shutdown)
-    # Subsystems attach here (each adds its routes, event subscribers and media taps).
-    from .dashboard import setup_ops  # dashboard, /metrics, /readyz, alerts, webhooks
-
-    setup_ops(app)
-    from .browser import setup_browser  # browser pages + observers (imports this module)
-
-    setup_browser(app)
-    setup_guard(app, mixer)  # who may read what; connection limits (GuardedAppRunner)
-    from .publisher import setup_recording  # 同步录播: ZeroMQ to recorders, /api/recorder
-
-    setup_recording(app)
-    from .analytics import setup_analytics  # attendance, speech, S-T, reports, hand raise
-
-    setup_analytics(app, mixer)
-    app.router.add_get("/ws", websocket_handler)
-    app.router.add_post("/api/lessons/start", start_lesson)
-    app.router.add_post("/api/lessons/end", end_lesson)
-    app.router.add_get("/api/lessons", lessons)
-    app.router.add_get("/api/stats", stats)
-    app.router.add_get("/healthz", healthz)
-    app.on_startup.append(on_startup)
-    return app

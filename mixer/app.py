@@ -1,0 +1,61 @@
+"""The mixer's aiohttp application: the one place that builds every service and wires them.
+
+:func:`create_app` makes the :class:`~mixer.core.Mixer` and each subsystem, and passes
+each one the services it uses (no module looks a sibling up through the app). The routes
+each module adds are listed in its docstring: :mod:`mixer.signaling` (``/ws``, lesson API,
+``/api/stats``, ``/healthz``), :mod:`mixer.dashboard` (dashboard, ``/metrics``,
+``/readyz``), :mod:`mixer.browser` (browser pages, observers, comments),
+:mod:`mixer.publisher` (``/api/recorder``), :mod:`mixer.analytics` (reports, hand raise).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from syncclass.config import CountyConfig
+
+from .analytics import setup_analytics
+from .browser import setup_browser
+from .core import MIXER_KEY, Mixer
+from .dashboard import setup_ops
+from .guard import RedactingAccessLogger, setup_guard
+from .publisher import setup_recording
+from .signaling import setup_signaling
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(config: CountyConfig, *, resume_lessons: bool = False) -> web.Application:
+    """The mixer's app. ``resume_lessons``: reload the live lessons a previous process
+    persisted in ``mixer.data_dir`` (the ``syncclass mixer`` command does)."""
+    # Access log lines without query strings: no credential ever reaches the log.
+    app = web.Application(client_max_size=config.mixer.max_message_bytes,
+                          handler_args={"access_log_class": RedactingAccessLogger})
+    mixer = Mixer(config)
+    app[MIXER_KEY] = mixer
+
+    async def on_shutdown(app: web.Application) -> None:
+        await mixer.aclose()
+
+    async def on_startup(app: web.Application) -> None:
+        # After every subsystem attached its media hooks: a restored lesson's media
+        # pipeline gets the recorder and analytics taps like a fresh one.
+        for lesson in mixer.restore_lessons() if resume_lessons else []:
+            logger.info("lesson %s: resumed after a mixer restart", lesson.lesson_id)
+
+    app.on_shutdown.append(on_shutdown)
+    # Each subsystem adds its routes, event subscribers and media taps.
+    ops = setup_ops(app, mixer)  # dashboard, /metrics, /readyz, alerts, webhooks
+    observers = setup_browser(app, mixer)  # browser pages + observers
+    # Who may read what; connection limits (GuardedAppRunner).
+    guard = setup_guard(app, mixer, observer_for_token=observers.observer_for_token,
+                        session_user=ops.user_of)
+    publisher = setup_recording(app, mixer)  # 同步录播: ZeroMQ to recorders, /api/recorder
+    ops.netstats.recorder_state = publisher.summary  # the dashboard's "Recorder" field
+    # Attendance, speech, S-T, reports, hand raise; it shares the dashboard's health sampler.
+    setup_analytics(app, mixer, netstats=ops.netstats)
+    setup_signaling(app, mixer, guard=guard, observers=observers)
+    app.on_startup.append(on_startup)
+    return app

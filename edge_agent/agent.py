@@ -41,6 +41,7 @@ from syncclass.config import ClassroomConfig, CountyConfig
 from syncclass.errors import SyncClassError
 from syncclass.protocol import (
     Answer,
+    Direct,
     EndLesson,
     Error,
     Hello,
@@ -50,6 +51,7 @@ from syncclass.protocol import (
     Offer,
     Pong,
     RaiseHand,
+    ShareCourseware,
     StartLesson,
     Stats,
     Welcome,
@@ -67,6 +69,7 @@ from syncclass.rtc import (
 from syncclass.timecode import read_timecode
 
 from .classroom_pc import ClassroomPC, apply_saved_devices
+from .courseware import CoursewareSource, CoursewareTrack, open_courseware
 from .devices import (
     AudioSink,
     AudioSource,
@@ -328,6 +331,11 @@ class Agent:
             devices.microphone, tone_hz=devices.microphone.tone_hz or self.classroom.tone_hz,
             fallback_to_synthetic=devices.fallback_to_synthetic,
         )
+        self.courseware: CoursewareSource | None = (
+            open_courseware(devices.courseware) if self.classroom.role == "main" else None)
+        """The teacher's courseware (双流), sent as a second video track when shared."""
+        self.courseware_shared = False
+        self._courseware_track: CoursewareTrack | None = None
         self.video_sink: VideoSink = open_video_sink(devices.screen, title=self.classroom.name)
         self.audio_sink: AudioSink = open_audio_sink(devices.speakers)
         self.encoder = H264Encoder(
@@ -345,6 +353,9 @@ class Agent:
         self.layout: Layout | None = None
         self.reconnects = 0
         self.hands_raised = 0
+        self.directing = "auto"
+        """The last 导播 choice this (main) classroom sent: ``auto``, a classroom id or
+        ``@courseware``."""
         self.errors: deque[dict[str, str | None]] = deque(maxlen=20)
         self.outputs: list[str] = []
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -407,6 +418,35 @@ class Agent:
         self.hands_raised += 1
         logger.info("classroom %s: hand raised", self.classroom.id)
 
+    async def direct(self, source: str) -> None:
+        """The teacher's 导播 button: feature ``source`` (a classroom of the lesson or
+        ``@courseware``) in the students' view and the recording, or ``auto``."""
+        if self.classroom.role != "main":
+            raise PermissionError("only the main classroom directs")
+        if self._ws is None or self._ws.closed or self.state != "connected":
+            raise ConnectionError("not connected to the mixer")
+        if self.lesson is None or self.lesson.state != "live":
+            raise LookupError("no live lesson")
+        await self._send(Direct(source=source))
+        self.directing = source
+        logger.info("classroom %s: directing %s", self.classroom.id, source)
+
+    async def share_courseware(self, on: bool) -> None:
+        """共享课件: start (True) or stop sending the courseware (main classroom with a
+        configured courseware only). Remembered across rejoins; the mixer shows it once
+        its pictures arrive."""
+        if self.courseware is None:
+            raise PermissionError("this classroom has no courseware configured "
+                                  "(devices.courseware, main classroom only)")
+        self.courseware_shared = on
+        if self._courseware_track is not None:
+            self._courseware_track.set_shared(on)
+        if self._ws is not None and not self._ws.closed and self.state == "connected" \
+                and self.lesson is not None and self.lesson.state == "live":
+            await self._send(ShareCourseware(on=on))
+        logger.info("classroom %s: courseware %s", self.classroom.id,
+                    "shared" if on else "stopped")
+
     async def request(self, message: StartLesson | EndLesson, wait_s: float = 5.0) -> object:
         """Send a lesson command and wait for the mixer's lesson_state or error reply."""
         if self._ws is None or self._ws.closed or self.state != "connected":
@@ -444,6 +484,11 @@ class Agent:
             "peer": self._pc.connectionState if self._pc else None,
             "reconnects": self.reconnects,
             "hands_raised": self.hands_raised,
+            "directing": self.directing,
+            "courseware": None if self.courseware is None else {
+                "shared": self.courseware_shared,
+                "frames_sent": getattr(self._courseware_track, "frames_sent", 0),
+                "changes": getattr(self._courseware_track, "changes", 0)},
             "local": self.local.status(),
             "reception": self.reception.summary(self.tones) if self.reception else None,
             "last_reception": self.last_reception,
@@ -574,6 +619,17 @@ class Agent:
             self._tracks = [video, audio]
             vsender = pc.addTrack(video)
             pc.addTrack(audio)
+            if self.courseware is not None:
+                # Always offered (sendonly), so sharing needs no renegotiation.
+                cw = self.classroom.devices.courseware
+                ctrack = CoursewareTrack(self.courseware, max_fps=cw.max_fps,
+                                         idle_fps=cw.idle_fps, bitrate_kbps=cw.bitrate_kbps,
+                                         keyframe_interval_s=self.config.media.keyframe_interval_s)
+                ctrack.set_shared(self.courseware_shared)
+                self._courseware_track = ctrack
+                self._tracks.append(ctrack)
+                csender = pc.addTransceiver(ctrack, direction="sendonly").sender
+                route_keyframe_requests(csender, ctrack.encoder.request_keyframe)
             for t in pc.getTransceivers():
                 if t.kind == "video":
                     prefer_codec(t, "video/H264")
@@ -600,6 +656,8 @@ class Agent:
             offer = await pc.createOffer()
             await pc.setLocalDescription(offer)  # gathers candidates (no trickle ICE)
             await self._send(Offer(sdp=pc.localDescription.sdp))
+            if self.courseware_shared:
+                await self._send(ShareCourseware(on=True))
 
     def _follow_uplink(self) -> Callable[[LinkFeedback], None]:
         """Adapt the camera encoder to the uplink's estimate (:mod:`syncclass.adapt`):

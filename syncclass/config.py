@@ -113,11 +113,47 @@ class SinkConfig(_Model):
         return self
 
 
+class CoursewareConfig(_Model):
+    """The main classroom's courseware (双流), sent beside its camera when shared."""
+
+    kind: Literal["none", "synthetic", "screen", "file"] = "none"
+    """``synthetic``: a slide deck with Chinese text (tests, demo); ``screen``: the PC's
+    screen (x11grab on Linux, gdigrab on Windows); ``file``: a picture or video."""
+    display: str | None = None
+    """``screen``: the X display (``:0.0``, ``:0.0+x,y`` for a region); default ``:0.0``."""
+    window: str | None = None
+    """``screen`` on Windows: the title of the window to share (default: the desktop)."""
+    video_size: str | None = None
+    """``screen``: size of the captured region, e.g. ``1920x1080`` (default: the screen)."""
+    path: str | None = None
+    """``file``: the picture or video."""
+    width: int = Field(default=1280, ge=160, le=3840, multiple_of=2)
+    """``synthetic``: slide width, px."""
+    height: int = Field(default=720, ge=90, le=2160, multiple_of=2)
+    """``synthetic``: slide height, px."""
+    max_fps: float = Field(default=10.0, gt=0, le=30)
+    """Frames per second while the screen changes."""
+    idle_fps: float = Field(default=1.0, gt=0, le=30)
+    """Frames per second while the screen is still."""
+    bitrate_kbps: int = Field(default=1200, ge=100, le=20000)
+    """Encoder target, kbit/s (few frames, so many bits each: legible text)."""
+
+    @model_validator(mode="after")
+    def _needs(self) -> CoursewareConfig:
+        if self.kind == "file" and not self.path:
+            raise ValueError("courseware of kind 'file' needs 'path'")
+        if self.idle_fps > self.max_fps:
+            raise ValueError("courseware idle_fps must not exceed max_fps")
+        return self
+
+
 class DevicesConfig(_Model):
     camera: VideoDeviceConfig = VideoDeviceConfig()
     microphone: AudioDeviceConfig = AudioDeviceConfig()
     screen: SinkConfig = SinkConfig()
     speakers: SinkConfig = SinkConfig()
+    courseware: CoursewareConfig = CoursewareConfig()
+    """The teacher's courseware (main classroom only)."""
     fallback_to_synthetic: bool = False
     """If a configured device is missing, use the synthetic source instead of failing."""
 

@@ -7,7 +7,8 @@ teacher's manual choice (导播 buttons), and lays out the view from the resulti
 the answering classroom):
 
 * the *active* source is the teacher, or a receiving classroom that has spoken for at
-  least :attr:`DirectingRules.onset_s` (1 s): it answers a question;
+  least :attr:`DirectingRules.onset_s` (1 s) while the teacher is silent: it answers a
+  question (the teacher talking over it keeps the teacher featured);
 * it goes back to the teacher once that classroom has been silent for
   :attr:`DirectingRules.release_s`, and no automatic switch comes sooner than
   :attr:`DirectingRules.min_hold_s` after the previous one, so the picture does not
@@ -194,7 +195,14 @@ class Director:
         return Shot(active, courseware), reason, source
 
     def _speaker(self, t_s: float, present: set[str] | None) -> str | None:
-        """The receiving classroom that has spoken longest, if for at least onset_s."""
+        """The receiving classroom that has spoken longest, if for at least onset_s, while
+        the teacher is silent (the teacher comes before an answering classroom; this also
+        keeps a lesson of continuous test tones on the teacher)."""
+        teacher = self._voices.get(self.teacher)
+        if teacher is not None and (teacher.since is not None or (
+                teacher.silent_since is not None
+                and t_s - teacher.silent_since < self.rules.pause_s)):
+            return None
         best: tuple[float, str] | None = None
         for cid, voice in self._voices.items():
             if cid == self.teacher or voice.since is None:

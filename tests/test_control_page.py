@@ -148,6 +148,29 @@ def test_receiving_classroom_raises_its_hand(dep: LocalDeployment, browser: Any)
     page.close()
 
 
+def test_directing_buttons_feature_a_classroom(dep: LocalDeployment, browser: Any) -> None:
+    """The teacher's 导播 buttons (issue 21): a receiving classroom chosen by hand becomes
+    the large picture of the students' view; 自动 gives directing back."""
+    def largest(cid: str) -> str | None:
+        layout = dep.agent_status(cid)["layout"] or {}
+        places = layout.get("placements") or []
+        return max(places, key=lambda p: p["w"] * p["h"])["classroom_id"] if places else None
+
+    page: Page = browser.new_page()
+    page.goto(page_url(dep, MAIN))
+    expect(page.locator("#directing")).to_be_visible(timeout=10_000)
+    page.locator(f'button.direct[data-source="{RURAL[0]}"]').click()
+    expect(page.locator("#message")).to_have_text("✓")
+    expect(page.locator("#direct-now")).to_have_text(RURAL[0])
+    dep.wait_for(lambda: largest(RURAL[1]) == RURAL[0], 10, "classroom featured by hand")
+    page.locator('button.direct[data-source="auto"]').click()
+    expect(page.locator("#direct-now")).to_contain_text("自动")
+    # Every microphone plays a tone (speech to a voice detector), the teacher's too: the
+    # teacher comes first, so automatic directing features the teacher again.
+    dep.wait_for(lambda: largest(RURAL[1]) == MAIN, 10, "teacher featured again")
+    page.close()
+
+
 def test_device_choice_applies_and_a_bad_one_changes_nothing(
     dep: LocalDeployment, browser: Any
 ) -> None:

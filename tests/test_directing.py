@@ -145,3 +145,11 @@ def test_switch_dict_and_rules_validation() -> None:
                             "large": COURSEWARE, "reason": "start", "source": None}
     with pytest.raises(ValueError, match="onset_s"):
         DirectingRules(onset_s=-1)
+
+
+def test_teacher_talking_keeps_the_teacher() -> None:
+    """A classroom heard while the teacher talks (a test tone everywhere, or pupils
+    murmuring during the explanation) is not featured."""
+    director = Director(TEACHER)
+    run_script(director, 30.0, {TEACHER: [(0.0, 30.0)], "a": [(5.0, 30.0)]})
+    assert [sw.shot.active for sw in director.switches] == [TEACHER]

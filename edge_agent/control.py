@@ -3,6 +3,7 @@
 ``GET /`` the page (Chinese first, with English), ``GET /api/status`` JSON,
 ``POST /api/start`` and ``POST /api/end`` lesson commands (main classroom only),
 ``POST /api/raise-hand``, ``POST /api/mute``, ``POST /api/direct`` (导播),
+``POST /api/courseware`` (共享课件),
 ``GET /api/preview.jpg`` (camera),
 ``GET``/``POST /api/devices`` (device choice). Only loopback Hosts are served, and POSTs
 from other sites' pages are refused.
@@ -103,6 +104,25 @@ async def direct(request: web.Request) -> web.Response:
     return web.json_response({"directing": agent.directing})
 
 
+async def courseware(request: web.Request) -> web.Response:
+    """``POST /api/courseware`` ``{"on": true|false}``: 共享课件, share the teacher's
+    courseware (main classroom with ``devices.courseware``) or stop."""
+    agent = request.app[AGENT_KEY]
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("on"), bool):
+        raise json_error(web.HTTPBadRequest, "bad_request",
+                         '需要 {"on": true/false} (body must be {"on": true|false})')
+    try:
+        await agent.share_courseware(body["on"])
+    except PermissionError as exc:
+        raise json_error(web.HTTPForbidden, "not_allowed",
+                         f"本课堂没有配置课件 (no courseware here): {exc}") from None
+    return web.json_response(agent.status()["courseware"])
+
+
 async def mute(request: web.Request) -> web.Response:
     """``POST /api/mute`` ``{"muted": true|false}``: mute or unmute the microphone."""
     agent = request.app[AGENT_KEY]
@@ -188,6 +208,7 @@ def create_control_app(agent: Agent) -> web.Application:
     app.router.add_post("/api/raise-hand", raise_hand)
     app.router.add_post("/api/mute", mute)
     app.router.add_post("/api/direct", direct)
+    app.router.add_post("/api/courseware", courseware)
     app.router.add_get("/api/preview.jpg", preview)
     app.router.add_get("/api/devices", devices)
     app.router.add_post("/api/devices", choose_devices)

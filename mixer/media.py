@@ -400,9 +400,16 @@ class LessonMedia:
         self._input_tasks[key] = task
 
     def remove_classroom(self, classroom_id: str) -> None:
-        """A classroom left: stop its inputs and outputs (its tile shows a placeholder)."""
-        for kind in ("video", "audio"):
-            task = self._input_tasks.pop((classroom_id, kind), None)
+        """A classroom left: stop its inputs and outputs (its tile shows a placeholder);
+        the main classroom's courseware goes with it."""
+        keys = [(classroom_id, "video"), (classroom_id, "audio")]
+        if classroom_id == self.lesson.main:
+            keys.append((COURSEWARE, "video"))
+            cw = self._video.get(COURSEWARE)
+            if cw is not None:
+                cw.latest = None
+        for key in keys:
+            task = self._input_tasks.pop(key, None)
             if task is not None:
                 task.cancel()
         vin = self._video.get(classroom_id)

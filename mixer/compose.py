@@ -270,6 +270,9 @@ class Compositor:
         self._sprites: dict[tuple[str, int, int], Plane] = {}
         self._state: dict[str, str] = {}
         self._badges: dict[str, tuple[str, float]] = {}
+        self.freeze_timeouts: dict[str, float] = {}
+        """Per-source freeze timeouts (s) overriding ``freeze_timeout_s``: a still
+        courseware comes at one frame a second."""
         self.frames = 0
         """Frames composed."""
         self.last_compose_ms = 0.0
@@ -374,7 +377,8 @@ class Compositor:
                 self._fill_tile(tile.rect)  # its own bars, not the picture below
             self._draw_picture(frame, content, cache)
             placements[tile.classroom_id] = content
-            if now - source.received_at > self.freeze_timeout_s:
+            timeout = self.freeze_timeouts.get(tile.classroom_id, self.freeze_timeout_s)
+            if now - source.received_at > timeout:
                 self._set_state(tile, "frozen")
                 self._dim(content)
                 shown.append((tile, content, "frozen"))

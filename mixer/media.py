@@ -313,7 +313,12 @@ class LessonMedia:
         if not self._courseware_shared or vin is None or vin.latest is None:
             return False
         now = time.monotonic() if now is None else now
-        return now - vin.latest.received_at <= max(self.media.freeze_timeout_s, 3.0)
+        return now - vin.latest.received_at <= self._courseware_timeout()
+
+    def _courseware_timeout(self) -> float:
+        """How long a still courseware (one frame a second) may go without a frame before
+        it counts as frozen, s."""
+        return max(self.media.freeze_timeout_s, 3.0)
 
     def _direct(self) -> Switch | None:
         """One directing step at this composition tick; re-lays the directed views on a
@@ -330,6 +335,7 @@ class LessonMedia:
                     " + courseware" if switch.shot.courseware else "", switch.reason)
         for view in self.views.values():
             if self.directed(view.config):
+                view.compositor.freeze_timeouts[COURSEWARE] = self._courseware_timeout()
                 view.compositor.set_tiles(self._shot_tiles(view.config, switch.shot))
         return switch
 

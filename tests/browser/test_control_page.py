@@ -171,6 +171,32 @@ def test_directing_buttons_feature_a_classroom(dep: LocalDeployment, browser: An
     page.close()
 
 
+def test_share_courseware_button(dep: LocalDeployment, browser: Any) -> None:
+    """共享课件 (issue 21): the main classroom's slides become the large picture of the
+    students' view, with the teacher picture-in-picture; pressed again, the teacher."""
+    def placements(cid: str) -> list[dict[str, Any]]:
+        return list((dep.agent_status(cid)["layout"] or {}).get("placements") or [])
+
+    def largest(cid: str) -> str | None:
+        places = placements(cid)
+        return max(places, key=lambda p: p["w"] * p["h"])["classroom_id"] if places else None
+
+    page: Page = browser.new_page()
+    page.goto(page_url(dep, MAIN))
+    button = page.locator("#courseware")
+    expect(button).to_contain_text("共享课件", timeout=10_000)
+    button.click()
+    expect(button).to_contain_text("停止共享", timeout=5000)
+    assert dep.agent_status(MAIN)["courseware"]["shared"] is True
+    dep.wait_for(lambda: largest(RURAL[0]) == "@courseware", 15, "courseware shown large")
+    assert MAIN in {p["classroom_id"] for p in placements(RURAL[0])}  # picture-in-picture
+    button.click()
+    expect(button).to_contain_text("共享课件", timeout=5000)
+    dep.wait_for(lambda: largest(RURAL[0]) == MAIN, 15, "teacher large again")
+    assert dep.agent_status(MAIN)["courseware"]["frames_sent"] > 0
+    page.close()
+
+
 def test_device_choice_applies_and_a_bad_one_changes_nothing(
     dep: LocalDeployment, browser: Any
 ) -> None:

@@ -348,3 +348,20 @@ def test_composed_views_fill_the_picture(n: int) -> None:
         background = np.isin(y, (CANVAS_Y, TILE_Y)).mean()
         assert background <= 0.05, (kind, n, background)
         assert background == pytest.approx(unused_fraction(tiles, W, H), abs=0.01)
+
+
+def test_per_source_freeze_timeout() -> None:
+    """A source that comes at one frame a second (a still courseware) gets its own, longer
+    freeze timeout: not dimmed after 2 s."""
+    clock = FakeClock()
+    tiles = grid_layout(W, H, ["a", "b"], {})
+    comp = Compositor(W, H, tiles, freeze_timeout_s=1.5, clock=clock)
+    comp.freeze_timeouts["a"] = 3.0
+    srcs = sources_at(clock.now)
+    clock.now += 2.0
+    out = comp.compose(srcs)
+    ca, cb = comp.placements["a"], comp.placements["b"]
+    assert pixel(out, ca.x + ca.w // 8, ca.y + ca.h // 2) == COLOURS["a"][2]  # live
+    y0, u0, v0 = COLOURS["b"][2]
+    assert pixel(out, cb.x + cb.w // 8, cb.y + cb.h // 2) == (y0 // 2 + 8, u0 // 2 + 64,
+                                                             v0 // 2 + 64)  # frozen

@@ -171,6 +171,51 @@ def reference(work: Path) -> dict[str, Any]:
             "char_accuracy_min": round(min(scores), 4)}
 
 
+def layouts_legibility(work: Path, bitrate_kbps: int = 2500) -> dict[str, Any]:
+    """In-process: each slide composed into the students' view's courseware layout with
+    1 + N classrooms (N = 1..8), through the view's H.264 encoder (720p, ``bitrate_kbps``,
+    a few seconds of a still slide) and decoded; OCR of the courseware tile against the
+    slide text. Shows how legibility falls as the courseware shrinks (1280x720 up to
+    1 + 3, 852x480 at 1 + 4 and 1 + 5, 960x540 at 1 + 6, 7, 1024x576 at 1 + 8)."""
+    from mixer.compose import Compositor, SourceFrame
+    from syncclass.codec import H264Encoder
+    from syncclass.rtc import VIDEO_TIME_BASE
+
+    out: dict[str, Any] = {}
+    for n in range(1, 9):
+        rooms = [f"r{i}" for i in range(n)]
+        tiles = courseware_layout(1280, 720, COURSEWARE, MAIN, rooms, {})
+        big = tiles[0].rect
+        cover = [t.rect for t in tiles[1:] if t.rect.intersects(big)]
+        bottom = min([r.y for r in cover if r.y > big.y] + [big.bottom])
+        scores = []
+        for slide in DEFAULT_DECK:
+            slide_frame = av.VideoFrame.from_ndarray(render_slide(slide.lines, 1280, 720),
+                                                     format="yuv420p")
+            grey = av.VideoFrame.from_ndarray(np.full((1080, 1280), 128, np.uint8),
+                                              format="yuv420p")
+            comp = Compositor(1280, 720, tiles, 5.0, clock=lambda: 0.0)
+            srcs: dict[str, SourceFrame | None] = {t.classroom_id: SourceFrame(grey, 0.0)
+                                                   for t in tiles}
+            srcs[COURSEWARE] = SourceFrame(slide_frame, 0.0)
+            enc = H264Encoder(1280, 720, 15, bitrate_kbps, 2.0, 0.5)
+            dec = av.CodecContext.create("h264", "r")
+            last = None
+            for i in range(15):  # one second of a still slide
+                frame = comp.compose(srcs)
+                frame.pts, frame.time_base = i * 6000, VIDEO_TIME_BASE
+                for packet in enc.encode(frame):
+                    for decoded in dec.decode(av.Packet(bytes(packet))):
+                        last = decoded.to_ndarray(format="gray")
+            assert last is not None
+            region = last[big.y:bottom, big.x:big.right]
+            scores.append(char_accuracy("".join(slide.lines), ocr(region, work)))
+        out[f"1+{n}"] = {"courseware_px": f"{big.w}x{big.h}",
+                         "char_accuracy_mean": round(statistics.fmean(scores), 4),
+                         "per_slide": [round(x, 3) for x in scores]}
+    return out
+
+
 def reducer_cost() -> dict[str, Any]:
     """The Director's own cost: microseconds per step with three classrooms speaking in
     turns, and % of one core at 15 steps a second (one per composed frame)."""
@@ -189,7 +234,18 @@ def reducer_cost() -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "courseware.json"))
+    ap.add_argument("--layouts-only", action="store_true",
+                    help="only the in-process legibility per layout (1 + 1 .. 1 + 8)")
     args = ap.parse_args()
+    if args.layouts_only:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            result = {"benchmark": "courseware_layouts", "environment": environment(),
+                      "command": "python benchmarks/courseware.py --layouts-only",
+                      "legibility_by_layout": layouts_legibility(Path(tmpdir)),
+                      "source_slides": reference(Path(tmpdir))}
+        write_result(Path(args.out), result)
+        print(json.dumps(result["legibility_by_layout"], indent=1))
+        return
     with tempfile.TemporaryDirectory() as tmpdir:
         work = Path(tmpdir)
         clips = make_clips(work / "clips", {c: clip_len(c) for _, _, c in HALF_SCRIPT})

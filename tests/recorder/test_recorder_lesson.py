@@ -188,3 +188,14 @@ def test_audio_and_video_in_sync(demo: dict[str, Any]) -> None:
         assert near, (f, beeps)
         offsets.append(min(near) - f)
     assert abs(float(np.median(offsets))) <= 0.040, offsets
+
+
+def test_demo_prints_the_directing_summary(demo: dict[str, Any]) -> None:
+    """The demo shares the synthetic courseware for the middle third and prints the
+    directing switches (issue 21): on, then off again."""
+    out = demo["stdout"]
+    assert "Directing (导播) of the students' view" in out, out
+    section = out.split("Directing (导播)")[1].split("\n\n")[0]
+    lines = [ln for ln in section.splitlines() if "courseware" in ln and ln.startswith("  ")]
+    assert any("+ courseware" in ln for ln in lines), section
+    assert "main-3-1" in section

@@ -19,9 +19,11 @@ from edge_agent.courseware import (
     SlideDeckSource,
     changed,
     file_source,
+    screen_source,
     slide_text,
 )
 from syncclass.errors import DeviceError
+from tests.edge_agent.test_screen import xvfb  # noqa: F401 - the X server fixture
 
 
 class Clock:
@@ -119,3 +121,22 @@ def test_file_source_loops_a_picture(tmp_path: Path) -> None:
         src.close()
     with pytest.raises(DeviceError, match="does not exist"):
         file_source(tmp_path / "missing.mp4")
+
+
+def test_screen_source_grabs_an_x_display(xvfb: str) -> None:  # noqa: F811
+    """The teacher PC's screen through FFmpeg's x11grab (PyAV), the whole display and a
+    region of it, on a real X server (Xvfb)."""
+    whole = screen_source(xvfb, fps=5.0)
+    try:
+        frame = whole.grab()
+        assert (frame.width, frame.height) == (1280, 720)
+        assert frame.format.name == "yuv420p"
+    finally:
+        whole.close()
+    region = screen_source(f"{xvfb}+100,60", fps=5.0, video_size="640x360")
+    try:
+        assert (region.grab().width, region.grab().height) == (640, 360)
+    finally:
+        region.close()
+    with pytest.raises(DeviceError, match="courseware screen"):
+        screen_source(":999", fps=5.0)  # no such display

@@ -44,9 +44,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import API_TOKEN, environment, write_result  # noqa: E402
 
 from edge_agent.courseware import DEFAULT_DECK, render_slide, slide_text  # noqa: E402
+from mixer.compose import Compositor, SourceFrame  # noqa: E402
+from syncclass.codec import H264Encoder  # noqa: E402
 from syncclass.demo import LocalDeployment, http_json  # noqa: E402
 from syncclass.directing import COURSEWARE, Director, Shot, Switch, agreement, onset_delays  # noqa: E402
 from syncclass.layout import courseware_layout  # noqa: E402
+from syncclass.rtc import VIDEO_TIME_BASE  # noqa: E402
 from syncclass.timecode import read_timecode  # noqa: E402
 from tests.speech_fixtures import make_clips  # noqa: E402
 
@@ -177,10 +180,6 @@ def layouts_legibility(work: Path, bitrate_kbps: int = 2500) -> dict[str, Any]:
     a few seconds of a still slide) and decoded; OCR of the courseware tile against the
     slide text. Shows how legibility falls as the courseware shrinks (1280x720 up to
     1 + 3, 852x480 at 1 + 4 and 1 + 5, 960x540 at 1 + 6, 7, 1024x576 at 1 + 8)."""
-    from mixer.compose import Compositor, SourceFrame
-    from syncclass.codec import H264Encoder
-    from syncclass.rtc import VIDEO_TIME_BASE
-
     out: dict[str, Any] = {}
     for n in range(1, 9):
         rooms = [f"r{i}" for i in range(n)]

@@ -126,17 +126,19 @@ def test_file_source_loops_a_picture(tmp_path: Path) -> None:
 def test_screen_source_grabs_an_x_display(xvfb: str) -> None:  # noqa: F811
     """The teacher PC's screen through FFmpeg's x11grab (PyAV), the whole display and a
     region of it, on a real X server (Xvfb)."""
+    # Both open at once: an X server without -noreset resets when its last client leaves,
+    # and a connection made during the reset fails.
     whole = screen_source(xvfb, fps=5.0)
     try:
-        frame = whole.grab()
-        assert (frame.width, frame.height) == (1280, 720)
-        assert frame.format.name == "yuv420p"
+        region = screen_source(f"{xvfb}+100,60", fps=5.0, video_size="640x360")
+        try:
+            frame = whole.grab()
+            assert (frame.width, frame.height) == (1280, 720)
+            assert frame.format.name == "yuv420p"
+            assert (region.grab().width, region.grab().height) == (640, 360)
+        finally:
+            region.close()
     finally:
         whole.close()
-    region = screen_source(f"{xvfb}+100,60", fps=5.0, video_size="640x360")
-    try:
-        assert (region.grab().width, region.grab().height) == (640, 360)
-    finally:
-        region.close()
     with pytest.raises(DeviceError, match="courseware screen"):
         screen_source(":999", fps=5.0)  # no such display

@@ -22,19 +22,16 @@ Needs root (network namespaces, nftables) and coturn (scripts/bootstrap.sh).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from syncclass.netem import FirewallPolicy
+from syncclass.stats import median
+from syncclass.testing.turn_support import hold_lesson, turn_nat_deployment
 
-from _common import RESULTS, environment, write_result  # noqa: E402
-
-from syncclass.netem import FirewallPolicy  # noqa: E402
-from tests.turn_support import hold_lesson, turn_nat_deployment  # noqa: E402
+from .harness import RESULTS, environment, write_result
 
 POLICIES: tuple[FirewallPolicy, ...] = ("open", "udp_blocked", "tcp_only_ports")
 KEYS = ("join_s", "first_frame_s", "rural_fps", "main_fps", "rural_freezes",
@@ -63,7 +60,7 @@ def main() -> int:
     summary = {}
     for policy in POLICIES:
         rows = [x for x in runs if x["firewall"] == policy]
-        summary[policy] = {k: {"median": statistics.median(float(x[k]) for x in rows),
+        summary[policy] = {k: {"median": median(float(x[k]) for x in rows),
                                "min": min(float(x[k]) for x in rows),
                                "max": max(float(x[k]) for x in rows)} for k in KEYS}
         summary[policy]["pairs"] = sorted({f"{x['pair']['local']}->{x['pair']['remote']}"

@@ -42,6 +42,7 @@ from syncclass.config import ClassroomConfig, CountyConfig
 from syncclass.errors import SyncClassError
 from syncclass.protocol import (
     Answer,
+    Direct,
     EndLesson,
     Error,
     Hello,
@@ -52,6 +53,7 @@ from syncclass.protocol import (
     Offer,
     Pong,
     RaiseHand,
+    ShareCourseware,
     StartLesson,
     Stats,
     Welcome,
@@ -73,6 +75,7 @@ from syncclass.timecode import read_timecode
 from syncclass.turn import credential_refresh_in_s
 
 from .classroom_pc import ClassroomPC, LessonView, apply_saved_devices
+from .courseware import CoursewareSource, CoursewareTrack, open_courseware
 from .rig import DeviceRig
 from .sources import AudioSource, VideoSource
 from .turn import choose_turn_server
@@ -323,6 +326,12 @@ class Agent:
         self.out_dir = out_dir
         self.tones = {c.id: c.devices.microphone.tone_hz or c.tone_hz for c in config.classrooms}
         camera = self.rig.video_source
+        self.courseware: CoursewareSource | None = (
+            open_courseware(self.classroom.devices.courseware)
+            if self.classroom.role == "main" else None)
+        """The teacher's courseware (双流), sent as a second video track when shared."""
+        self.courseware_shared = False
+        self._courseware_track: CoursewareTrack | None = None
         self.encoder = H264Encoder(
             camera.width, camera.height, camera.fps,
             config.media.uplink_bitrate_kbps, config.media.keyframe_interval_s,
@@ -338,6 +347,9 @@ class Agent:
         self.layout: Layout | None = None
         self.reconnects = 0
         self.hands_raised = 0
+        self.directing = "auto"
+        """The last 导播 choice this (main) classroom sent: ``auto``, a classroom id or
+        ``@courseware``."""
         self.errors: deque[dict[str, str | None]] = deque(maxlen=20)
         self.outputs: list[str] = []
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -422,6 +434,35 @@ class Agent:
         self.hands_raised += 1
         logger.info("classroom %s: hand raised", self.classroom.id)
 
+    async def direct(self, source: str) -> None:
+        """The teacher's 导播 button: feature ``source`` (a classroom of the lesson or
+        ``@courseware``) in the students' view and the recording, or ``auto``."""
+        if self.classroom.role != "main":
+            raise PermissionError("only the main classroom directs")
+        if self._ws is None or self._ws.closed or self.state != "connected":
+            raise ConnectionError("not connected to the mixer")
+        if self.lesson is None or self.lesson.state != "live":
+            raise LookupError("no live lesson")
+        await self._send(Direct(source=source))
+        self.directing = source
+        logger.info("classroom %s: directing %s", self.classroom.id, source)
+
+    async def share_courseware(self, on: bool) -> None:
+        """共享课件: start (True) or stop sending the courseware (main classroom with a
+        configured courseware only). Remembered across rejoins; the mixer shows it once
+        its pictures arrive."""
+        if self.courseware is None:
+            raise PermissionError("this classroom has no courseware configured "
+                                  "(devices.courseware, main classroom only)")
+        self.courseware_shared = on
+        if self._courseware_track is not None:
+            self._courseware_track.set_shared(on)
+        if self._ws is not None and not self._ws.closed and self.state == "connected" \
+                and self.lesson is not None and self.lesson.state == "live":
+            await self._send(ShareCourseware(on=on))
+        logger.info("classroom %s: courseware %s", self.classroom.id,
+                    "shared" if on else "stopped")
+
     async def request(self, message: StartLesson | EndLesson, wait_s: float = 5.0) -> object:
         """Send a lesson command and wait for the mixer's lesson_state or error reply."""
         if self._ws is None or self._ws.closed or self.state != "connected":
@@ -461,6 +502,11 @@ class Agent:
                     "pair": selected_ice_pair(self._pc) if self._pc else None},
             "reconnects": self.reconnects,
             "hands_raised": self.hands_raised,
+            "directing": self.directing,
+            "courseware": None if self.courseware is None else {
+                "shared": self.courseware_shared,
+                "frames_sent": getattr(self._courseware_track, "frames_sent", 0),
+                "changes": getattr(self._courseware_track, "changes", 0)},
             "local": self.local.status(),
             "reception": self.reception.summary(self.tones) if self.reception else None,
             "last_reception": self.last_reception,
@@ -613,6 +659,16 @@ class Agent:
             self.rig.attach(video, audio)
             vsender = pc.addTrack(video)
             pc.addTrack(audio)
+            if self.courseware is not None:
+                # Always offered (sendonly), so sharing needs no renegotiation.
+                cw = self.classroom.devices.courseware
+                ctrack = CoursewareTrack(self.courseware, max_fps=cw.max_fps,
+                                         idle_fps=cw.idle_fps, bitrate_kbps=cw.bitrate_kbps,
+                                         keyframe_interval_s=self.config.media.keyframe_interval_s)
+                ctrack.set_shared(self.courseware_shared)
+                self._courseware_track = ctrack
+                csender = pc.addTransceiver(ctrack, direction="sendonly").sender
+                route_keyframe_requests(csender, ctrack.encoder.request_keyframe)
             for t in pc.getTransceivers():
                 if t.kind == "video":
                     prefer_codec(t, "video/H264")
@@ -639,6 +695,8 @@ class Agent:
             offer = await pc.createOffer()
             await pc.setLocalDescription(offer)  # gathers candidates (no trickle ICE)
             await self._send(Offer(sdp=pc.localDescription.sdp))
+            if self.courseware_shared:
+                await self._send(ShareCourseware(on=True))
 
     def _follow_uplink(self) -> Callable[[LinkFeedback], None]:
         """Adapt the camera encoder to the uplink's estimate (:mod:`syncclass.adapt`):
@@ -675,6 +733,8 @@ class Agent:
         logger.info("classroom %s: leaving lesson (%s)", self.classroom.id, why)
         for track in self.rig.detach():
             track.stop()
+        if self._courseware_track is not None:
+            self._courseware_track.stop()
         await pc.close()
         for task in list(self._rx_tasks):
             task.cancel()

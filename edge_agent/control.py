@@ -2,7 +2,9 @@
 
 ``GET /`` the page (Chinese first, with English), ``GET /api/status`` JSON,
 ``POST /api/start`` and ``POST /api/end`` lesson commands (main classroom only),
-``POST /api/raise-hand``, ``POST /api/mute``, ``GET /api/preview.jpg`` (camera),
+``POST /api/raise-hand``, ``POST /api/mute``, ``POST /api/direct`` (导播),
+``POST /api/courseware`` (共享课件),
+``GET /api/preview.jpg`` (camera),
 ``GET``/``POST /api/devices`` (device choice). Only loopback Hosts are served, and POSTs
 from other sites' pages are refused.
 """
@@ -77,6 +79,51 @@ async def raise_hand(request: web.Request) -> web.Response:
     except LookupError:
         raise json_error(web.HTTPConflict, "no_lesson", "现在没有上课 (no live lesson)") from None
     return web.json_response({"hands_raised": agent.hands_raised})
+
+
+async def direct(request: web.Request) -> web.Response:
+    """``POST /api/direct`` ``{"source": "auto" | classroom id | "@courseware"}``: the
+    teacher's 导播 buttons (main classroom only)."""
+    agent = request.app[AGENT_KEY]
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    source = body.get("source") if isinstance(body, dict) else None
+    if not isinstance(source, str) or not 0 < len(source) <= 64:
+        raise json_error(web.HTTPBadRequest, "bad_request",
+                         '需要 {"source": "auto" 或课堂} (body must be {"source": "auto" | '
+                         'classroom id | "@courseware"})')
+    try:
+        await agent.direct(source)
+    except PermissionError:
+        raise json_error(web.HTTPForbidden, "not_allowed",
+                         "只有主讲课堂可以导播 (only the main classroom directs)") from None
+    except ConnectionError:
+        raise json_error(web.HTTPServiceUnavailable, "not_connected",
+                         "未连接到混流服务器 (not connected to the mixer)") from None
+    except LookupError:
+        raise json_error(web.HTTPConflict, "no_lesson", "现在没有上课 (no live lesson)") from None
+    return web.json_response({"directing": agent.directing})
+
+
+async def courseware(request: web.Request) -> web.Response:
+    """``POST /api/courseware`` ``{"on": true|false}``: 共享课件, share the teacher's
+    courseware (main classroom with ``devices.courseware``) or stop."""
+    agent = request.app[AGENT_KEY]
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("on"), bool):
+        raise json_error(web.HTTPBadRequest, "bad_request",
+                         '需要 {"on": true/false} (body must be {"on": true|false})')
+    try:
+        await agent.share_courseware(body["on"])
+    except PermissionError as exc:
+        raise json_error(web.HTTPForbidden, "not_allowed",
+                         f"本课堂没有配置课件 (no courseware here): {exc}") from None
+    return web.json_response(agent.status()["courseware"])
 
 
 async def mute(request: web.Request) -> web.Response:
@@ -155,6 +202,8 @@ def create_control_app(agent: Agent) -> web.Application:
     app.router.add_post("/api/end", end)
     app.router.add_post("/api/raise-hand", raise_hand)
     app.router.add_post("/api/mute", mute)
+    app.router.add_post("/api/direct", direct)
+    app.router.add_post("/api/courseware", courseware)
     app.router.add_get("/api/preview.jpg", preview)
     app.router.add_get("/api/devices", devices)
     app.router.add_post("/api/devices", choose_devices)

@@ -38,6 +38,7 @@ from aiohttp import web
 from syncclass.analytics.attendance import AttendanceTracker
 from syncclass.analytics.speech import VadSmoother
 from syncclass.config import CountyConfig, RecorderConfig, is_lesson_id
+from syncclass.directing import COURSEWARE
 from syncclass.errors import AuthError, ConfigError, InvalidStateError
 from syncclass.events import Event
 from syncclass.httperrors import json_error, json_object_body
@@ -155,7 +156,16 @@ class LessonAnalytics:
             network={c: list(v) for c, v in self.network.items()},
             contacts=dict(self.contacts),
             recording_dir=self.recording_dir,
+            directing=self.directing(),
         )
+
+    def directing(self) -> list[dict[str, Any]]:
+        """The automatic directing's switches, each with its epoch time ``ts_ms``."""
+        if self.media is None:
+            return []
+        t0 = self.media.t0_epoch_ms
+        return [{**sw, "ts_ms": round(t0 + float(str(sw["t_s"])) * 1000)}
+                for sw in self.media.directing_log()]
 
 
 @dataclass(frozen=True)
@@ -251,9 +261,11 @@ class Analytics:
             voice = la.voices[cid] = SiteVoice(self.cfg.vad_aggressiveness,
                                                self.cfg.vad_hangover_ms)
         voice.push(block, now_ms(), pts)
+        if la.media is not None:  # automatic directing follows who speaks
+            la.media.set_speaking(cid, voice.smoother.speaking)
 
     def _on_video(self, la: LessonAnalytics, cid: str, frame: av.VideoFrame) -> None:
-        if self._counter is None or cid in la.head_pending:
+        if self._counter is None or cid in la.head_pending or cid == COURSEWARE:
             return
         now = time.monotonic()
         if now < la.next_head_s.get(cid, 0.0):

@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 from av.video.frame import PictureType
 
+from syncclass.fonts import fit_text, render_text
 from syncclass.layout import Rect, Tile, fit_rect
 from syncclass.timecode import TIMECODE_BAND
 
@@ -55,7 +56,6 @@ LABEL_TEXT_Y = 235
 #: Badge (e.g. a raised hand): yellow box (BT.601 Y, U, V) with dark text.
 BADGE_BOX_Y, BADGE_U, BADGE_V = 210, 16, 146
 
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
 _LABEL_MARGIN = 4  # px between the tile edge and the label box (even)
 _LABEL_PAD = 4  # px between the box edge and the text (even)
 _SPRITE_CACHE_MAX = 256
@@ -217,9 +217,11 @@ class ScaleCache:
         return planes
 
 
-def _ascii(text: str) -> str:
-    """Hershey fonts draw ASCII only: anything else becomes '?'."""
-    return "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text)
+def _font_px(tile_h: int, share: float, low: int, high: int) -> int:
+    """Font size in px for a tile ``tile_h`` px high: ``share`` of it, within [low, high]
+    (CJK needs about 14 px to stay legible after H.264), but never over 40 % of a very
+    flat tile."""
+    return min(max(low, min(high, round(tile_h * share))), max(6, int(tile_h * 0.4)))
 
 
 def _even_up(value: int) -> int:
@@ -263,10 +265,14 @@ class Compositor:
         # Planes of the frame being composed (set during compose only).
         self._y, self._u, self._v = self._bg_planes
         self._tiles: tuple[Tile, ...] = ()
+        self._overlays: set[int] = set()
         self._placements: dict[str, Rect] = {}
-        self._sprites: dict[tuple[str, int, float], Plane] = {}
+        self._sprites: dict[tuple[str, int, int], Plane] = {}
         self._state: dict[str, str] = {}
         self._badges: dict[str, tuple[str, float]] = {}
+        self.freeze_timeouts: dict[str, float] = {}
+        """Per-source freeze timeouts (s) overriding ``freeze_timeout_s``: a still
+        courseware comes at one frame a second."""
         self.frames = 0
         """Frames composed."""
         self.last_compose_ms = 0.0
@@ -303,6 +309,11 @@ class Compositor:
                     f"{self.width}x{self.height} canvas"
                 )
         self._tiles = tuple(tiles)
+        # Tiles drawn over an earlier one (picture-in-picture) paint their own background.
+        self._overlays = {
+            j for j, tile in enumerate(self._tiles)
+            if any(tile.rect.intersects(t.rect) for t in self._tiles[:j])
+        }
         y, u, v = self._bg_planes
         y.fill(CANVAS_Y)
         u.fill(NEUTRAL_UV)
@@ -314,8 +325,8 @@ class Compositor:
         logger.debug("%stiles set: %s", self._prefix, [t.classroom_id for t in self._tiles])
 
     def set_badge(self, classroom_id: str, text: str, until: float) -> None:
-        """Show ``text`` (ASCII, e.g. ``HAND UP``) as a bright badge in the classroom's
-        tile, below its timecode band, until monotonic time ``until`` (seconds, the
+        """Show ``text`` (any script, e.g. ``HAND UP`` or ``举手``) as a bright badge in
+        the classroom's tile, below its timecode band, until monotonic time ``until`` (seconds, the
         compositor's clock). May be called from another thread than :meth:`compose`."""
         self._badges[classroom_id] = (text, until)
 
@@ -346,25 +357,45 @@ class Compositor:
         for dst, src in zip((self._y, self._u, self._v), self._bg_planes, strict=True):
             np.copyto(dst, src)
         placements: dict[str, Rect] = {}
-        for tile in self._tiles:
+        # Pictures first, in draw order (a later tile may lie over the lower part of an
+        # earlier one), then every label and badge, so that no picture covers a label.
+        shown: list[tuple[Tile, Rect | None, str]] = []
+        for index, tile in enumerate(self._tiles):
             source = sources.get(tile.classroom_id)
+            over = index in self._overlays
             if source is None:
                 self._set_state(tile, "missing")
-                self._draw_text(tile, f"{tile.label}: no video", None, centre=True)
+                if over:
+                    self._fill_tile(tile.rect)
+                shown.append((tile, None, "missing"))
                 continue
             frame = source.frame
             if frame.format.name not in ("yuv420p", "yuvj420p"):
                 frame = frame.reformat(format="yuv420p")
             content = fit_rect(frame.width, frame.height, tile.rect)
+            if over and content != tile.rect:
+                self._fill_tile(tile.rect)  # its own bars, not the picture below
             self._draw_picture(frame, content, cache)
             placements[tile.classroom_id] = content
-            if now - source.received_at > self.freeze_timeout_s:
+            timeout = self.freeze_timeouts.get(tile.classroom_id, self.freeze_timeout_s)
+            if now - source.received_at > timeout:
                 self._set_state(tile, "frozen")
                 self._dim(content)
-                self._draw_text(tile, f"{tile.label}: frozen", content, centre=True)
+                shown.append((tile, content, "frozen"))
             else:
                 self._set_state(tile, "live")
-                self._draw_text(tile, tile.label, content, centre=False)
+                shown.append((tile, content, "live"))
+        for index, (tile, shown_rect, state) in enumerate(shown):
+            above = [t.rect for t in self._tiles[index + 1 :] if t.rect.intersects(tile.rect)]
+            if shown_rect is None:
+                self._draw_text(tile, f"{tile.label}: no video", None, centre=True, above=above)
+                continue
+            content = shown_rect
+            if state == "frozen":
+                self._draw_text(tile, f"{tile.label}: frozen", content, centre=True,
+                                above=above)
+            else:
+                self._draw_text(tile, tile.label, content, centre=False, above=above)
             badge = self._badges.get(tile.classroom_id)
             if badge is not None:
                 if badge[1] > now:
@@ -417,6 +448,13 @@ class Compositor:
         for target, plane in zip(dst, cache.scaled(frame, content.w, content.h), strict=True):
             target[...] = plane
 
+    def _fill_tile(self, r: Rect) -> None:
+        """Paint ``r`` with the tile background (dark grey, neutral chroma)."""
+        y, u, v = self._canvas_views(r)
+        y.fill(TILE_Y)
+        u.fill(NEUTRAL_UV)
+        v.fill(NEUTRAL_UV)
+
     def _dim(self, content: Rect) -> None:
         """Halve the contrast of the picture below its timecode band (luma towards black,
         chroma towards grey)."""
@@ -431,33 +469,27 @@ class Compositor:
             np.right_shift(c, 1, out=c)
             c += 64
 
-    def _sprite(self, text: str, scale: float, max_w: int) -> Plane | None:
-        """A label image (luma, even size): text on a dark box, cut to ``max_w`` px."""
-        key = (text, max_w, scale)
+    def _sprite(self, text: str, size_px: int, max_w: int) -> Plane | None:
+        """A label image (luma, even size): text in any script (CJK font, see
+        :mod:`syncclass.fonts`) on a dark box, shortened with '…' to ``max_w`` px.
+        Rendered once per (text, size, width) and cached, then copied each frame."""
+        key = (text, max_w, size_px)
         sprite = self._sprites.get(key)
         if sprite is not None:
             return sprite
-        shown = _ascii(text)
-        while True:
-            (tw, th), base = cv2.getTextSize(shown, _FONT, scale, 1)
-            box_w = _even_up(tw + 2 * _LABEL_PAD)
-            if box_w <= max_w or len(shown) <= 1:
-                break
-            shown = shown[:-3] + ".." if len(shown) > 3 else shown[:-1]
+        shown = fit_text(text, size_px, max_w - 2 * _LABEL_PAD)
+        if shown is None:
+            return None
+        ink = render_text(shown, size_px)
+        th, tw = ink.shape
+        box_w = _even_up(tw + 2 * _LABEL_PAD)
+        box_h = _even_up(th + 2 * _LABEL_PAD)
         if box_w > max_w:
             return None
-        box_h = _even_up(th + base + 2 * _LABEL_PAD)
         sprite = np.full((box_h, box_w), LABEL_BOX_Y, dtype=np.uint8)
-        cv2.putText(
-            sprite,
-            shown,
-            (_LABEL_PAD, _LABEL_PAD + th),
-            _FONT,
-            scale,
-            (LABEL_TEXT_Y,),
-            1,
-            cv2.LINE_AA,
-        )
+        region = sprite[_LABEL_PAD : _LABEL_PAD + th, _LABEL_PAD : _LABEL_PAD + tw]
+        region[...] = LABEL_BOX_Y + (ink.astype(np.uint16) * (LABEL_TEXT_Y - LABEL_BOX_Y)
+                                     // 255).astype(np.uint8)
         if len(self._sprites) >= _SPRITE_CACHE_MAX:
             self._sprites.clear()
         self._sprites[key] = sprite
@@ -467,8 +499,7 @@ class Compositor:
         """A yellow box with dark text at the top right of ``content``, below its
         timecode band; skipped if it cannot fit."""
         r = tile.rect
-        scale = min(1.0, max(0.45, r.h / 360 * 0.8))
-        sprite = self._sprite(text, scale, content.w - 2 * _LABEL_MARGIN)
+        sprite = self._sprite(text, _font_px(r.h, 0.08, 16, 32), content.w - 2 * _LABEL_MARGIN)
         if sprite is None:
             return
         # The label sprite is light text on a dark box: invert it to dark on light.
@@ -483,12 +514,13 @@ class Compositor:
         self._u[cy : cy + sh // 2, cx : cx + sw // 2] = BADGE_U
         self._v[cy : cy + sh // 2, cx : cx + sw // 2] = BADGE_V
 
-    def _draw_text(self, tile: Tile, text: str, content: Rect | None, *, centre: bool) -> None:
+    def _draw_text(self, tile: Tile, text: str, content: Rect | None, *, centre: bool,
+                   above: Sequence[Rect] = ()) -> None:
         """Draw ``text`` in a dark box at the bottom-left of ``tile`` (or its centre),
-        never inside the timecode band of ``content``; skipped if it cannot fit."""
+        never inside the timecode band of ``content`` and moved up out of the tiles
+        ``above`` (drawn over this one); skipped if it cannot fit."""
         r = tile.rect
-        scale = min(0.8, max(0.35, r.h / 360 * 0.6))
-        sprite = self._sprite(text, scale, r.w - 2 * _LABEL_MARGIN)
+        sprite = self._sprite(text, _font_px(r.h, 0.06, 14, 28), r.w - 2 * _LABEL_MARGIN)
         if sprite is None:
             return
         sh, sw = sprite.shape
@@ -501,8 +533,15 @@ class Compositor:
         else:
             x = r.x + _LABEL_MARGIN
             y = r.bottom - _LABEL_MARGIN - sh
+        moved = True
+        while moved and y >= top_limit:
+            moved = False
+            for other in above:
+                if y >= top_limit and Rect(x, y, sw, sh).intersects(other):
+                    y = (other.y - _LABEL_MARGIN - sh) // 2 * 2  # strictly higher
+                    moved = True
         y = max(y, top_limit)
-        if y + sh > r.bottom:
+        if y + sh > r.bottom or any(Rect(x, y, sw, sh).intersects(o) for o in above):
             return  # no room below the band: better no label than a broken timecode
         self._y[y : y + sh, x : x + sw] = sprite
         cx, cy = x // 2, y // 2

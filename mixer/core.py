@@ -23,6 +23,7 @@ from aiohttp import web
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from syncclass.config import ClassroomConfig, CountyConfig
+from syncclass.directing import COURSEWARE
 from syncclass.errors import AuthError, InvalidStateError, ProtocolError
 from syncclass.events import Event, EventBus, EventName
 from syncclass.lesson import Lesson, LessonRegistry, load_lessons, save_lessons
@@ -287,12 +288,19 @@ class Mixer:
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            logger.info("classroom %s: receiving %s", cid, track.kind)
             clock = SenderClock(90000 if track.kind == "video" else 48000)
+            videos = [t for t in pc.getTransceivers() if t.kind == "video"]
+            source = cid
             for transceiver in pc.getTransceivers():
                 if transceiver.receiver.track is track:
                     observe_sender_reports(transceiver.receiver, clock)
-            media.add_input(cid, track, clock)
+                    # The main classroom's second video is its courseware (双流).
+                    if (track.kind == "video" and cid == lesson.main
+                            and videos.index(transceiver) == 1):
+                        source = COURSEWARE
+            logger.info("classroom %s: receiving %s%s", cid, track.kind,
+                        " (courseware)" if source == COURSEWARE else "")
+            media.add_input(source, track, clock)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:

@@ -35,7 +35,8 @@ from syncclass.adapt import AdaptPolicy, LinkFeedback
 from syncclass.audio import level_dbov, mix_n_minus_1
 from syncclass.codec import H264Encoder
 from syncclass.config import CountyConfig, ViewConfig
-from syncclass.layout import Tile, grid_layout, speaker_layout
+from syncclass.directing import COURSEWARE, Director, Shot, Switch
+from syncclass.layout import Tile, courseware_layout, grid_layout, speaker_layout
 from syncclass.lesson import Lesson
 from syncclass.lipsync import LipSync, SenderClock, stretch
 from syncclass.protocol import Layout, Placement
@@ -48,6 +49,10 @@ from .tickphase import TickPhase
 logger = logging.getLogger(__name__)
 
 AUDIO_RATE = 48000
+COURSEWARE_LABEL = "课件 courseware"
+"""Label of the courseware picture."""
+COURSEWARE_NUMBER = 255
+"""``classroom_number`` of the courseware in layouts (it carries no timecode)."""
 AUDIO_FRAME = 960  # 20 ms
 AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_RATE)
 AUDIO_MAX_BUFFER = AUDIO_FRAME * 15
@@ -214,6 +219,12 @@ class LessonMedia:
         self.tick_phase = TickPhase(1.0 / self.media.fps)
         """Keeps the composition ticks just after the teacher's frames arrive."""
         labels = {c.id: c.label for c in config.classrooms}
+        labels[COURSEWARE] = COURSEWARE_LABEL
+        self._labels = labels
+        self.director = Director(lesson.main)
+        """Automatic directing (自动导播) of the directed views (see :meth:`directed`)."""
+        self._speaking: set[str] = set()
+        self._courseware_shared = False
         self.views: dict[str, ViewOutput] = {}
         for name, view in config.views.items():
             tiles = self._tiles(view, labels)
@@ -261,6 +272,76 @@ class LessonMedia:
             others = [c for c in self._select(view.tiles) if c not in featured]
             return speaker_layout(w, h, featured[0] if featured else None, others, labels)
         return grid_layout(w, h, self._select(view.tiles), labels)
+
+    @staticmethod
+    def directed(view: ViewConfig) -> bool:
+        """Whether automatic directing lays out ``view``: a speaker view featuring the
+        main classroom (the students' view, shown in the rural rooms and recorded)."""
+        return view.layout == "speaker" and view.featured == "main"
+
+    def _shot_tiles(self, view: ViewConfig, shot: Shot) -> list[Tile]:
+        """The tiles of a directed view for ``shot``."""
+        w, h = self.media.width, self.media.height
+        people = [self.lesson.main, *self._select(view.tiles)]
+        others = [c for c in people if c != shot.active]
+        if shot.courseware:
+            return courseware_layout(w, h, COURSEWARE, shot.active, others, self._labels)
+        return speaker_layout(w, h, shot.active, others, self._labels)
+
+    # -- directing ----------------------------------------------------------------------------
+    def set_speaking(self, classroom_id: str, speaking: bool) -> None:
+        """Voice activity of a classroom (the analytics' smoothed VAD), for directing."""
+        if speaking:
+            self._speaking.add(classroom_id)
+        else:
+            self._speaking.discard(classroom_id)
+
+    def set_courseware(self, shared: bool) -> None:
+        """The main classroom started (True) or stopped sharing its courseware (共享课件)."""
+        self._courseware_shared = shared
+        logger.info("lesson %s: courseware %s", self.lesson.lesson_id,
+                    "shared" if shared else "stopped")
+
+    def set_directing(self, choice: str | None) -> None:
+        """The teacher's 导播 button: a classroom id, ``@courseware``, or None/``auto``."""
+        self.director.set_override(choice)
+        logger.info("lesson %s: directing %s", self.lesson.lesson_id, choice or "auto")
+
+    def courseware_shown(self, now: float | None = None) -> bool:
+        """Courseware is shared and its pictures arrive (one within the freeze timeout)."""
+        vin = self._video.get(COURSEWARE)
+        if not self._courseware_shared or vin is None or vin.latest is None:
+            return False
+        now = time.monotonic() if now is None else now
+        return now - vin.latest.received_at <= self._courseware_timeout()
+
+    def _courseware_timeout(self) -> float:
+        """How long a still courseware (one frame a second) may go without a frame before
+        it counts as frozen, s."""
+        return max(self.media.freeze_timeout_s, 3.0)
+
+    def _direct(self) -> Switch | None:
+        """One directing step at this composition tick; re-lays the directed views on a
+        switch (between compositions, so no compositor is in use)."""
+        now = time.monotonic()
+        present = {c for c in self.lesson.receiving
+                   if (vin := self._video.get(c)) is not None and vin.latest is not None}
+        switch = self.director.step(now - self._t0, self._speaking, self.courseware_shown(now),
+                                    present)
+        if switch is None:
+            return None
+        logger.info("lesson %s: directing %.1f s: %s%s (%s)", self.lesson.lesson_id,
+                    switch.t_s, switch.shot.active,
+                    " + courseware" if switch.shot.courseware else "", switch.reason)
+        for view in self.views.values():
+            if self.directed(view.config):
+                view.compositor.freeze_timeouts[COURSEWARE] = self._courseware_timeout()
+                view.compositor.set_tiles(self._shot_tiles(view.config, switch.shot))
+        return switch
+
+    def directing_log(self) -> list[dict[str, object]]:
+        """Every switch so far (lesson time from the media clock's origin, s)."""
+        return [sw.to_dict() for sw in self.director.switches]
 
     def views_for(self, classroom_id: str) -> list[str]:
         """Names of the views shown to this classroom."""
@@ -325,9 +406,16 @@ class LessonMedia:
         self._input_tasks[key] = task
 
     def remove_classroom(self, classroom_id: str) -> None:
-        """A classroom left: stop its inputs and outputs (its tile shows a placeholder)."""
-        for kind in ("video", "audio"):
-            task = self._input_tasks.pop((classroom_id, kind), None)
+        """A classroom left: stop its inputs and outputs (its tile shows a placeholder);
+        the main classroom's courseware goes with it."""
+        keys = [(classroom_id, "video"), (classroom_id, "audio")]
+        if classroom_id == self.lesson.main:
+            keys.append((COURSEWARE, "video"))
+            cw = self._video.get(COURSEWARE)
+            if cw is not None:
+                cw.latest = None
+        for key in keys:
+            task = self._input_tasks.pop(key, None)
             if task is not None:
                 task.cancel()
         vin = self._video.get(classroom_id)
@@ -451,6 +539,7 @@ class LessonMedia:
             sources: dict[str, SourceFrame | None] = {
                 cid: vin.latest for cid, vin in self._video.items()
             }
+            self._direct()
             teacher = sources.get(self.lesson.main)
             self.tick_phase.observe(time.monotonic(),
                                     teacher.received_at if teacher is not None else None)
@@ -495,7 +584,8 @@ class LessonMedia:
             placements=[
                 Placement(
                     classroom_id=cid,
-                    classroom_number=self.config.classroom_number(cid),
+                    classroom_number=(COURSEWARE_NUMBER if cid == COURSEWARE
+                                      else self.config.classroom_number(cid)),
                     label=labels.get(cid, cid),
                     x=r.x,
                     y=r.y,

@@ -67,6 +67,9 @@ class LessonData:
     contacts: dict[str, int] = field(default_factory=dict)
     """Epoch ms of each classroom agent's first contact (``hello``) for this lesson."""
     recording_dir: str | None = None
+    directing: list[dict[str, Any]] = field(default_factory=list)
+    """Automatic directing's switches (``ts_ms``, ``active``, ``courseware``, ``reason``,
+    ...; see :class:`syncclass.directing.Switch`)."""
 
 
 def scheduled_start_ms(config: CountyConfig, lesson: Lesson) -> tuple[int | None, bool]:
@@ -194,7 +197,25 @@ def build_report(config: CountyConfig, data: LessonData, generated_ms: int) -> d
         "st": {**st.to_dict(), "rule": ST_RULE},
         "attendance_rule": ATTENDANCE_RULE,
         "recording_dir": data.recording_dir,
+        "directing": _directing_summary(data.directing, start, end),
     }
+
+
+def _directing_summary(switches: list[dict[str, Any]], start: int,
+                       end: int) -> dict[str, Any]:
+    """Switches with their lesson time, and seconds each source was featured (active)."""
+    items = [{**sw, "lesson_s": round((sw["ts_ms"] - start) / 1000, 3)} for sw in switches]
+    featured_s: dict[str, float] = {}
+    courseware_s = 0.0
+    for i, sw in enumerate(items):
+        a = max(start, sw["ts_ms"])
+        b = min(end, items[i + 1]["ts_ms"] if i + 1 < len(items) else end)
+        if b > a:
+            featured_s[sw["active"]] = featured_s.get(sw["active"], 0.0) + (b - a) / 1000
+            courseware_s += (b - a) / 1000 if sw["courseware"] else 0.0
+    return {"switches": items, "count": max(0, len(items) - 1),
+            "featured_s": {k: round(v, 3) for k, v in featured_s.items()},
+            "courseware_s": round(courseware_s, 3)}
 
 
 def render_csv(report: dict[str, Any], excel: bool = False) -> str:
@@ -450,6 +471,40 @@ def _line_svg(name: str, series: list[tuple[str, list[list[tuple[int, float]]]]]
     return "\n".join(parts)
 
 
+def _directing_section(report: dict[str, Any], start: int, end: int) -> str:
+    """导播 timeline: which source the students' view featured when, and every switch."""
+    directing = report.get("directing") or {}
+    switches = directing.get("switches") or []
+    if not switches:
+        return ""
+    labels = {c["classroom_id"]: c["label"] for c in report["classrooms"]}
+    rows: dict[str, list[list[int]]] = {}
+    shown: list[list[int]] = []
+    for i, sw in enumerate(switches):
+        a = max(start, sw["ts_ms"])
+        b = min(end, switches[i + 1]["ts_ms"] if i + 1 < len(switches) else end)
+        if b <= a:
+            continue
+        rows.setdefault(sw["active"], []).append([a, b])
+        if sw["courseware"]:
+            shown.append([a, b])
+    chart_rows: list[tuple[str, list[list[int]], list[int]]] = [
+        (labels.get(cid, cid), spans, []) for cid, spans in rows.items()]
+    if shown:
+        chart_rows.append(("课件 courseware", shown, []))
+    chart = _timeline_svg("directing", chart_rows, start, end)
+    lines = "\n".join(
+        f"<tr><td>{sw['lesson_s'] // 60:.0f}:{sw['lesson_s'] % 60:04.1f}</td>"
+        f"<td>{_e(labels.get(sw['active'], sw['active']))}</td>"
+        f"<td>{'✓' if sw['courseware'] else ''}</td><td>{_e(sw['reason'])}</td></tr>"
+        for sw in switches)
+    return f"""<h2>导播 <span class="en">Directing: who the students' view featured</span></h2>
+{chart}
+<table class="directing"><tr><th>时间 time</th><th>主画面 featured</th><th>课件 courseware</th>
+<th>原因 reason</th></tr>
+{lines}</table>"""
+
+
 def render_html(report: dict[str, Any]) -> str:
     """A self-contained page (inline SVG charts, no scripts)."""
     les = report["lesson"]
@@ -523,6 +578,7 @@ svg.chart {{ display: block; max-width: 100%; height: auto; }}
 {latency}
 <h2>往返时延 <span class="en">RTT over time</span></h2>
 {rtt}
+{_directing_section(report, start, end)}
 </body></html>
 """
 

@@ -31,10 +31,12 @@ from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
+from syncclass.directing import AUTO, COURSEWARE
 from syncclass.errors import AuthError, InvalidStateError, ProtocolError
 from syncclass.httperrors import json_error, json_object_body
 from syncclass.protocol import (
     Answer,
+    Direct,
     EndLesson,
     Hello,
     Leave,
@@ -43,6 +45,7 @@ from syncclass.protocol import (
     Ping,
     Pong,
     RaiseHand,
+    ShareCourseware,
     StartLesson,
     Stats,
     Welcome,
@@ -55,6 +58,7 @@ from .analytics import raise_hand
 from .core import ClassroomSession, Mixer, now_ms, reply_error
 from .guard import Guard, hello_deadline, require_reader
 from .guard.rates import refuse_unauthenticated
+from .media import LessonMedia
 from .observer import ObserverHub, serve_observer
 from .threadcpu import thread_cpu_seconds
 
@@ -126,7 +130,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 if exc.code in ("auth_failed", "rate_limited") and session is None:
                     break
             except InvalidStateError as exc:
-                await reply_error(ws, mixer, "no_lesson" if ref in ("offer", "raise_hand")
+                await reply_error(ws, mixer, "no_lesson" if ref in ("offer", "raise_hand", "direct",
+                                                                  "courseware")
                                    else "lesson_live", str(exc), ref)
             except Exception:  # one classroom's failure must not end its connection
                 logger.exception("error handling %s", ref)
@@ -203,6 +208,28 @@ async def _dispatch(mixer: Mixer, session: ClassroomSession, message: object) ->
         await mixer.leave(session, "leave")
     elif isinstance(message, RaiseHand):
         raise_hand(mixer, cid)
+    elif isinstance(message, Direct | ShareCourseware):
+        media = _main_lesson_media(mixer, cid)
+        if isinstance(message, ShareCourseware):
+            media.set_courseware(message.on)
+            return
+        source = message.source
+        if source not in (AUTO, COURSEWARE, *media.lesson.classrooms):
+            raise ProtocolError("bad_message", f"cannot feature {source!r}: not a classroom "
+                                "of this lesson, '@courseware' or 'auto'")
+        media.set_directing(None if source == AUTO else source)
+
+
+def _main_lesson_media(mixer: Mixer, cid: str) -> LessonMedia:
+    """The media of the live lesson that ``cid`` teaches; AuthError for a receiving
+    classroom, InvalidStateError without a live lesson."""
+    if mixer.config.classroom(cid).role != "main":
+        raise AuthError("not_allowed", "only the main classroom directs and shares courseware")
+    lesson = mixer.lessons.lesson_of(cid)
+    media = mixer.media.get(lesson.lesson_id) if lesson is not None else None
+    if lesson is None or lesson.state != "live" or media is None:
+        raise InvalidStateError(f"classroom {cid!r} has no live lesson")
+    return media
 
 
 # -- HTTP API -----------------------------------------------------------------------------------

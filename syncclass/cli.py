@@ -452,6 +452,37 @@ def cmd_recorder_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_courseware(args: argparse.Namespace) -> int:
+    """共享课件 from the command line: ask the main classroom's agent (its local control
+    page) to start or stop sending the courseware."""
+    config = _config(args)
+    try:
+        room = config.classroom(args.classroom)
+    except KeyError:
+        print(f"syncclass courseware: unknown classroom {args.classroom!r}", file=sys.stderr)
+        return 2
+    if args.control_url:
+        base = args.control_url.rstrip("/")
+    elif room.control_port:
+        base = f"http://127.0.0.1:{room.control_port}"
+    else:
+        print("syncclass courseware: the classroom's control_port is 0 (any free port): "
+              "give --control-url as printed by its agent", file=sys.stderr)
+        return 2
+    url = base + "/api/courseware"
+    try:
+        status, reply = http_json(url, "POST", {"on": args.action == "start"})
+    except OSError as exc:
+        print(f"syncclass courseware: cannot reach the agent at {url}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"syncclass courseware: {reply.get('code')}: {reply.get('message')}",
+              file=sys.stderr)
+        return 1
+    print(json.dumps(reply, ensure_ascii=False))
+    return 0
+
+
 def cmd_hand(args: argparse.Namespace) -> int:
     """Raise a receiving classroom's hand through the mixer's HTTP API."""
 
@@ -658,6 +689,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classroom", required=True, help="the receiving classroom's id")
     p.add_argument("--mixer-url", help="mixer base URL (default: mixer.url from the config)")
     p.set_defaults(func=cmd_hand)
+
+    p = sub.add_parser("courseware", help="share the teacher's courseware (共享课件) or stop",
+                       description="Ask the main classroom's agent, on this PC, to start or "
+                       "stop sending its courseware (devices.courseware) as a second video; "
+                       "the students' view shows it large.")
+    with_config(p)
+    p.add_argument("action", choices=["start", "stop"])
+    p.add_argument("--classroom", required=True, help="the main classroom's id")
+    p.add_argument("--control-url",
+                   help="the agent's control page (default: http://127.0.0.1:<control_port>)")
+    p.set_defaults(func=cmd_courseware)
 
     p = sub.add_parser("report", help="term figures for the education bureau",
                        description="Per paired school and subject: synchronous lessons held, "

@@ -173,13 +173,70 @@ class SinkConfig(_Model):
         return self
 
 
+class CoursewareConfig(_Model):
+    """The main classroom's courseware (双流), sent beside its camera when shared."""
+
+    kind: Literal["none", "synthetic", "screen", "file"] = "none"
+    """``synthetic``: a slide deck with Chinese text (tests, demo); ``screen``: the PC's
+    screen (x11grab on Linux, gdigrab on Windows); ``file``: a picture or video."""
+    display: str | None = None
+    """``screen``: the X display (``:0.0``, ``:0.0+x,y`` for a region); default ``:0.0``."""
+    window: str | None = None
+    """``screen`` on Windows: the title of the window to share (default: the desktop)."""
+    video_size: str | None = None
+    """``screen``: size of the captured region, e.g. ``1920x1080`` (default: the screen)."""
+    path: str | None = None
+    """``file``: the picture or video."""
+    width: int = Field(default=1280, ge=160, le=3840, multiple_of=2)
+    """``synthetic``: slide width, px."""
+    height: int = Field(default=720, ge=90, le=2160, multiple_of=2)
+    """``synthetic``: slide height, px."""
+    max_fps: float = Field(default=10.0, gt=0, le=30)
+    """Frames per second while the screen changes."""
+    idle_fps: float = Field(default=1.0, gt=0, le=30)
+    """Frames per second while the screen is still."""
+    bitrate_kbps: int = Field(default=1200, ge=100, le=20000)
+    """Encoder target, kbit/s (few frames, so many bits each: legible text)."""
+
+    @model_validator(mode="after")
+    def _needs(self) -> CoursewareConfig:
+        if self.kind == "file" and not self.path:
+            raise ValueError("courseware of kind 'file' needs 'path'")
+        if self.idle_fps > self.max_fps:
+            raise ValueError("courseware idle_fps must not exceed max_fps")
+        return self
+
+
 class DevicesConfig(_Model):
     camera: VideoDeviceConfig = VideoDeviceConfig()
     microphone: AudioDeviceConfig = AudioDeviceConfig()
     screen: SinkConfig = SinkConfig()
     speakers: SinkConfig = SinkConfig()
+    courseware: CoursewareConfig = CoursewareConfig()
+    """The teacher's courseware (main classroom only)."""
     fallback_to_synthetic: bool = False
     """If a configured device is missing, use the synthetic source instead of failing."""
+
+
+LABEL_MAX_CHARS = 40
+"""Longest classroom label, in characters (any script)."""
+
+
+def check_label(value: str) -> str:
+    """``value`` if it is a valid classroom label, else ``ValueError`` saying in words
+    what is allowed: 1 to :data:`LABEL_MAX_CHARS` printable characters in any language,
+    not only spaces, no control characters or line breaks."""
+    allowed = (f"a label is 1 to {LABEL_MAX_CHARS} printable characters in any language "
+               "(e.g. '三(1)班' or 'Hetou 3'), without control characters or line breaks")
+    if not value.strip():
+        raise ValueError(f"{allowed}; got an empty label")
+    if len(value) > LABEL_MAX_CHARS:
+        raise ValueError(f"{allowed}; got {len(value)} characters")
+    for index, ch in enumerate(value):
+        if not ch.isprintable():
+            raise ValueError(f"{allowed}; character {index + 1} is U+{ord(ch):04X}, "
+                             "which cannot be printed")
+    return value
 
 
 class ClassroomConfig(_Model):
@@ -187,8 +244,9 @@ class ClassroomConfig(_Model):
     school: Identifier
     name: str = Field(min_length=1)
     """Human name, e.g. 实验小学 三(1)班."""
-    label: str = Field(min_length=1, max_length=40, pattern=r"^[\x20-\x7e]+$")
-    """Short ASCII label burned into composed video (video fonts have no CJK glyphs)."""
+    label: str
+    """Short label burned into composed video, in any script (e.g. 三(1)班): 1 to
+    :data:`LABEL_MAX_CHARS` printable characters, drawn with a CJK font."""
     role: ClassroomRole
     token: str = Field(min_length=16, repr=False)
     """Credential the classroom's agent presents to the mixer."""
@@ -197,6 +255,11 @@ class ClassroomConfig(_Model):
     devices: DevicesConfig = DevicesConfig()
     control_port: int = Field(default=0, ge=0, le=65535)
     """Port of the agent's local control page (0: pick a free one)."""
+
+    @field_validator("label")
+    @classmethod
+    def _label_in_words(cls, value: str) -> str:
+        return check_label(value)
 
 
 class PairingConfig(_Model):

@@ -187,6 +187,12 @@ class LocalDeployment:
             raise RuntimeError(f"agent {classroom_id} status {status}: {body}")
         return dict(body)
 
+    def agent_post(self, classroom_id: str, action: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """POST ``body`` to an agent's control page ``/api/<action>``."""
+        port = self.procs[classroom_id].control_port
+        return http_json(f"http://127.0.0.1:{port}/api/{action}", method="POST", body=body,
+                         timeout=10.0)
+
     def agent_command(self, classroom_id: str, action: str) -> tuple[int, Any]:
         port = self.procs[classroom_id].control_port
         return http_json(f"http://127.0.0.1:{port}/api/{action}", method="POST", body={},
@@ -278,6 +284,24 @@ def _fmt(v: Any) -> str:
     return "–" if v is None else str(v)
 
 
+def _print_directing(report_json: str | None) -> None:
+    """The automatic directing's switches and who was featured how long (from the lesson
+    report)."""
+    if not report_json or not Path(report_json).is_file():
+        return
+    directing = json.loads(Path(report_json).read_text(encoding="utf-8")).get("directing") or {}
+    switches = directing.get("switches") or []
+    print(f"\nDirecting (导播) of the students' view: {directing.get('count', 0)} switch(es), "
+          f"courseware large {directing.get('courseware_s', 0):g} s")
+    for sw in switches:
+        m, sec = divmod(float(sw["lesson_s"]), 60)
+        print(f"  {int(m):d}:{sec:04.1f}  {sw['active']:<14}"
+              f"{'+ courseware' if sw['courseware'] else '':<14}{sw['reason']}")
+    featured = directing.get("featured_s") or {}
+    if featured:
+        print("  featured: " + ", ".join(f"{k} {v:g} s" for k, v in featured.items()))
+
+
 def run_demo(config_path: Path, duration_s: float, out_dir: Path, port: int = 0,
              log_level: str = "info") -> int:
     """Hold one lesson of ``duration_s`` and print where the outputs are."""
@@ -304,7 +328,16 @@ def run_demo(config_path: Path, duration_s: float, out_dir: Path, port: int = 0,
         print(f"syncclass demo: lesson {lesson['lesson_id']} live "
               f"({lesson['subject']} {lesson['grade']}, {lesson['teacher']}) for {duration_s:g} s")
         t0 = time.monotonic()
-        time.sleep(duration_s)
+        # The teacher shares the courseware (共享课件) for the middle third of the lesson:
+        # the students' view and the recording show it large, then the teacher again.
+        share = config.classroom(pairing.main).devices.courseware.kind != "none"
+        for at, on in ((duration_s / 3, True), (2 * duration_s / 3, False)) if share else ():
+            time.sleep(max(0.0, t0 + at - time.monotonic()))
+            status, reply = dep.agent_post(pairing.main, "courseware", {"on": on})
+            if status != 200:
+                print(f"syncclass demo: courseware {'start' if on else 'stop'} failed: {reply}",
+                      file=sys.stderr)
+        time.sleep(max(0.0, t0 + duration_s - time.monotonic()))
         elapsed = time.monotonic() - t0
         cpu1 = {n: p.cpu_s() for n, p in dep.procs.items()}
         stats = dep.mixer_stats()
@@ -364,6 +397,7 @@ def run_demo(config_path: Path, duration_s: float, out_dir: Path, port: int = 0,
         print(f"  lesson metadata: {locations.get('metadata.json')}  poster: "
               f"{locations.get('poster.jpg')}")
     paths = lesson_report.get("paths") or {}
+    _print_directing(paths.get("json"))
     if paths:
         print(f"  lesson report: {paths.get('html')}  json: {paths.get('json')}  "
               f"csv: {paths.get('csv')}")

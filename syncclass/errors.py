@@ -43,3 +43,8 @@ class DeviceError(SyncClassError):
 class RecordingError(SyncClassError):
     """A lesson recording could not be written, finalised or archived (the message says
     which file or target and why)."""
+
+
+class FontMissingError(SyncClassError, FileNotFoundError):
+    """No font that can draw Chinese labels was found (the message says what to install
+    or set)."""

@@ -4,18 +4,26 @@ Pure functions, no I/O. Every coordinate and size is in pixels of the composed c
 is even, so that each rectangle maps exactly onto the half-resolution chroma planes of
 YUV 4:2:0 (one chroma sample per 2x2 luma block).
 
-Two layouts exist:
+Three layouts exist, each covering the whole canvas (at most a pixel pair of rounding and
+the letterbox of pictures whose shape differs from the canvas's is left as background):
 
-* :func:`grid_layout` — a near-square grid of equal 16:9 cells, centred on the canvas.
-* :func:`speaker_layout` — one featured classroom large in the top-left corner, the others
-  in small tiles down the right-hand column and, when needed, along the bottom rows.
+* :func:`grid_layout` — every source, as equal as a tiling of that count allows.
+* :func:`speaker_layout` — one featured classroom large, the others small around it.
+* :func:`courseware_layout` — the teacher's courseware large, the teacher
+  picture-in-picture and the classrooms as a strip.
 
-Both are deterministic, keep every tile inside the canvas and never overlap two tiles.
+A square cannot be cut into 2, 3 or 5 squares (nor a 16:9 canvas into that many 16:9
+pictures), so some arrangements draw small pictures over the lower part of a large one
+(picture-in-picture). Tiles are returned in draw order; a later tile never covers the
+timecode band (top 1/8) of an earlier one, and two small tiles never overlap.
+:func:`unused_fraction` measures what a layout leaves as background.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,13 +33,6 @@ logger = logging.getLogger(__name__)
 #: Width / height of the cells the layouts aim for.
 ASPECT_W = 16
 ASPECT_H = 9
-
-# Speaker layouts as (m, s): the canvas is split into an m x m grid of small tiles and the
-# featured source covers the top-left s x s of them; the other m*m - s*s cells hold the
-# others. The first entry whose capacity fits is used, so the featured source stays as big
-# as possible and only shrinks when there are many others.
-_SPEAKER_SPLITS: tuple[tuple[int, int], ...] = ((4, 3), (5, 4), (5, 3))
-
 
 def _even_floor(value: float) -> int:
     """Largest even integer not above ``value`` (``value`` ≥ 0)."""
@@ -117,7 +118,7 @@ class Tile:
     classroom_id: str
     """The classroom whose picture fills this tile."""
     label: str
-    """Human-readable name drawn on the tile (ASCII)."""
+    """Human-readable name drawn on the tile (any Unicode text)."""
     rect: Rect
     """The tile's area on the canvas; the picture is fitted inside it (see :func:`fit_rect`)."""
     featured: bool = False
@@ -195,40 +196,134 @@ def _cell_size(cell_w: float, cell_h: float) -> tuple[int, int]:
     return _even_floor(w), _even_floor(h)
 
 
+@dataclass(frozen=True)
+class _Cells:
+    """An m x m grid of canvas-shaped cells; edges are even and the last ones are the
+    canvas edges, so blocks of cells cover the canvas with no seam."""
+
+    xs: tuple[int, ...]
+    ys: tuple[int, ...]
+
+    @classmethod
+    def of(cls, width: int, height: int, m: int) -> _Cells:
+        xs = (*tuple(_even_floor(i * width / m) for i in range(m)), width)
+        ys = (*tuple(_even_floor(i * height / m) for i in range(m)), height)
+        if min(b - a for a, b in itertools.pairwise(xs)) < 2 or min(
+            b - a for a, b in itertools.pairwise(ys)
+        ) < 2:
+            raise ValueError(f"a {m}x{m} grid of cells does not fit a {width}x{height} canvas")
+        return cls(xs, ys)
+
+    def block(self, col: int, row: int, size: int = 1) -> Rect:
+        """The ``size`` x ``size`` cells whose top-left cell is (``col``, ``row``)."""
+        x, y = self.xs[col], self.ys[row]
+        return Rect(x, y, self.xs[col + size] - x, self.ys[row + size] - y)
+
+
+# Grid arrangements that fill the canvas, by number of sources: (m, blocks) where blocks
+# are (col, row, size) in an m x m grid of canvas-shaped cells, in source order. A square
+# cannot be cut into 2, 3 or 5 squares, so those counts lay the last picture(s) over the
+# lower part of an earlier one (picture-in-picture), never over its timecode band; the
+# other counts are exact tilings, as equal as a tiling of that count allows.
+_GRID_BLOCKS: dict[int, tuple[int, tuple[tuple[int, int, int], ...]]] = {
+    1: (1, ((0, 0, 1),)),
+    2: (3, ((0, 0, 3), (2, 2, 1))),
+    3: (3, ((0, 0, 3), (2, 2, 1), (1, 2, 1))),
+    4: (2, ((0, 0, 1), (1, 0, 1), (0, 1, 1), (1, 1, 1))),
+    5: (4, ((0, 0, 2), (2, 0, 2), (0, 2, 2), (2, 2, 2), (3, 3, 1))),
+    6: (3, ((0, 0, 2), (2, 0, 1), (2, 1, 1), (0, 2, 1), (1, 2, 1), (2, 2, 1))),
+    7: (4, ((0, 0, 2), (2, 0, 2), (0, 2, 2), (2, 2, 1), (3, 2, 1), (2, 3, 1), (3, 3, 1))),
+    8: (4, ((0, 0, 3), (3, 0, 1), (3, 1, 1), (3, 2, 1), (0, 3, 1), (1, 3, 1), (2, 3, 1),
+            (3, 3, 1))),
+    9: (3, tuple((c, r, 1) for r in range(3) for c in range(3))),
+}
+
+#: Small pictures laid over the bottom row of a full-canvas picture before the layouts
+#: switch to a large picture with an L-shaped strip (see :func:`big_and_strip`).
+PIP_MAX = 4
+
+
 def grid_layout(
     width: int, height: int, sources: Sequence[str], labels: Mapping[str, str]
 ) -> list[Tile]:
-    """Equal 16:9 tiles in a near-square grid, centred on a ``width`` × ``height`` canvas.
+    """Every source on a ``width`` × ``height`` canvas with no unused background.
 
-    The number of columns is the one giving the largest tiles (ties: fewer columns). Tiles
-    are in ``sources`` order, row by row; an incomplete last row is centred. ``labels``
-    maps classroom id to the label drawn on its tile (default: the id). Duplicate ids are
-    shown once. No sources → no tiles.
+    Up to 9 sources follow a fixed arrangement of canvas-shaped blocks (``_GRID_BLOCKS``):
+    1, 4 and 9 are equal grids; 6, 7 and 8 are exact tilings with one (or three) larger
+    pictures first; 2, 3 and 5 lay the last picture(s) over the lower part of an earlier
+    one (a square cannot be cut into 2, 3 or 5 squares). Tiles are in draw order: a later
+    tile may cover the lower part of an earlier one, never its timecode band. Beyond 9, a
+    near-square grid of equal cells (rows filled in order; the last row may be short).
+    ``labels`` maps classroom id to the label drawn on its tile (default: the id).
+    Duplicate ids are shown once. No sources → no tiles.
     """
     _check_canvas(width, height)
     ids = _unique(sources)
     n = len(ids)
     if n == 0:
         return []
-    best: tuple[int, int, int, int] | None = None  # (cols, rows, tile_w, tile_h)
-    for cols in range(1, n + 1):
-        rows = -(-n // cols)
-        tile_w, tile_h = _cell_size(width / cols, height / rows)
-        if tile_w < 2 or tile_h < 2:
-            continue
-        if best is None or tile_w * tile_h > best[2] * best[3]:
-            best = (cols, rows, tile_w, tile_h)
-    if best is None:
+    arrangement = _GRID_BLOCKS.get(n)
+    if arrangement is not None:
+        m, blocks = arrangement
+        cells = _Cells.of(width, height, m)
+        return [
+            Tile(cid, labels.get(cid, cid), cells.block(*block))
+            for cid, block in zip(ids, blocks, strict=True)
+        ]
+    m = math.ceil(math.sqrt(n))
+    rows = -(-n // m)
+    unit_w, unit_h = _cell_size(width / m, height / rows)
+    if unit_w < 2 or unit_h < 2:
         raise ValueError(f"{n} sources do not fit a {width}x{height} canvas")
-    cols, rows, tile_w, tile_h = best
-    y0 = _even_floor((height - rows * tile_h) / 2)
-    tiles: list[Tile] = []
-    for index, cid in enumerate(ids):
-        row, col = divmod(index, cols)
-        in_row = min(cols, n - row * cols)
-        x0 = _even_floor((width - in_row * tile_w) / 2)
-        rect = Rect(x0 + col * tile_w, y0 + row * tile_h, tile_w, tile_h)
-        tiles.append(Tile(cid, labels.get(cid, cid), rect))
+    x0 = _even_floor((width - m * unit_w) / 2)
+    y0 = _even_floor((height - rows * unit_h) / 2)
+    return [
+        Tile(cid, labels.get(cid, cid),
+             Rect(x0 + (i % m) * unit_w, y0 + (i // m) * unit_h, unit_w, unit_h))
+        for i, cid in enumerate(ids)
+    ]
+
+
+def big_and_strip(
+    width: int,
+    height: int,
+    big: str,
+    smalls: Sequence[str],
+    labels: Mapping[str, str],
+) -> list[Tile]:
+    """One picture large and ``smalls`` around it, covering the whole canvas.
+
+    * no smalls: ``big`` fills the canvas;
+    * 1 to :data:`PIP_MAX` smalls: ``big`` fills the canvas and the smalls (1/4 of the
+      canvas width each) lie over its bottom row, right-aligned, the first in the
+      bottom-right corner (picture-in-picture); ``big``'s top 3/4 stays whole;
+    * more: a p x p grid of canvas-shaped cells, p = (n + 1) // 2 for n smalls; ``big``
+      covers the top-left (p-1) x (p-1) cells and the smalls fill the right column top to
+      bottom, then the bottom row left to right (2p - 1 cells, an exact tiling). With an
+      even n the last small lies over ``big``'s bottom-right cell.
+
+    The big tile comes first (``featured``); tiles are in draw order.
+    """
+    _check_canvas(width, height)
+    rest = _unique(smalls, exclude=big)
+    name = labels.get(big, big)
+    n = len(rest)
+    if n == 0:
+        return [Tile(big, name, Rect(0, 0, width, height), True)]
+    if n <= PIP_MAX:
+        cells = _Cells.of(width, height, 4)
+        tiles = [Tile(big, name, Rect(0, 0, width, height), True)]
+        tiles += [Tile(cid, labels.get(cid, cid), cells.block(3 - i, 3))
+                  for i, cid in enumerate(rest)]
+        return tiles
+    p = (n + 1) // 2
+    cells = _Cells.of(width, height, p)
+    slots = [cells.block(p - 1, row) for row in range(p)]
+    slots += [cells.block(col, p - 1) for col in range(p - 1)]
+    slots.append(cells.block(p - 2, p - 2))  # used only when n is even
+    tiles = [Tile(big, name, cells.block(0, 0, p - 1), True)]
+    tiles += [Tile(cid, labels.get(cid, cid), rect) for cid, rect in zip(rest, slots,
+                                                                          strict=False)]
     return tiles
 
 
@@ -239,43 +334,84 @@ def speaker_layout(
     others: Sequence[str],
     labels: Mapping[str, str],
 ) -> list[Tile]:
-    """The featured classroom large, the others small around it.
+    """The featured classroom large, the others small around it (:func:`big_and_strip`).
 
-    The canvas is cut into an m x m grid of small tiles (canvas aspect, so 16:9 on a 16:9
-    canvas) and the featured source covers the top-left s x s of them: up to 7 others use
-    m=4, s=3 (at 1280x720: featured 960x540, others 320x180 down the right column, then
-    along the bottom row), up to 9 use 5/4, up to 16 use 5/3 (the featured shrinks),
-    beyond that 6/4, 7/5, ... Others fill the right-hand columns top to bottom, then the
-    bottom rows left to right. With no others the featured tile is the whole canvas; with
-    ``featured`` None this is :func:`grid_layout` of ``others``. The featured tile comes
-    first in the result.
+    At 1280x720: up to 4 others are 320x180 pictures over the bottom row of a full-canvas
+    featured picture; 5 or 6 others are 426x240 around an 854x480 featured picture; 7 or
+    8 are 320x180 around a 960x540 one. With ``featured`` None this is
+    :func:`grid_layout` of ``others``. The featured tile comes first in the result.
     """
     _check_canvas(width, height)
     if featured is None:
         return grid_layout(width, height, others, labels)
-    rest = _unique(others, exclude=featured)
-    if not rest:
-        return [Tile(featured, labels.get(featured, featured), Rect(0, 0, width, height), True)]
-    k = len(rest)
-    split = next(((m, s) for m, s in _SPEAKER_SPLITS if m * m - s * s >= k), None)
-    if split is None:
-        m = 6
-        while 4 * m - 4 < k:
-            m += 1
-        split = (m, m - 2)
-    m, s = split
-    unit_w = _even_floor(width / m)
-    unit_h = _even_floor(height / m)
-    if unit_w < 2 or unit_h < 2:
-        raise ValueError(f"{k + 1} sources do not fit a {width}x{height} canvas")
-    x0 = _even_floor((width - m * unit_w) / 2)
-    y0 = _even_floor((height - m * unit_h) / 2)
-    tiles = [
-        Tile(featured, labels.get(featured, featured), Rect(x0, y0, s * unit_w, s * unit_h), True)
-    ]
-    cells = [(row, col) for row in range(s) for col in range(s, m)]
-    cells += [(row, col) for row in range(s, m) for col in range(m)]
-    for cid, (row, col) in zip(rest, cells, strict=False):
-        rect = Rect(x0 + col * unit_w, y0 + row * unit_h, unit_w, unit_h)
-        tiles.append(Tile(cid, labels.get(cid, cid), rect))
-    return tiles
+    return big_and_strip(width, height, featured, others, labels)
+
+
+def courseware_layout(
+    width: int,
+    height: int,
+    courseware: str,
+    teacher: str | None,
+    classrooms: Sequence[str],
+    labels: Mapping[str, str],
+) -> list[Tile]:
+    """Courseware (the teacher's screen) large, the teacher picture-in-picture, and the
+    classrooms as a strip: :func:`big_and_strip` with the teacher as the first small
+    picture (bottom-right corner, or top of the right-hand column)."""
+    smalls = ([teacher] if teacher is not None else []) + list(classrooms)
+    return big_and_strip(width, height, courseware, smalls, labels)
+
+
+def _union_area(rects: Sequence[Rect]) -> int:
+    """Area covered by at least one of ``rects``, in square pixels (exact)."""
+    xs = sorted({x for r in rects for x in (r.x, r.right)})
+    area = 0
+    for left, right in itertools.pairwise(xs):
+        spans = sorted((r.y, r.bottom) for r in rects if r.x <= left and r.right >= right)
+        covered, top, bottom = 0, -1, -1
+        for y0, y1 in spans:
+            if y0 > bottom:
+                covered += bottom - top
+                top, bottom = y0, y1
+            else:
+                bottom = max(bottom, y1)
+        covered += bottom - top
+        area += covered * (right - left)
+    return area
+
+
+def content_rects(
+    tiles: Sequence[Tile], sizes: Mapping[str, tuple[int, int]] | None = None,
+    default_size: tuple[int, int] = (1280, 720),
+) -> list[Rect]:
+    """Where each tile's picture goes (:func:`fit_rect`), given each source's size in px
+    (``sizes`` by classroom id, else ``default_size``)."""
+    sizes = sizes or {}
+    return [fit_rect(*sizes.get(t.classroom_id, default_size), t.rect) for t in tiles]
+
+
+def unused_fraction(
+    tiles: Sequence[Tile], width: int, height: int,
+    sizes: Mapping[str, tuple[int, int]] | None = None,
+    default_size: tuple[int, int] = (1280, 720),
+) -> float:
+    """Fraction (0..1) of the ``width`` x ``height`` canvas that no picture covers: the
+    background between tiles plus the letterbox bars inside them."""
+    _check_canvas(width, height)
+    if not tiles:
+        return 1.0
+    covered = _union_area(content_rects(tiles, sizes, default_size))
+    return 1.0 - covered / (width * height)
+
+
+def hidden_fraction(tiles: Sequence[Tile], index: int) -> float:
+    """Fraction (0..1) of tile ``index``'s area that later tiles (drawn over it) cover."""
+    rect = tiles[index].rect
+    clipped = []
+    for tile in tiles[index + 1:]:
+        r = tile.rect
+        x0, y0 = max(r.x, rect.x), max(r.y, rect.y)
+        x1, y1 = min(r.right, rect.right), min(r.bottom, rect.bottom)
+        if x1 > x0 and y1 > y0:
+            clipped.append(Rect(x0, y0, x1 - x0, y1 - y0))
+    return _union_area(clipped) / rect.area if clipped else 0.0

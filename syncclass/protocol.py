@@ -135,14 +135,30 @@ class RaiseHand(_Msg):
     type: Literal["raise_hand"] = "raise_hand"
 
 
+class Direct(_Msg):
+    """The main classroom's 导播 button: feature ``source`` in the students' view (a
+    classroom id of the lesson, ``@courseware``), or give directing back (``auto``)."""
+
+    type: Literal["direct"] = "direct"
+    source: str = Field(min_length=1, max_length=64)
+
+
+class ShareCourseware(_Msg):
+    """The main classroom started (``on``) or stopped sharing its courseware (共享课件);
+    its pictures come on the offer's second video track."""
+
+    type: Literal["courseware"] = "courseware"
+    on: bool
+
+
 ClientMessage = Annotated[
     Hello | ObserverHello | StartLesson | EndLesson | Offer | Stats | Ping | Leave | Comment
-    | RaiseHand,
+    | RaiseHand | Direct | ShareCourseware,
     Field(discriminator="type"),
 ]
 _client_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
 CLIENT_TYPES = frozenset(["hello", "start_lesson", "end_lesson", "offer", "stats", "ping", "leave",
-                          "observer_hello", "comment", "raise_hand"])
+                          "observer_hello", "comment", "raise_hand", "direct", "courseware"])
 
 
 # -- mixer -> classroom ----------------------------------------------------------------------

@@ -143,6 +143,55 @@ def test_receiving_classroom_raises_its_hand(dep: LocalDeployment, browser: Any)
     page.close()
 
 
+def test_directing_buttons_feature_a_classroom(dep: LocalDeployment, browser: Any) -> None:
+    """The teacher's 导播 buttons (issue 21): a receiving classroom chosen by hand becomes
+    the large picture of the students' view; 自动 gives directing back."""
+    def largest(cid: str) -> str | None:
+        layout = dep.agent_status(cid)["layout"] or {}
+        places = layout.get("placements") or []
+        return max(places, key=lambda p: p["w"] * p["h"])["classroom_id"] if places else None
+
+    page: Page = browser.new_page()
+    page.goto(page_url(dep, MAIN))
+    expect(page.locator("#directing")).to_be_visible(timeout=10_000)
+    page.locator(f'button.direct[data-source="{RURAL[0]}"]').click()
+    expect(page.locator("#message")).to_have_text("✓")
+    expect(page.locator("#direct-now")).to_have_text(RURAL[0])
+    dep.wait_for(lambda: largest(RURAL[1]) == RURAL[0], 10, "classroom featured by hand")
+    page.locator('button.direct[data-source="auto"]').click()
+    expect(page.locator("#direct-now")).to_contain_text("自动")
+    # Every microphone plays a tone (speech to a voice detector), the teacher's too: the
+    # teacher comes first, so automatic directing features the teacher again.
+    dep.wait_for(lambda: largest(RURAL[1]) == MAIN, 10, "teacher featured again")
+    page.close()
+
+
+def test_share_courseware_button(dep: LocalDeployment, browser: Any) -> None:
+    """共享课件 (issue 21): the main classroom's slides become the large picture of the
+    students' view, with the teacher picture-in-picture; pressed again, the teacher."""
+    def placements(cid: str) -> list[dict[str, Any]]:
+        return list((dep.agent_status(cid)["layout"] or {}).get("placements") or [])
+
+    def largest(cid: str) -> str | None:
+        places = placements(cid)
+        return max(places, key=lambda p: p["w"] * p["h"])["classroom_id"] if places else None
+
+    page: Page = browser.new_page()
+    page.goto(page_url(dep, MAIN))
+    button = page.locator("#courseware")
+    expect(button).to_contain_text("共享课件", timeout=10_000)
+    button.click()
+    expect(button).to_contain_text("停止共享", timeout=5000)
+    assert dep.agent_status(MAIN)["courseware"]["shared"] is True
+    dep.wait_for(lambda: largest(RURAL[0]) == "@courseware", 15, "courseware shown large")
+    assert MAIN in {p["classroom_id"] for p in placements(RURAL[0])}  # picture-in-picture
+    button.click()
+    expect(button).to_contain_text("共享课件", timeout=5000)
+    dep.wait_for(lambda: largest(RURAL[0]) == MAIN, 15, "teacher large again")
+    assert dep.agent_status(MAIN)["courseware"]["frames_sent"] > 0
+    page.close()
+
+
 def test_device_choice_applies_and_a_bad_one_changes_nothing(
     dep: LocalDeployment, browser: Any
 ) -> None:

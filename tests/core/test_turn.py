@@ -17,6 +17,7 @@ from syncclass.config import MixerConfig, TurnConfig
 from syncclass.errors import ConfigError
 from syncclass.protocol import IceServer, Welcome, parse_server_message
 from syncclass.rtc import use_turn_ca_file
+from syncclass.testing.turn_support import SECRET
 from syncclass.turn import (
     TurnUrl,
     advertise_addresses,
@@ -25,7 +26,6 @@ from syncclass.turn import (
     ice_servers_for,
     turn_credential,
 )
-from tests.turn_support import SECRET
 
 
 def test_turn_url_parse() -> None:

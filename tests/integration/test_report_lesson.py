@@ -401,3 +401,25 @@ def test_report_beside_nothing_without_recorder(run: Run) -> None:
     assert Path(run.paths["json"]).parent == (run.tmp / "mixer-data" / "reports" /
                                               run.lesson["lesson_id"])
 
+
+
+def test_directing_follows_the_answers(run: Run) -> None:
+    """Issue 21: automatic directing features each answering classroom about 1 s after
+    its speech starts (HETOU's 3 s answer at 7 s), hands back to the teacher after it
+    ends, logs every switch with lesson time, and the report page shows the timeline."""
+    directing = run.report["directing"]
+    switches = directing["switches"]
+    assert switches[0]["active"] == MAIN and switches[0]["reason"] == "start"
+    onset, end = run.truth.speech[HETOU][0]
+    featured = [sw for sw in switches if sw["active"] == HETOU and sw["ts_ms"] >= onset]
+    assert featured, switches
+    delay_s = (featured[0]["ts_ms"] - onset) / 1000
+    assert 0.5 <= delay_s <= 2.0, (delay_s, switches)
+    back = next(sw for sw in switches if sw["ts_ms"] > featured[0]["ts_ms"])
+    assert back["active"] == MAIN and back["ts_ms"] >= end, (back, end)
+    for sw in switches:
+        assert sw["lesson_s"] == pytest.approx(
+            (sw["ts_ms"] - run.report["lesson"]["started_ms"]) / 1000, abs=0.01)
+    assert directing["featured_s"][HETOU] > 1.0
+    page = Path(run.paths["html"]).read_text(encoding="utf-8")
+    assert 'data-chart="directing"' in page and "导播" in page

@@ -30,9 +30,9 @@ from typing import Any
 import pytest
 
 from syncclass.netem import FirewallPolicy
+from syncclass.testing.browser import CHROMIUM, chromium, write_timecode_y4m, write_tone_wav
+from syncclass.testing.turn_support import MAIN, RURAL, Net, hold_lesson, turn_nat_deployment
 from tests.browser.test_browser_classroom import wait_page
-from tests.browser_support import CHROMIUM, chromium, write_timecode_y4m, write_tone_wav
-from tests.turn_support import MAIN, RURAL, Net, hold_lesson, turn_nat_deployment
 
 pytestmark = pytest.mark.integration
 

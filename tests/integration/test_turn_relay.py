@@ -46,9 +46,9 @@ from syncclass.rtc import (
     use_host_addresses,
     use_turn_ca_file,
 )
+from syncclass.testing.turn_support import SECRET, Coturn, free_port
 from syncclass.turn import ice_servers_for
 from tests.core.test_config import SAMPLE
-from tests.turn_support import SECRET, Coturn, free_port
 
 RELAY_ONLY = RTCIceTransportPolicy.RELAY
 

@@ -10,13 +10,22 @@ import numpy as np
 import pytest
 
 from mixer.compose import (
+    CANVAS_Y,
     NEUTRAL_UV,
     TILE_Y,
     Compositor,
     ScaleCache,
     SourceFrame,
 )
-from syncclass.layout import Rect, Tile, fit_rect, grid_layout, speaker_layout
+from syncclass.layout import (
+    Rect,
+    Tile,
+    courseware_layout,
+    fit_rect,
+    grid_layout,
+    speaker_layout,
+    unused_fraction,
+)
 from syncclass.timecode import TIMECODE_BAND
 
 W, H = 1280, 720
@@ -315,3 +324,44 @@ def test_scale_cache_halves_a_picture_once_for_all_its_sizes() -> None:
     cache.clear()
     cache.scaled(frame, 256, 144)
     assert cache.halvings == 2 * 3 + 2 * 3  # cleared with the tick: halved again
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+def test_composed_views_fill_the_picture(n: int) -> None:
+    """Issue 21, in pixels: composing the sample views with n receiving classrooms (real
+    1280x720 pictures, labels drawn) leaves at most 5 % of the frame as background."""
+    clock = FakeClock()
+    rooms = [f"room-{i}" for i in range(n)]
+    labels = {cid: f"Classroom {i}" for i, cid in enumerate(rooms)}
+    layouts = {
+        "grid": grid_layout(W, H, rooms, labels),
+        "speaker": speaker_layout(W, H, "teacher", rooms, labels),
+        "courseware": courseware_layout(W, H, "slides", "teacher", rooms, labels),
+    }
+    srcs: dict[str, SourceFrame | None] = {
+        cid: SourceFrame(solid(1280, 720, 150, 110, 150, band_y=BAND_Y), clock.now)
+        for cid in ["teacher", "slides", *rooms]
+    }
+    for kind, tiles in layouts.items():
+        out = Compositor(W, H, tiles, freeze_timeout_s=1.0, clock=clock).compose(srcs)
+        y, _, _ = planes(out)
+        background = np.isin(y, (CANVAS_Y, TILE_Y)).mean()
+        assert background <= 0.05, (kind, n, background)
+        assert background == pytest.approx(unused_fraction(tiles, W, H), abs=0.01)
+
+
+def test_per_source_freeze_timeout() -> None:
+    """A source that comes at one frame a second (a still courseware) gets its own, longer
+    freeze timeout: not dimmed after 2 s."""
+    clock = FakeClock()
+    tiles = grid_layout(W, H, ["a", "b"], {})
+    comp = Compositor(W, H, tiles, freeze_timeout_s=1.5, clock=clock)
+    comp.freeze_timeouts["a"] = 3.0
+    srcs = sources_at(clock.now)
+    clock.now += 2.0
+    out = comp.compose(srcs)
+    ca, cb = comp.placements["a"], comp.placements["b"]
+    assert pixel(out, ca.x + ca.w // 8, ca.y + ca.h // 2) == COLOURS["a"][2]  # live
+    y0, u0, v0 = COLOURS["b"][2]
+    assert pixel(out, cb.x + cb.w // 8, cb.y + cb.h // 2) == (y0 // 2 + 8, u0 // 2 + 64,
+                                                             v0 // 2 + 64)  # frozen

@@ -4,6 +4,7 @@ the composed layout, with metadata and a poster."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -17,7 +18,8 @@ import numpy as np
 import pytest
 
 from syncclass.config import load_config
-from syncclass.layout import Rect, speaker_layout
+from syncclass.directing import COURSEWARE
+from syncclass.layout import Rect, courseware_layout, speaker_layout
 from syncclass.timecode import read_timecode, timecode_band_height
 
 pytestmark = pytest.mark.integration
@@ -76,16 +78,39 @@ def test_demo_prints_a_playable_mp4(demo: dict[str, Any]) -> None:
     assert poster.read_bytes()[:2] == b"\xff\xd8"
 
 
-def _tiles() -> list[tuple[str, Rect, int]]:
+Tiles = list[tuple[str, Rect, int]]
+
+
+@functools.cache
+def _layouts() -> dict[str, Tiles]:
+    """The students' view's two layouts in the demo: the teacher large, and (while the
+    teacher shares the courseware, the middle third) the courseware large with the teacher
+    picture-in-picture; the courseware's tile carries no timecode and is left out."""
     config = load_config(ROOT / "configs" / "county.yaml")
     labels = {c.id: c.label for c in config.classrooms}
-    tiles = speaker_layout(1280, 720, "main-3-1", ["hetou-3", "shanping-3"], labels)
-    return [(t.classroom_id, t.rect, config.classroom_number(t.classroom_id)) for t in tiles]
+    rooms = ["hetou-3", "shanping-3"]
+    layouts = {"speaker": speaker_layout(1280, 720, "main-3-1", rooms, labels),
+               "courseware": courseware_layout(1280, 720, COURSEWARE, "main-3-1", rooms,
+                                                labels)}
+    return {name: [(t.classroom_id, t.rect, config.classroom_number(t.classroom_id))
+                   for t in tiles if t.classroom_id != COURSEWARE]
+            for name, tiles in layouts.items()}
+
+
+def _layout_of(y: np.ndarray) -> tuple[str, Tiles] | None:
+    """The layout whose every picture shows its classroom's timecode in frame ``y``."""
+    for name, tiles in _layouts().items():
+        if all((tc := read_timecode(y[r.y:r.y + r.h, r.x:r.x + r.w])) is not None
+               and tc.source == number for _, r, number in tiles):
+            return name, tiles
+    return None
 
 
 def test_frames_show_the_composed_layout(demo: dict[str, Any]) -> None:
-    tiles = _tiles()
-    checked = 0
+    """Four frames across the lesson show every classroom's picture where the layout puts
+    it; the middle ones show the shared courseware large (issue 21: 双流 reaches the
+    recording), the first and last the teacher."""
+    seen = []
     with av.open(str(demo["mp4"])) as c:
         total = c.streams.video[0].frames
         picks = {total * k // 5 for k in range(1, 5)}  # four frames across the lesson
@@ -93,11 +118,11 @@ def test_frames_show_the_composed_layout(demo: dict[str, Any]) -> None:
             if i not in picks:
                 continue
             y = np.asarray(frame.to_ndarray(format="gray"), dtype=np.uint8)
-            for cid, r, number in tiles:
-                tc = read_timecode(y[r.y:r.y + r.h, r.x:r.x + r.w])
-                assert tc is not None and tc.source == number, (i, cid, tc)
-            checked += 1
-    assert checked == 4
+            found = _layout_of(y)
+            assert found is not None, i
+            seen.append(found[0])
+    assert len(seen) == 4
+    assert seen[0] == seen[-1] == "speaker" and "courseware" in seen, seen
 
 
 def _flash_onsets(path: Path) -> list[float]:
@@ -106,12 +131,13 @@ def _flash_onsets(path: Path) -> list[float]:
     A synthetic camera's flash frame is captured up to one frame after the sync instant
     (its timecode says when): that phase belongs to the camera, not to the recording, so
     it is subtracted, as the beep starts exactly on the instant."""
-    tiles = _tiles()
     onsets: list[float] = []
     prev = False
     with av.open(str(path)) as c:
         for frame in c.decode(video=0):
             y = np.asarray(frame.to_ndarray(format="gray"), dtype=np.uint8)
+            found = _layout_of(y)
+            tiles = found[1] if found is not None else []
             phases = []
             for _, r, _ in tiles:
                 band = timecode_band_height(r.h) + 4
@@ -162,3 +188,14 @@ def test_audio_and_video_in_sync(demo: dict[str, Any]) -> None:
         assert near, (f, beeps)
         offsets.append(min(near) - f)
     assert abs(float(np.median(offsets))) <= 0.040, offsets
+
+
+def test_demo_prints_the_directing_summary(demo: dict[str, Any]) -> None:
+    """The demo shares the synthetic courseware for the middle third and prints the
+    directing switches (issue 21): on, then off again."""
+    out = demo["stdout"]
+    assert "Directing (导播) of the students' view" in out, out
+    section = out.split("Directing (导播)")[1].split("\n\n")[0]
+    lines = [ln for ln in section.splitlines() if "courseware" in ln and ln.startswith("  ")]
+    assert any("+ courseware" in ln for ln in lines), section
+    assert "main-3-1" in section

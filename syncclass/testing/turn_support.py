@@ -19,7 +19,7 @@ import yaml
 from syncclass.demo import LocalDeployment, http_json, write_link_configs
 from syncclass.netem import FirewallPolicy, NattedSchool
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "test-turn-secret-0123456789"
 
 

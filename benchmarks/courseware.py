@@ -1,0 +1,340 @@
+"""Courseware (双流) and automatic directing (自动导播) in a scripted 1 + 2 lesson (issue 21).
+
+Real processes (mixer, recorder, three agents). Every microphone plays espeak-ng speech on
+a known schedule (the teacher explains, the receiving classrooms answer in turn); the main
+classroom's synthetic slide deck (Chinese text, a new slide every 8 s of the wall clock)
+is shared for the second half. Measured:
+
+* slide legibility: tesseract (chi_sim) on the courseware region of the recorded students'
+  view, one frame a second, against the text of the slide shown at that frame's capture
+  time (from the teacher's timecode); the same OCR of the source slides as the reference.
+  The rural classrooms decode the very packets the recording stores (one encode per view),
+  so the recording's figure is also the rural view's;
+* directing: time-by-time agreement of the featured source with the script and the delay
+  from each answer's speech onset to its switch (the lesson report's switches);
+* cost: the mixer's CPU (% of one core) in the first half (directing, no courseware) and
+  the second (courseware shared), same run; and the reducer's own cost per step.
+
+Run: ``python benchmarks/courseware.py`` (writes benchmarks/results/courseware.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import tempfile
+import time
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import yaml
+
+from edge_agent.courseware import DEFAULT_DECK, render_slide, slide_text
+from mixer.compose import Compositor, SourceFrame
+from syncclass.codec import H264Encoder
+from syncclass.demo import LocalDeployment, http_json
+from syncclass.directing import COURSEWARE, Director, Shot, Switch, agreement, onset_delays
+from syncclass.layout import courseware_layout
+from syncclass.rtc import VIDEO_TIME_BASE
+from syncclass.stats import median
+from syncclass.testing.speech_fixtures import make_clips
+from syncclass.timecode import read_timecode
+
+from ._common import API_TOKEN
+from .harness import ROOT, environment, write_result
+
+MAIN, A, B = "main-3-1", "hetou-3", "shanping-3"
+# (classroom, start s within a half, clip): the teacher explains, each classroom answers
+# once (4 s, 3 s) while the teacher waits; the same script in both halves.
+HALF_SCRIPT = [(MAIN, 0.5, "teacher_5"), (A, 6.5, "pupil_4"), (MAIN, 12.0, "teacher_4"),
+               (B, 17.0, "pupil_3"), (MAIN, 21.5, "teacher_4")]
+HALF_S = 28.0
+
+
+def clip_len(name: str) -> float:
+    return float(name.split("_")[1])
+
+
+def char_accuracy(truth: str, got: str) -> float:
+    """1 - Levenshtein distance / len(truth), over characters without spaces, after NFKC
+    (tesseract writes full-width '？' and '：' as '?' and ':')."""
+    a = "".join(unicodedata.normalize("NFKC", truth).split())
+    b = "".join(unicodedata.normalize("NFKC", got).split())
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return max(0.0, 1 - prev[-1] / max(1, len(a)))
+
+
+def ocr(gray: np.ndarray, work: Path) -> str:
+    png = work / "ocr.png"
+    cv2.imwrite(str(png), gray)
+    out = subprocess.run(["tesseract", str(png), "-", "-l", "chi_sim", "--psm", "6"],
+                         capture_output=True, text=True, check=True).stdout
+    return "".join(out.split())
+
+
+def write_config(work: Path, schedules: dict[str, Path]) -> Path:
+    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
+    data["mixer"]["data_dir"] = str(work / "mixer-data")
+    data.setdefault("ops", {})["api_token"] = API_TOKEN
+    for room in data["classrooms"]:
+        devices = room.setdefault("devices", {})
+        devices["microphone"] = {"kind": "script", "path": str(schedules[room["id"]])}
+        if room["id"] == MAIN:
+            devices["courseware"] = {"kind": "synthetic"}
+    path = work / "county.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def write_schedules(schedules: dict[str, Path], base_ms: int | None,
+                    clips: dict[str, Path]) -> None:
+    for cid, path in schedules.items():
+        segs = [] if base_ms is None else [
+            {"start_ms": base_ms + round((half * HALF_S + s) * 1000), "clip": str(clips[c])}
+            for half in (0, 1) for rid, s, c in HALF_SCRIPT if rid == cid]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"segments": segs}))
+        tmp.replace(path)
+
+
+def truth_script(base_ms: int) -> tuple[list[tuple[float, str]], list[tuple[float, str]]]:
+    """(featured-source script, answer onsets), in seconds from ``base_ms``."""
+    truth: list[tuple[float, str]] = [(0.0, MAIN)]
+    onsets = []
+    for half in (0, 1):
+        for cid, s, clip in HALF_SCRIPT:
+            if cid == MAIN:
+                continue
+            t = half * HALF_S + s
+            truth += [(t, cid), (t + clip_len(clip), MAIN)]
+            onsets.append((t, cid))
+    return truth, onsets
+
+
+def legibility(mp4: Path, work: Path, share_from_s: float) -> dict[str, Any]:
+    """OCR of the courseware region, 1 frame a second, from ``share_from_s`` + 2 s (epoch)."""
+    tiles = courseware_layout(1280, 720, COURSEWARE, MAIN, [A, B], {})
+    teacher = next(t.rect for t in tiles if t.classroom_id == MAIN)
+    region_bottom = min(t.rect.y for t in tiles[1:])  # above the picture-in-picture strip
+    period = DEFAULT_DECK[-1].at_s + 8.0
+    scores: list[float] = []
+    samples = []
+    last_s = -1.0
+    with av.open(str(mp4)) as c:
+        for frame in c.decode(video=0):
+            y = frame.to_ndarray(format="gray")
+            if read_timecode(y) is not None:
+                continue  # a camera fills the picture: not the courseware layout
+            # The picture-in-picture (teacher, or the answering classroom) gives the time.
+            tc = read_timecode(y[teacher.y:teacher.bottom, teacher.x:teacher.right])
+            if tc is None:
+                continue
+            t = tc.capture_ms / 1000
+            if t < share_from_s + 2.0 or t - last_s < 1.0:
+                continue
+            phase = t % period
+            edges = [s.at_s for s in DEFAULT_DECK] + [period]
+            if min(abs(phase - e) for e in edges) < 1.0:
+                continue  # within a second of a slide change
+            last_s = t
+            index, lines = slide_text(DEFAULT_DECK, t)
+            got = ocr(y[:region_bottom], work)
+            acc = char_accuracy("".join(lines), got)
+            scores.append(acc)
+            samples.append({"capture_s": round(t, 2), "slide": index, "accuracy": round(acc, 3),
+                            "ocr": got})
+    return {"frames": len(scores),
+            "char_accuracy_mean": round(statistics.fmean(scores), 4) if scores else None,
+            "char_accuracy_min": round(min(scores), 4) if scores else None,
+            "samples": samples}
+
+
+def reference(work: Path) -> dict[str, Any]:
+    """OCR of the source slides (1280x720, as the agent sends them before encoding)."""
+    scores = []
+    for slide in DEFAULT_DECK:
+        i420 = render_slide(slide.lines, 1280, 720)
+        scores.append(char_accuracy("".join(slide.lines), ocr(i420[:720], work)))
+    return {"slides": len(scores), "char_accuracy_mean": round(statistics.fmean(scores), 4),
+            "char_accuracy_min": round(min(scores), 4)}
+
+
+def layouts_legibility(work: Path, bitrate_kbps: int = 2500) -> dict[str, Any]:
+    """In-process: each slide composed into the students' view's courseware layout with
+    1 + N classrooms (N = 1..8), through the view's H.264 encoder (720p, ``bitrate_kbps``,
+    a few seconds of a still slide) and decoded; OCR of the courseware tile against the
+    slide text. Shows how legibility falls as the courseware shrinks (1280x720 up to
+    1 + 3, 852x480 at 1 + 4 and 1 + 5, 960x540 at 1 + 6, 7, 1024x576 at 1 + 8)."""
+    out: dict[str, Any] = {}
+    for n in range(1, 9):
+        rooms = [f"r{i}" for i in range(n)]
+        tiles = courseware_layout(1280, 720, COURSEWARE, MAIN, rooms, {})
+        big = tiles[0].rect
+        cover = [t.rect for t in tiles[1:] if t.rect.intersects(big)]
+        bottom = min([r.y for r in cover if r.y > big.y] + [big.bottom])
+        scores = []
+        for slide in DEFAULT_DECK:
+            slide_frame = av.VideoFrame.from_ndarray(render_slide(slide.lines, 1280, 720),
+                                                     format="yuv420p")
+            grey = av.VideoFrame.from_ndarray(np.full((1080, 1280), 128, np.uint8),
+                                              format="yuv420p")
+            comp = Compositor(1280, 720, tiles, 5.0, clock=lambda: 0.0)
+            srcs: dict[str, SourceFrame | None] = {t.classroom_id: SourceFrame(grey, 0.0)
+                                                   for t in tiles}
+            srcs[COURSEWARE] = SourceFrame(slide_frame, 0.0)
+            enc = H264Encoder(1280, 720, 15, bitrate_kbps, 2.0, 0.5)
+            dec = av.CodecContext.create("h264", "r")
+            last = None
+            for i in range(15):  # one second of a still slide
+                frame = comp.compose(srcs)
+                frame.pts, frame.time_base = i * 6000, VIDEO_TIME_BASE
+                for packet in enc.encode(frame):
+                    for decoded in dec.decode(av.Packet(bytes(packet))):
+                        last = decoded.to_ndarray(format="gray")
+            assert last is not None
+            region = last[big.y:bottom, big.x:big.right]
+            scores.append(char_accuracy("".join(slide.lines), ocr(region, work)))
+        out[f"1+{n}"] = {"courseware_px": f"{big.w}x{big.h}",
+                         "char_accuracy_mean": round(statistics.fmean(scores), 4),
+                         "per_slide": [round(x, 3) for x in scores]}
+    return out
+
+
+def reducer_cost() -> dict[str, Any]:
+    """The Director's own cost: microseconds per step with three classrooms speaking in
+    turns, and % of one core at 15 steps a second (one per composed frame)."""
+    director = Director(MAIN)
+    n = 20000
+    start = time.perf_counter()
+    for i in range(n):
+        t = i / 15
+        speaking = [MAIN] if (i // 60) % 3 == 0 else ([A] if (i // 60) % 3 == 1 else [B])
+        director.step(t, speaking, (i // 300) % 2 == 1, [A, B])
+    per_step_us = (time.perf_counter() - start) / n * 1e6
+    return {"per_step_us": round(per_step_us, 2),
+            "percent_of_core_at_15_fps": round(per_step_us * 15 / 1e4, 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "courseware.json"))
+    ap.add_argument("--layouts-only", action="store_true",
+                    help="only the in-process legibility per layout (1 + 1 .. 1 + 8)")
+    args = ap.parse_args()
+    if args.layouts_only:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            result = {"benchmark": "courseware_layouts", "environment": environment(),
+                      "command": "python benchmarks/courseware.py --layouts-only",
+                      "legibility_by_layout": layouts_legibility(Path(tmpdir)),
+                      "source_slides": reference(Path(tmpdir))}
+        write_result(Path(args.out), result)
+        print(json.dumps(result["legibility_by_layout"], indent=1))
+        return
+    with tempfile.TemporaryDirectory() as tmpdir:
+        work = Path(tmpdir)
+        clips = make_clips(work / "clips", {c: clip_len(c) for _, _, c in HALF_SCRIPT})
+        schedules = {cid: work / f"schedule-{cid}.json" for cid in (MAIN, A, B)}
+        write_schedules(schedules, None, clips)
+        dep = LocalDeployment(write_config(work, schedules), work)
+        try:
+            dep.start_mixer()
+            dep.start_recorder(work / "recorder")
+            for cid in (MAIN, A, B):
+                dep.start_agent(cid, out_dir=work / "classrooms")
+            dep.wait_for(lambda: {MAIN, A, B} <= set(dep.mixer_status()["classrooms"]), 30,
+                         "agents connected")
+            status, lesson = dep.agent_command(MAIN, "start")
+            assert status == 200, lesson
+            dep.wait_for(lambda: all(dep.agent_status(c).get("peer") == "connected"
+                                     for c in (MAIN, A, B)), 30, "peers connected")
+            base_ms = math.ceil((time.time() + 3) * 1000 / 1000) * 1000
+            write_schedules(schedules, base_ms, clips)
+            mixer = dep.procs["mixer"]
+            time.sleep(max(0.0, base_ms / 1000 - time.time()))
+            cpu_a0, t_a0 = mixer.cpu_s(), time.monotonic()
+            time.sleep(max(0.0, base_ms / 1000 + HALF_S - 1.0 - time.time()))
+            cpu_a1, t_a1 = mixer.cpu_s(), time.monotonic()
+            share_at = base_ms / 1000 + HALF_S - 0.5
+            time.sleep(max(0.0, share_at - time.time()))
+            status, reply = dep.agent_post(MAIN, "courseware", {"on": True})
+            assert status == 200, reply
+            time.sleep(1.0)
+            cpu_b0, t_b0 = mixer.cpu_s(), time.monotonic()
+            time.sleep(max(0.0, base_ms / 1000 + 2 * HALF_S - time.time()))
+            cpu_b1, t_b1 = mixer.cpu_s(), time.monotonic()
+            dep.agent_post(MAIN, "courseware", {"on": False})
+            status, _ = dep.agent_command(MAIN, "end")
+            lesson_id = lesson["lesson_id"]
+            token = dep.config.classroom(MAIN).token
+            url = f"{dep.mixer_url}/api/reports/{lesson_id}"
+            dep.wait_for(lambda: http_json(url, token=token)[1].get("ready"), 60, "report")
+            paths = http_json(url, token=token)[1]["paths"]
+            report = json.loads(Path(paths["json"]).read_text(encoding="utf-8"))
+            dep.wait_for(lambda: lesson_id in dep.recorder_status()["ready"], 120,
+                         "recording")
+            rec = dep.recorder_status()["ready"][lesson_id]
+            mp4 = Path(rec["locations"]["lesson.mp4"])
+            truth, onsets = truth_script(base_ms)
+            switches = [Switch((sw["ts_ms"] - base_ms) / 1000, Shot(sw["active"],
+                                                                     sw["courseware"]),
+                               sw["reason"], sw.get("source"))
+                        for sw in report["directing"]["switches"]]
+            end_s = 2 * HALF_S
+            delays = onset_delays(onsets, switches)
+            found = [d for d in delays if d is not None]
+            result = {
+                "benchmark": "courseware",
+                "environment": environment(),
+                "command": "python benchmarks/courseware.py",
+                "lesson": {"classrooms": "1 + 2", "half_s": HALF_S,
+                           "script": HALF_SCRIPT, "courseware_shared_from_s": HALF_S},
+                "legibility": {
+                    "recording_and_rural_view": legibility(mp4, work, share_at),
+                    "source_slides": reference(work),
+                },
+                "directing": {
+                    "agreement": round(agreement(truth, switches, end_s), 4),
+                    "onset_to_switch_s": [None if d is None else round(d, 3)
+                                          for d in delays],
+                    "onset_to_switch_p50_s": (round(median(found), 3)
+                                              if found else None),
+                    "answers_featured": f"{len(found)}/{len(delays)}",
+                    "switches": [{"t_s": round(sw.t_s, 2), "active": sw.shot.active,
+                                  "courseware": sw.shot.courseware, "reason": sw.reason}
+                                 for sw in switches],
+                },
+                "cost": {
+                    "mixer_percent_of_core_directing_only": round(
+                        100 * (cpu_a1 - cpu_a0) / (t_a1 - t_a0), 1),
+                    "mixer_percent_of_core_with_courseware": round(
+                        100 * (cpu_b1 - cpu_b0) / (t_b1 - t_b0), 1),
+                    "reducer": reducer_cost(),
+                },
+            }
+        finally:
+            dep.stop_all()
+    result["cost"]["courseware_added_percent_of_core"] = round(
+        result["cost"]["mixer_percent_of_core_with_courseware"]
+        - result["cost"]["mixer_percent_of_core_directing_only"], 1)
+    write_result(Path(args.out), result)
+    print(json.dumps({k: result[k] for k in ("directing", "cost")}, indent=1,
+                     ensure_ascii=False))
+    leg = result["legibility"]
+    print("legibility:", leg["recording_and_rural_view"]["char_accuracy_mean"],
+          "reference:", leg["source_slides"]["char_accuracy_mean"])
+
+
+if __name__ == "__main__":
+    main()

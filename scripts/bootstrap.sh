@@ -17,6 +17,7 @@ APT_PACKAGES=(
   chromium                   # headless browser tests: dashboard, browser classrooms, observers
   fonts-wqy-zenhei           # CJK glyphs for school/classroom names in browser screenshots
   iproute2                   # fault tests: network namespaces + TUN links (syncclass.netem)
+  npm                        # fetches hls.js for the media server's watch page (vendor_js.sh)
 )
 
 missing=()
@@ -50,3 +51,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   fi
   touch "$stamp"
 fi
+# Browser libraries of the media server's pages (hls.js), from npm; not kept in git.
+bash scripts/vendor_js.sh

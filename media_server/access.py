@@ -8,6 +8,7 @@ the lessons of the pairings it belongs to.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -49,6 +50,24 @@ class ViewerIndex:
     def _pairings_of(self, classroom_id: str) -> frozenset[str]:
         return frozenset(p.id for p in self.config.pairings
                          if classroom_id == p.main or classroom_id in p.receiving)
+
+    def viewer_for_who(self, who: str) -> Viewer | None:
+        """The viewer a grant's ``who`` names, with the pairings the config gives it now
+        (a grant outlives no change of the config: a removed observer reads nothing)."""
+        kind, _, ident = who.partition(":")
+        if kind == "ops":
+            if ident == "api_token" or any(u.name == ident for u in self.config.ops.users):
+                return Viewer(who, None)
+            return None
+        if kind == "observer":
+            with contextlib.suppress(KeyError):
+                return Viewer(who, frozenset(self.config.observer(ident).pairings))
+            return None
+        if kind == "classroom":
+            with contextlib.suppress(KeyError):
+                self.config.classroom(ident)
+                return Viewer(who, self._pairings_of(ident))
+        return None
 
     def viewer_for_token(self, token: str, now_s: float | None = None) -> Viewer | None:
         """The viewer ``token`` stands for; ``None`` if it is none we know (or expired)."""

@@ -324,18 +324,12 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-def create_app(config: CountyConfig, live_dir: Path | None = None,
-               data_dir: Path | None = None, api_token: str | None = None) -> web.Application:
-    """The media server's application (``live_dir``: the recorder's lesson folders)."""
-    cfg = config.media_server
-    live = live_dir or Path(cfg.live_dir or config.recorder.out_dir)
-    data = data_dir or Path(cfg.data_dir)
-    app = web.Application()
-    app[MEDIA_SERVER_KEY] = MediaServer(config, live, data, api_token)
+def add_live(app: web.Application, ms: MediaServer) -> None:
+    """The live routes and the static files of the pages."""
+    app[MEDIA_SERVER_KEY] = ms
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/live", live_list)
     app.router.add_get("/live/{lesson_id}/", watch_page)
     app.router.add_get("/live/{lesson_id}/index.m3u8", live_playlist)
     app.router.add_get("/live/{lesson_id}/segments/{name}", live_segment)
     app.router.add_static("/static/", STATIC, follow_symlinks=False)
-    return app

@@ -272,17 +272,21 @@ def cmd_media_server(args: argparse.Namespace) -> int:
     """``syncclass media-server``: live HLS (and replay) for people outside the lesson."""
     from aiohttp import web
 
-    from media_server.app import create_app
+    from media_server.service import create_app
 
     config = _with_recorder_args(_config(args), args)
     host = args.host or config.media_server.host
     port = config.media_server.port if args.port is None else args.port
     live_dir = Path(args.live_dir or config.media_server.live_dir or config.recorder.out_dir)
     data_dir = Path(args.data_dir or config.media_server.data_dir)
+    archive_dir = Path(args.archive_dir or config.recorder.archive_dir)
+    mixer_data_dir = Path(args.mixer_data_dir or config.media_server.mixer_data_dir
+                          or config.mixer.data_dir)
     api_token = os.environ.get("SYNCCLASS_OPS_API_TOKEN") or None
 
     async def main(stop: asyncio.Event) -> None:
-        runner = web.AppRunner(create_app(config, live_dir, data_dir, api_token),
+        runner = web.AppRunner(create_app(config, live_dir, data_dir, api_token, archive_dir,
+                                          mixer_data_dir),
                                handle_signals=False, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
@@ -588,6 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "media_server.live_dir, else recorder.out_dir)")
     p.add_argument("--archive-dir", help="local archive folder (default: recorder.archive_dir)")
     p.add_argument("--data-dir", help="the server's own files (default: media_server.data_dir)")
+    p.add_argument("--mixer-data-dir", help="the mixer's reports and comments (default: "
+                   "media_server.mixer_data_dir, else mixer.data_dir)")
     p.set_defaults(func=cmd_media_server)
 
     p = sub.add_parser("share", help="print a signed, expiring link to a lesson",

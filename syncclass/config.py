@@ -442,7 +442,14 @@ class MediaServerConfig(_Model):
     live_dir: str | None = None
     """The recorder's lesson folders (default: ``recorder.out_dir``)."""
     data_dir: str = "var/media"
-    """The media server's own files: the log of views (``views.jsonl``)."""
+    """The media server's own files: the log of views (``views.jsonl``), publication state
+    and comments added while replaying (``media.db``)."""
+    mixer_data_dir: str | None = None
+    """The mixer's data folder, for lesson reports and live comments (default:
+    ``mixer.data_dir``; on another host: a shared folder)."""
+    retention_days: float | None = Field(default=None, gt=0)
+    """Archived lessons older than this are deleted (video, metadata, poster, report,
+    replay comments); none: kept."""
     share_secret: str | None = Field(default=None, min_length=32, repr=False)
     """HMAC key of share links for public lessons (名师课堂); none: no share links."""
     share_max_s: int = Field(default=7 * 86400, ge=60, le=366 * 86400)

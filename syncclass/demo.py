@@ -152,6 +152,8 @@ class LocalDeployment:
         args = ["media-server", "--config", str(self.config_path), "--port", str(port),
                 "--live-dir", str(out / "lessons"), "--archive-dir", str(out / "archive"),
                 "--data-dir", str(out / "media-server")]
+        if not Path(self.config.mixer.data_dir).is_absolute():  # as start_mixer gives it
+            args += ["--mixer-data-dir", str(self.work_dir / "mixer-data")]
         proc = self._spawn("media-server", args + (extra or []))
         url = f"http://127.0.0.1:{port}"
 

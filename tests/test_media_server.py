@@ -16,8 +16,8 @@ from media_server.app import (
     PLAYLIST_TYPE,
     SEGMENT_CACHE,
     SEGMENT_TYPE,
-    create_app,
 )
+from media_server.service import create_app
 from syncclass.config import CountyConfig
 from syncclass.errors import AuthError
 from syncclass.sharelinks import Grants, sign_share, verify_share

@@ -1,0 +1,287 @@
+"""Live HLS from ``syncclass media-server``: many viewers on loopback, and how far behind
+the classroom a browser viewer is.
+
+One lesson (mixer, recorder, media server and the sample county's three agents as real
+processes). Phases with 0 and N HLS viewers alternate (so machine noise hits both alike).
+A viewer is a bounded aiohttp client, one connection, polling the lesson's playlist every
+``--poll`` seconds and fetching each new segment once, in order, starting from the last
+two listed (as a player a few seconds behind the live edge does). A watcher notes when each
+segment first appears in the playlist on disk; a viewer got a segment *on time* if it had
+the whole segment within that segment's duration of its appearance (a player 3 s behind
+the edge has that long before it would stall). Per phase, as in dashboard_viewers.py: the
+mixer's composed frame rate and CPU, what the classrooms decode, glass-to-glass latency
+p50 the receiving classrooms measure (their 30 s window, read at the phase's end), and the
+media server's and recorder's CPU.
+
+Then a Chromium viewer (the watch page, hls.js) for ``--browser`` seconds: its delay behind
+the classroom = when a picture is shown − the teacher's capture time burned into it (same
+machine, same clock), sampled twice a second after ``--settle`` seconds.
+
+    .venv/bin/python benchmarks/hls_live.py --viewers 200 --phase 40 --rounds 2 \
+        --out benchmarks/results/hls_live.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from syncclass.demo import LocalDeployment  # noqa: E402
+from tests.browser_support import chromium  # noqa: E402
+from tests.hls_support import CONFIG, LiveLesson, grab, live_lesson, teacher_rect  # noqa: E402
+
+
+@dataclass
+class Listing:
+    """When each segment first appeared in the playlist on disk (epoch s) and its length."""
+
+    listed_at: dict[str, float] = field(default_factory=dict)
+    duration_s: dict[str, float] = field(default_factory=dict)
+
+
+def parse_playlist(text: str) -> list[tuple[str, float]]:
+    out, dur = [], 0.0
+    for line in text.splitlines():
+        if line.startswith("#EXTINF:"):
+            dur = float(line[8:].split(",")[0])
+        elif line and not line.startswith("#"):
+            out.append((line, dur))
+    return out
+
+
+async def watch_listing(path: Path, listing: Listing, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            text = await asyncio.to_thread(path.read_text)
+        except OSError:
+            text = ""
+        now = time.time()
+        for name, dur in parse_playlist(text):
+            if name not in listing.listed_at:
+                listing.listed_at[name] = now
+                listing.duration_s[name] = dur
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class ViewerResult:
+    got: dict[str, float] = field(default_factory=dict)
+    """Segment → epoch s its last byte arrived."""
+    first: str | None = None
+    errors: int = 0
+    bytes: int = 0
+
+
+async def viewer(base: str, token: str, poll_s: float, stop: asyncio.Event,
+                 result: ViewerResult) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    await asyncio.sleep(random.uniform(0, poll_s))  # viewers arrive spread over a poll
+    conn = aiohttp.TCPConnector(limit=1)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout, headers=headers) as http:
+        fetched: set[str] = set()
+        while not stop.is_set():
+            try:
+                async with http.get(base + "index.m3u8") as resp:
+                    resp.raise_for_status()
+                    listed = [n for n, _ in parse_playlist(await resp.text())]
+                if result.first is None and listed:
+                    start = listed[-2:] if len(listed) >= 2 else listed
+                    result.first = start[0]
+                    fetched.update(listed[: len(listed) - len(start)])
+                for name in listed:
+                    if name in fetched:
+                        continue
+                    async with http.get(base + name) as resp:
+                        resp.raise_for_status()
+                        result.bytes += len(await resp.read())
+                    result.got[name] = time.time()
+                    fetched.add(name)
+            except (aiohttp.ClientError, TimeoutError):
+                result.errors += 1
+            try:
+                async with asyncio.timeout(poll_s):
+                    await stop.wait()
+            except TimeoutError:
+                pass
+
+
+def judge(results: list[ViewerResult], listing: Listing, until: float) -> dict[str, Any]:
+    """Every viewer, every segment listed after its first one (and at least a segment's
+    duration before the phase ended): got it, and within that duration of its listing?"""
+    order = sorted(listing.listed_at, key=listing.listed_at.__getitem__)
+    due = late = missing = 0
+    lateness: list[float] = []
+    for r in results:
+        if r.first is None or r.first not in order:
+            missing += 1
+            continue
+        for name in order[order.index(r.first):]:
+            listed, dur = listing.listed_at[name], listing.duration_s[name]
+            if listed + dur > until:
+                continue
+            due += 1
+            done = r.got.get(name)
+            if done is None:
+                missing += 1
+                continue
+            lateness.append(done - listed)
+            if done - listed > dur:
+                late += 1
+    q = statistics.quantiles(lateness, n=100) if len(lateness) >= 2 else [0.0] * 99
+    return {"segments_due": due, "late": late, "missing": missing,
+            "fetch_after_listing_ms_p50": round(q[49] * 1000, 1),
+            "fetch_after_listing_ms_p99": round(q[98] * 1000, 1),
+            "fetch_after_listing_ms_max": round(max(lateness, default=0.0) * 1000, 1),
+            "viewer_errors": sum(r.errors for r in results),
+            "mbytes_served": round(sum(r.bytes for r in results) / 1e6, 1)}
+
+
+def measure(dep: LocalDeployment, members: list[str], main: str, seconds: float
+            ) -> dict[str, Any]:
+    procs = {n: dep.procs[n] for n in ("mixer", "recorder", "media-server")}
+    cpu0 = {n: p.cpu_s() for n, p in procs.items()}
+    me = psutil.Process()
+    me0 = sum(me.cpu_times()[:2])
+    s0 = dep.mixer_stats()
+    r0 = {c: dep.agent_status(c)["reception"]["frames_received"] for c in members}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    s1 = dep.mixer_stats()
+    status = {c: dep.agent_status(c) for c in members}
+    cpu = {n: round(100.0 * (p.cpu_s() - cpu0[n]) / elapsed, 1) for n, p in procs.items()}
+
+    def composed(stats: dict[str, Any]) -> int:
+        media = next(iter(stats["media"].values()))
+        return int(media["views"]["students_view"]["frames_composed"])
+
+    rx_fps = [(status[c]["reception"]["frames_received"] - r0[c]) / elapsed for c in members]
+    p50 = [status[c]["reception"]["latency_ms"][main]["p50_ms"] for c in members if c != main]
+    return {
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "mixer_fps": round((composed(s1) - composed(s0)) / elapsed, 2),
+        "received_fps_median": round(statistics.median(rx_fps), 2),
+        "teacher_latency_p50_ms_median": round(statistics.median(p50), 1),
+        "mixer_cpu_percent": cpu["mixer"],
+        "recorder_cpu_percent": cpu["recorder"],
+        "media_server_cpu_percent": cpu["media-server"],
+        "load_generator_cpu_percent": round(100.0 * (sum(me.cpu_times()[:2]) - me0)
+                                            / elapsed, 1),
+    }
+
+
+async def load_phases(live: LiveLesson, viewers: int, phase_s: float, rounds: int,
+                      poll_s: float) -> list[dict[str, Any]]:
+    dep = live.dep
+    pairing = dep.config.pairings[0]
+    members = [pairing.main, *pairing.receiving]
+    token = dep.config.observers[0].token
+    base = f"{live.media_url}/live/{live.lesson_id}/"
+    phases: list[dict[str, Any]] = []
+    for r in range(rounds):
+        for n in (0, viewers):
+            stop = asyncio.Event()
+            listing = Listing()
+            watcher = asyncio.ensure_future(
+                watch_listing(live.lesson_dir() / "index.m3u8", listing, stop))
+            results = [ViewerResult() for _ in range(n)]
+            tasks = [asyncio.ensure_future(viewer(base, token, poll_s, stop, res))
+                     for res in results]
+            await asyncio.sleep(poll_s + 1.0 if n else 0.0)  # every viewer has started
+            m = await asyncio.to_thread(measure, dep, members, pairing.main, phase_s)
+            until = time.time()
+            stop.set()
+            await asyncio.gather(watcher, *tasks)
+            m.update(round=r, viewers=n)
+            if n:
+                m.update(judge(results, listing, until))
+            print(json.dumps(m), flush=True)
+            phases.append(m)
+    return phases
+
+
+def browser_delay(live: LiveLesson, seconds: float, settle_s: float) -> dict[str, Any]:
+    rect = teacher_rect(live.config)
+    token = live.config.observers[0].token
+    delays: list[int] = []
+    unread = 0
+    with chromium() as ctx:
+        page = ctx.new_page()
+        page.goto(f"{live.media_url}/live/{live.lesson_id}/?token={token}")
+        page.wait_for_function("() => document.getElementById('video').currentTime > 0.5",
+                               timeout=30_000)
+        time.sleep(settle_s)
+        t0 = time.monotonic()
+        ct0 = page.evaluate("document.getElementById('video').currentTime")
+        while time.monotonic() - t0 < seconds:
+            shown = grab(page, rect)
+            if shown is None or shown.delay_ms is None:
+                unread += 1
+            else:
+                delays.append(shown.delay_ms)
+            time.sleep(0.5)
+        played = page.evaluate("document.getElementById('video').currentTime") - ct0
+        hls_latency = page.evaluate("window.syncclassWatch.hls.latency")
+        errors = page.evaluate("window.syncclassWatch.errors")
+    q = statistics.quantiles(delays, n=20)
+    return {"samples": len(delays), "unreadable": unread,
+            "delay_ms_p50": round(statistics.median(delays)), "delay_ms_p95": round(q[18]),
+            "delay_ms_min": min(delays), "delay_ms_max": max(delays),
+            "played_s_per_s": round(played / (time.monotonic() - t0), 3),
+            "hls_js_latency_s_at_end": round(float(hls_latency), 2), "errors": errors}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--viewers", type=int, default=200)
+    ap.add_argument("--phase", type=float, default=40.0, help="seconds per phase")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--poll", type=float, default=1.0, help="viewer playlist poll, seconds")
+    ap.add_argument("--browser", type=float, default=30.0,
+                    help="seconds of Chromium delay samples (0: skip)")
+    ap.add_argument("--settle", type=float, default=8.0, help="seconds before measuring")
+    ap.add_argument("--out", default="benchmarks/results/hls_live.json")
+    args = ap.parse_args()
+    result: dict[str, Any] = {"viewers": args.viewers, "phase_s": args.phase,
+                              "rounds": args.rounds, "poll_s": args.poll,
+                              "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp, live_lesson(Path(tmp), CONFIG) as live:
+        time.sleep(args.settle)
+        if args.browser:
+            result["browser"] = browser_delay(live, args.browser, args.settle)
+            print(json.dumps(result["browser"]), flush=True)
+        if args.rounds:
+            phases = asyncio.run(load_phases(live, args.viewers, args.phase, args.rounds,
+                                             args.poll))
+            result["phases"] = phases
+            summary: dict[str, Any] = {}
+            for n in (0, args.viewers):
+                rows = [p for p in phases if p["viewers"] == n]
+                summary[f"{n}_viewers"] = {
+                    k: statistics.median(p[k] for p in rows) for k in rows[0]
+                    if k not in ("round", "viewers")}
+            result["median"] = summary
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    print(json.dumps(result.get("median", {}), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -185,13 +185,13 @@ class MediaServer:
     def authorise(self, request: web.Request, scope: ShareScope, lesson_id: str,
                   pairing_id: str) -> str:
         """Who is asking for ``lesson_id``; 401/403 if nobody allowed."""
+        token = self._bearer(request)  # an explicit credential speaks before any cookie
+        if token is not None:
+            return self._from_credential(token, pairing_id)
         grant = self.grants.verify(request.cookies.get(grant_cookie(scope, lesson_id)),
                                    f"{scope}:{lesson_id}", time.time())
         if grant is not None:
             return grant.who
-        token = self._bearer(request)
-        if token is not None:
-            return self._from_credential(token, pairing_id)
         share = request.query.get("share")
         if share:
             return self._from_share(scope, lesson_id, share)

@@ -66,6 +66,12 @@ class Replay:
     def identify(self, request: web.Request, lesson_id: str | None) -> Viewer | None:
         ms = self.server
         now = time.time()
+        bearer = ms._bearer(request)  # an explicit credential speaks before any cookie
+        if bearer:
+            viewer = ms.viewers.viewer_for_token(bearer)
+            if viewer is None:
+                raise web.HTTPUnauthorized(text="unknown or expired credential")
+            return viewer
         if lesson_id is not None:
             grant = ms.grants.verify(request.cookies.get(grant_cookie("replay", lesson_id)),
                                      f"replay:{lesson_id}", now)
@@ -76,7 +82,7 @@ class Replay:
             viewer = ms.viewers.viewer_for_who(grant.who)
             if viewer is not None:
                 return viewer
-        token = ms._bearer(request) or request.query.get("token")
+        token = request.query.get("token")
         if token:
             viewer = ms.viewers.viewer_for_token(token)
             if viewer is None:

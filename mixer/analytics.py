@@ -46,7 +46,7 @@ from syncclass.lesson import Lesson
 from .guard import REPORT_COOKIE, issue_report_grant, reader_of, report_grant_valid
 from .headcount import HeadCounter
 from .netstats import ClassroomHealth, MixerHealth, NetStatsCollector
-from .report import LessonData, build_report, db_rows, write_report
+from .report import REPORT_FILES, LessonData, build_report, db_rows, write_report
 from .store import ReportStore
 
 if TYPE_CHECKING:
@@ -122,6 +122,9 @@ class LessonAnalytics:
     hands: dict[str, list[int]] = field(default_factory=dict)
     heads: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     network: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    contacts: dict[str, int] = field(default_factory=dict)
+    """Per classroom, epoch ms of its agent's first contact (``hello``) for this lesson:
+    of the connection open when the lesson started, else the first during it."""
     next_head_s: dict[str, float] = field(default_factory=dict)
     head_pending: set[str] = field(default_factory=set)
     last_network_ms: int = 0
@@ -138,6 +141,7 @@ class LessonAnalytics:
             hands={c: list(v) for c, v in self.hands.items()},
             heads={c: list(v) for c, v in self.heads.items()},
             network={c: list(v) for c, v in self.network.items()},
+            contacts=dict(self.contacts),
             recording_dir=self.recording_dir,
         )
 
@@ -165,6 +169,8 @@ class Analytics:
         self._bg: set[asyncio.Task[None]] = set()
         self._netstats: NetStatsCollector | None = None
         self._own_netstats = False
+        self._hello_ms: dict[str, int] = {}
+        """Epoch ms of each connected classroom's ``hello`` (``classroom_connected``)."""
         mixer.on_media_created.append(self._media_created)
         mixer.events.subscribe(self._on_event)
 
@@ -218,6 +224,9 @@ class Analytics:
     def _media_created(self, media: LessonMedia) -> None:
         la = self.lessons.setdefault(media.lesson.lesson_id, LessonAnalytics(media.lesson))
         la.media = media
+        for cid in media.lesson.classrooms:  # agents already connected when it started
+            if cid in self._hello_ms:
+                la.contacts.setdefault(cid, self._hello_ms[cid])
         if not self.cfg.enabled:
             return
         media.audio_pts_taps.append(lambda cid, block, pts: self._on_audio(la, cid, block, pts))
@@ -282,7 +291,13 @@ class Analytics:
     # -- events -------------------------------------------------------------------------------
     def _on_event(self, event: Event) -> None:
         la = self.lessons.get(event.lesson_id) if event.lesson_id else None
-        if event.name == "classroom_joined" and la is not None and event.classroom_id:
+        if event.name == "classroom_connected" and event.classroom_id:
+            self._hello_ms[event.classroom_id] = event.ts_ms
+            if la is not None:
+                la.contacts.setdefault(event.classroom_id, event.ts_ms)
+        elif event.name == "classroom_disconnected" and event.classroom_id:
+            self._hello_ms.pop(event.classroom_id, None)
+        elif event.name == "classroom_joined" and la is not None and event.classroom_id:
             la.attendance.join(event.classroom_id, event.ts_ms)
         elif event.name == "classroom_left" and la is not None and event.classroom_id:
             la.attendance.leave(event.classroom_id, event.ts_ms,
@@ -326,7 +341,7 @@ class Analytics:
             logger.warning("report %s unreadable: %s", folder, exc)
             return None
         la = LessonAnalytics(lesson)
-        la.report_paths = {k: str(folder / f"report.{k}") for k in ("json", "csv", "html")}
+        la.report_paths = {k: str(folder / REPORT_FILES[k]) for k in REPORT_FILES}
         return la
 
     def _hand_raised(self, la: LessonAnalytics, cid: str, ts_ms: int) -> None:
@@ -386,14 +401,21 @@ class Analytics:
             del self.lessons[lid]
 
     async def _copy_beside_recording(self, la: LessonAnalytics) -> None:
+        """Copy the report beside the recording; a report written before the recording
+        was ready is first rewritten with its ``recording_dir``."""
         assert la.report_paths is not None and la.recording_dir is not None
         dest = Path(la.recording_dir)
-        srcs = [Path(la.report_paths[k]) for k in ("json", "csv", "html")]
+        srcs = [Path(la.report_paths[k]) for k in REPORT_FILES]
 
         def copy() -> None:
+            report = json.loads(srcs[0].read_text(encoding="utf-8"))
+            if report.get("recording_dir") != str(dest):
+                report["recording_dir"] = str(dest)
+                write_report(report, srcs[0].parent)
             dest.mkdir(parents=True, exist_ok=True)
             for src in srcs:
-                shutil.copy2(src, dest / src.name)
+                if src.is_file():  # report-excel.csv: not in reports of older versions
+                    shutil.copy2(src, dest / src.name)
 
         try:
             await asyncio.get_running_loop().run_in_executor(None, copy)
@@ -512,19 +534,25 @@ async def report_status(request: web.Request) -> web.Response:
 
 
 async def report_file(request: web.Request) -> web.StreamResponse:
-    """``GET /reports/{lesson_id}/`` (the page), ``.../report.json``, ``.../report.csv``."""
+    """``GET /reports/{lesson_id}/`` (the page), ``.../report.json``, ``.../report.csv``,
+    ``.../report-excel.csv`` (for Microsoft Excel)."""
     _, la = _lesson_for(request, link=True)
     name = request.match_info.get("name") or "report.html"
     kinds = {"report.html": ("html", "text/html"), "report.json": ("json", "application/json"),
-             "report.csv": ("csv", "text/csv")}
+             "report.csv": ("csv", "text/csv"), "report-excel.csv": ("excel_csv", "text/csv")}
     if name not in kinds:
         raise json_error(web.HTTPNotFound, "not_found", f"no report file {name!r}")
     if la.report_paths is None:
         raise json_error(web.HTTPNotFound, "not_ready",
                           "the report is written when the lesson ends")
     key, ctype = kinds[name]
-    text = await asyncio.to_thread(Path(la.report_paths[key]).read_text, encoding="utf-8")
-    return web.Response(text=text, content_type=ctype, charset="utf-8",
+    if key not in la.report_paths:  # report-excel.csv: not in reports of older versions
+        raise json_error(web.HTTPNotFound, "not_found", f"no report file {name!r}")
+    try:  # bytes: the Excel file's byte-order mark stays
+        body = await asyncio.to_thread(Path(la.report_paths[key]).read_bytes)
+    except FileNotFoundError:
+        raise json_error(web.HTTPNotFound, "not_found", f"no report file {name!r}") from None
+    return web.Response(body=body, content_type=ctype, charset="utf-8",
                         headers={"Cache-Control": "no-store"})
 
 

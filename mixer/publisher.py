@@ -224,7 +224,9 @@ class RecordingPublisher:
             media.packet_listeners[self.view or ""].remove(on_packet)
         with contextlib.suppress(ValueError):
             media.full_mix_listeners.remove(on_mix)
-        self._put(("end", lesson_id, "lesson_ended"), force=True)
+        # The lesson's own end time, so the recording's metadata and the lesson report
+        # agree (the send happens ~100 ms later, after the media closed).
+        self._put(("end", lesson_id, "lesson_ended", media.lesson.ended_ms), force=True)
 
     def _meta(self, media: LessonMedia) -> LessonMeta:
         lesson = media.lesson
@@ -319,7 +321,8 @@ class RecordingPublisher:
         elif kind == "audio":
             self._send_audio(state, item[2])
         elif kind == "end":
-            end = {"reason": item[2], "ended_ms": int(time.time() * 1000)}
+            ended_ms = item[3] if len(item) > 3 and item[3] else int(time.time() * 1000)
+            end = {"reason": item[2], "ended_ms": ended_ms}
             self._send(state, "end", json.dumps(end).encode(), 0, False, block=True)
             self._close_encoder(state)
             del lessons[lesson_id]

@@ -12,6 +12,7 @@ import csv
 import datetime as dt
 import html
 import io
+import itertools
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -32,8 +33,19 @@ CSV_COLUMNS = [
     "lesson_id", "classroom_id", "school_id", "role", "name", "present_s", "late_s",
     "early_leave_s", "attendance_ratio", "reconnects", "talk_s", "turns", "hand_raises",
     "head_count_median", "head_count_max", "rtt_ms", "jitter_ms", "loss_percent",
-    "bitrate_kbps", "fps", "freezes", "latency_ms",
+    "bitrate_kbps", "fps", "freezes", "latency_ms", "contact_to_join_s",
 ]
+REPORT_FILES = {"json": "report.json", "csv": "report.csv", "excel_csv": "report-excel.csv",
+                "html": "report.html"}
+"""The files of a lesson report by key (``json`` first: it is the one rewritten).
+``report-excel.csv`` is ``report.csv`` for Microsoft Excel (UTF-8 byte-order mark, CRLF),
+which reads Chinese as GBK on a Chinese Windows without the mark."""
+ATTENDANCE_RULE = (
+    "Attendance counts from when a classroom's media (WebRTC peer) connects, not from its "
+    "agent's first contact (hello): an agent needs about 2-6 s to start its camera and "
+    "connect, and that time counts as late. 'first contact' is the hello, in s from the "
+    "lesson start (negative: the agent was there before it started); 'contact to media' "
+    "is that start-up time.")
 ST_RULE = ("T: main classroom speech covers >= half of the window and >= any receiving "
            "classroom's; S: otherwise (pupils speaking, practice, silence). Windows aligned "
            "to multiples of the interval on the epoch clock.")
@@ -51,6 +63,8 @@ class LessonData:
     """Head count samples ``(ts_ms, faces)`` per classroom."""
     network: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Network samples per classroom (``ts_ms``, ``rtt_ms``, ``jitter_ms``, ...)."""
+    contacts: dict[str, int] = field(default_factory=dict)
+    """Epoch ms of each classroom agent's first contact (``hello``) for this lesson."""
     recording_dir: str | None = None
 
 
@@ -117,6 +131,9 @@ def build_report(config: CountyConfig, data: LessonData, generated_ms: int) -> d
         att = summarize(data.sessions.get(cid, []), start, end, expected)
         heads = [c for _, c in data.heads.get(cid, [])]
         net = data.network.get(cid, [])
+        contact = data.contacts.get(cid)
+        to_join = (round((att.first_join_ms - max(contact, start)) / 1000, 3)
+                   if contact is not None and att.first_join_ms is not None else None)
         classrooms.append({
             "classroom_id": cid,
             "school_id": room.school,
@@ -133,6 +150,8 @@ def build_report(config: CountyConfig, data: LessonData, generated_ms: int) -> d
             "reconnects": att.reconnects,
             "first_join_ms": att.first_join_ms,
             "last_leave_ms": att.last_leave_ms,
+            "first_contact_ms": contact,
+            "contact_to_join_s": to_join,
             "speech": {
                 "talk_s": round(talk_ms(speech.get(cid, [])) / 1000, 3),
                 "turns": len(turns.get(cid, [])),
@@ -172,14 +191,16 @@ def build_report(config: CountyConfig, data: LessonData, generated_ms: int) -> d
             "items": [x.to_dict() for x in exchanges],
         },
         "st": {**st.to_dict(), "rule": ST_RULE},
+        "attendance_rule": ATTENDANCE_RULE,
         "recording_dir": data.recording_dir,
     }
 
 
-def render_csv(report: dict[str, Any]) -> str:
-    """One row per classroom (columns :data:`CSV_COLUMNS`)."""
+def render_csv(report: dict[str, Any], excel: bool = False) -> str:
+    """One row per classroom (columns :data:`CSV_COLUMNS`). ``excel``: with a UTF-8
+    byte-order mark and CRLF line ends, for Microsoft Excel."""
     out = io.StringIO()
-    w = csv.DictWriter(out, CSV_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(out, CSV_COLUMNS, lineterminator="\r\n" if excel else "\n")
     w.writeheader()
     for c in report["classrooms"]:
         net = c["network"]
@@ -195,8 +216,9 @@ def render_csv(report: dict[str, Any]) -> str:
             "jitter_ms": net["jitter_ms"], "loss_percent": net["loss_percent"],
             "bitrate_kbps": net["bitrate_kbps"], "fps": net["fps"], "freezes": net["freezes"],
             "latency_ms": net["latency_ms"],
+            "contact_to_join_s": c.get("contact_to_join_s"),
         })
-    return out.getvalue()
+    return ("\ufeff" if excel else "") + out.getvalue()
 
 
 def db_rows(report: dict[str, Any], report_path: str | None
@@ -287,29 +309,116 @@ def _timeline_svg(name: str, rows: list[tuple[str, list[list[int]], list[int]]],
     return "\n".join(parts)
 
 
-def _st_svg(curve: list[list[int]]) -> str:
-    size, pad = 320, 36
+def _tick_step(span: float, max_ticks: int = 10) -> int:
+    """A tick step of 1, 2 or 5 times a power of ten giving at most ``max_ticks`` ticks
+    over ``span``."""
+    power = 1
+    while True:
+        for m in (1, 2, 5):
+            if span / (m * power) <= max_ticks:
+                return m * power
+        power *= 10
+
+
+ST_SIZE = 420
+"""Side of the S-T plot's square, px (S and T share one scale: the diagonal is Rt = 0.5)."""
+
+
+def _st_svg(st: dict[str, Any]) -> str:
+    """The S-T curve: T samples across, S samples up, on one scale, with ticks every few
+    samples (labelled with their count, and on the S axis with the lesson time they make,
+    m:ss) and the figures beside it; the chart is as wide as the other charts."""
+    curve: list[list[int]] = st["curve"]
+    interval_s = float(st["interval_s"])
+    top, bottom = 20, 64
+    h = top + ST_SIZE + bottom
     n = max(1, max((max(p) for p in curve), default=1))
-    scale = (size - 2 * pad) / n
-    pts = " ".join(f"{pad + t * scale:.1f},{size - pad - s * scale:.1f}" for t, s in curve)
-    return (
-        f'<svg class="chart" data-chart="st_curve" width="{size}" height="{size}" '
-        f'viewBox="0 0 {size} {size}" xmlns="http://www.w3.org/2000/svg">'
-        f'<line x1="{pad}" y1="{size - pad}" x2="{size - pad}" y2="{size - pad}" stroke="#333"/>'
-        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{size - pad}" stroke="#333"/>'
-        f'<line x1="{pad}" y1="{size - pad}" x2="{size - pad}" y2="{pad}" stroke="#ccc" '
-        'stroke-dasharray="4 4"/>'
-        f'<text x="{size - pad}" y="{size - 10}" font-size="12" text-anchor="end">T (教师)</text>'
-        f'<text x="10" y="{pad - 10}" font-size="12">S (学生)</text>'
-        f'<polyline class="curve" points="{pts}" fill="none" stroke="{COLORS[3]}" '
-        'stroke-width="2.5"/></svg>'
-    )
+    step = _tick_step(n, 8)
+    n_axis = -(-n // step) * step  # axis to a whole tick
+    scale = ST_SIZE / n_axis
+    x0, y0 = _LEFT, top + ST_SIZE  # the origin
+    parts = [f'<svg class="chart" data-chart="st_curve" width="{_W}" height="{h}" '
+             f'viewBox="0 0 {_W} {h}" xmlns="http://www.w3.org/2000/svg">']
+    for k in range(0, n_axis + 1, step):
+        d = k * scale
+        at_s = round(k * interval_s)  # lesson time of the k-th sample, m:ss
+        clock = f"{at_s // 60}:{at_s % 60:02d}"
+        parts.append(f'<line class="grid" x1="{x0 + d:.1f}" y1="{top}" x2="{x0 + d:.1f}" '
+                     f'y2="{y0}" stroke="#eee"/>')
+        parts.append(f'<line class="grid" x1="{x0}" y1="{y0 - d:.1f}" x2="{x0 + ST_SIZE}" '
+                     f'y2="{y0 - d:.1f}" stroke="#eee"/>')
+        parts.append(f'<line class="tick" data-axis="t" x1="{x0 + d:.1f}" y1="{y0}" '
+                     f'x2="{x0 + d:.1f}" y2="{y0 + 6}" stroke="#333"/>')
+        parts.append(f'<text x="{x0 + d:.1f}" y="{y0 + 20}" font-size="13" '
+                     f'text-anchor="middle">{k}</text>')
+        parts.append(f'<line class="tick" data-axis="s" x1="{x0 - 6}" y1="{y0 - d:.1f}" '
+                     f'x2="{x0}" y2="{y0 - d:.1f}" stroke="#333"/>')
+        parts.append(f'<text x="{x0 - 10}" y="{y0 - d + 4:.1f}" font-size="13" '
+                     f'text-anchor="end">{k} <tspan fill="#667">({clock})</tspan></text>')
+    parts.append(f'<line x1="{x0}" y1="{y0}" x2="{x0 + ST_SIZE}" y2="{y0}" stroke="#333"/>')
+    parts.append(f'<line x1="{x0}" y1="{top}" x2="{x0}" y2="{y0}" stroke="#333"/>')
+    parts.append(f'<line x1="{x0}" y1="{y0}" x2="{x0 + ST_SIZE}" y2="{top}" stroke="#bbb" '
+                 'stroke-dasharray="4 4"><title>Rt = 0.5</title></line>')
+    parts.append(f'<text x="{x0 + ST_SIZE / 2}" y="{y0 + 44}" font-size="14" '
+                 f'text-anchor="middle">T 教师行为 (samples of {interval_s:g} s)</text>')
+    parts.append(f'<text x="{x0 - 10}" y="{top - 6}" font-size="14" text-anchor="end">'
+                 'S 学生行为</text>')
+    pts = " ".join(f"{x0 + t * scale:.1f},{y0 - v * scale:.1f}" for t, v in curve)
+    parts.append(f'<polyline class="curve" points="{pts}" fill="none" stroke="{COLORS[3]}" '
+                 'stroke-width="2.5"/>')
+    tx = x0 + ST_SIZE + 40
+    lines = [f"N = {st['n']}", f"Rt = {st['rt']:.2f}", f"Ch = {st['ch']:.2f}",
+             f"g = {st['g']}", f"{st['lesson_type']} ({st['lesson_type_en']})"]
+    for i, text in enumerate(lines):
+        parts.append(f'<text class="figure" x="{tx}" y="{top + 30 + 26 * i}" font-size="15">'
+                     f'{_e(text)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
 
 
-def _line_svg(name: str, series: list[tuple[str, list[tuple[int, float]]]], start: int,
+def _segments(samples: list[dict[str, Any]], key: str, present: list[list[int]],
+              gap_ms: float) -> list[list[tuple[int, float]]]:
+    """A classroom's samples of ``key`` as lines that break where it was absent: between
+    two samples outside one ``present`` interval, across a missing value, or across a gap
+    longer than ``gap_ms`` (samples are never joined across an absence)."""
+
+    def interval_of(t: int) -> int | None:
+        return next((i for i, (a, b) in enumerate(present) if a <= t <= b), None)
+
+    out: list[list[tuple[int, float]]] = []
+    line: list[tuple[int, float]] = []
+    last: tuple[int, int | None] | None = None
+    for sample in samples:
+        t, v = int(sample["ts_ms"]), sample.get(key)
+        if v is None:
+            if line:
+                out.append(line)
+            line, last = [], None
+            continue
+        where = interval_of(t) if present else None
+        if last is not None and (t - last[0] > gap_ms or (present and where != last[1])):
+            out.append(line)
+            line = []
+        line.append((t, float(v)))
+        last = (t, where)
+    if line:
+        out.append(line)
+    return out
+
+
+def _sample_gap_ms(samples: list[dict[str, Any]]) -> float:
+    """Longest spacing of two samples on one line: 2.5 x the median spacing (a missed
+    sample or two is joined, an absence is not)."""
+    ts = sorted(int(s["ts_ms"]) for s in samples)
+    diffs = [b - a for a, b in itertools.pairwise(ts) if b > a]
+    return 2.5 * float(statistics.median(diffs)) if diffs else float("inf")
+
+
+def _line_svg(name: str, series: list[tuple[str, list[list[tuple[int, float]]]]], start: int,
               end: int, unit: str) -> str:
+    """Lines over lesson time; each series is a list of separate lines (broken at gaps)."""
     h, top, bottom = 240, 16, 30
-    vals = [v for _, pts in series for _, v in pts]
+    vals = [v for _, lines in series for line in lines for _, v in line]
     vmax = max(vals, default=1.0) * 1.1 or 1.0
     span = max(1, end - start)
     sx = (_W - _LEFT - _RIGHT) / span
@@ -321,14 +430,19 @@ def _line_svg(name: str, series: list[tuple[str, list[tuple[int, float]]]], star
         y = h - bottom - frac * vmax * sy
         parts.append(f'<text x="{_LEFT - 8}" y="{y + 4:.1f}" font-size="11" '
                      f'text-anchor="end">{frac * vmax:.0f} {unit}</text>')
-    for i, (label, pts) in enumerate(series):
+    for i, (label, lines) in enumerate(series):
         color = COLORS[i % len(COLORS)]
-        if pts:
-            coords = " ".join(f"{_LEFT + (t - start) * sx:.1f},{h - bottom - v * sy:.1f}"
-                              for t, v in pts)
-            parts.append(f'<polyline class="series" points="{coords}" fill="none" '
-                         f'stroke="{color}" stroke-width="2"><title>{_e(label)}</title>'
-                         '</polyline>')
+        for line in lines:
+            xy = [(_LEFT + (t - start) * sx, h - bottom - v * sy) for t, v in line]
+            if len(xy) == 1:  # a lone sample between gaps: a dot
+                parts.append(f'<circle class="series" data-series="{_e(label)}" '
+                             f'cx="{xy[0][0]:.1f}" cy="{xy[0][1]:.1f}" r="2.5" '
+                             f'fill="{color}"><title>{_e(label)}</title></circle>')
+                continue
+            coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
+            parts.append(f'<polyline class="series" data-series="{_e(label)}" '
+                         f'points="{coords}" fill="none" stroke="{color}" stroke-width="2">'
+                         f'<title>{_e(label)}</title></polyline>')
         parts.append(f'<text x="{_LEFT + 10 + 180 * i}" y="{top + 2}" font-size="12" '
                      f'fill="{color}">■ {_e(label)}</text>')
     parts.append("</svg>")
@@ -344,15 +458,22 @@ def render_html(report: dict[str, Any]) -> str:
                                        c["hand_raises"]["ts_ms"]) for c in rooms], start, end)
     attendance = _timeline_svg("attendance", [(c["label"], c["present_intervals"], [])
                                               for c in rooms], start, end)
-    latency = _line_svg("latency", [
-        (c["label"], [(s["ts_ms"], float(s["latency_ms"])) for s in c["network"]["timeline"]
-                      if s.get("latency_ms") is not None]) for c in rooms], start, end, "ms")
-    rtt = _line_svg("rtt", [
-        (c["label"], [(s["ts_ms"], float(s["rtt_ms"])) for s in c["network"]["timeline"]
-                      if s.get("rtt_ms") is not None]) for c in rooms], start, end, "ms")
+    def lines(key: str) -> list[tuple[str, list[list[tuple[int, float]]]]]:
+        return [(c["label"], _segments(c["network"]["timeline"], key, c["present_intervals"],
+                                       _sample_gap_ms(c["network"]["timeline"])))
+                for c in rooms]
+
+    latency = _line_svg("latency", lines("latency_ms"), start, end, "ms")
+    rtt = _line_svg("rtt", lines("rtt_ms"), start, end, "ms")
     st = report["st"]
+    def since_start(ms: int | None) -> str:
+        return "–" if ms is None else f"{(ms - start) / 1000:.1f}"
+
     rows = "\n".join(
-        f"<tr><td>{_e(c['name'])}</td><td>{_e(c['role'])}</td><td>{c['present_s']}</td>"
+        f"<tr><td>{_e(c['name'])}</td><td>{_e(c['role'])}</td>"
+        f"<td>{since_start(c.get('first_contact_ms'))}</td>"
+        f"<td>{_e(c.get('contact_to_join_s') if c.get('contact_to_join_s') is not None else '–')}"
+        f"</td><td>{c['present_s']}</td>"
         f"<td>{c['late_s']}</td><td>{c['early_leave_s']}</td>"
         f"<td>{c['attendance_ratio'] * 100:.0f}%</td><td>{c['reconnects']}</td>"
         f"<td>{c['speech']['talk_s']}</td><td>{c['speech']['turns']}</td>"
@@ -370,7 +491,8 @@ body {{ font-family: "Noto Sans CJK SC", "Microsoft YaHei", sans-serif; margin: 
 h1 {{ font-size: 1.5em; }} h2 {{ font-size: 1.15em; margin-top: 1.6em; }}
 .en {{ color: #667; font-size: .85em; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccd; padding: .25em .6em; }}
-.st {{ display: flex; gap: 2em; align-items: center; }}
+svg.chart {{ display: block; max-width: 100%; height: auto; }}
+.codes {{ overflow-wrap: anywhere; }}
 </style></head><body>
 <h1>课堂报告 <span class="en">Lesson report</span> · {_e(les['subject'])} {_e(les['grade'])}
  · {_e(les['teacher'])}</h1>
@@ -378,21 +500,22 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccd; padding
  {les['duration_s']:.0f} s · {'按课表 on timetable' if les['on_timetable']
                                else '课表外 off timetable'}</p>
 <h2>出勤与互动 <span class="en">Attendance and interaction</span></h2>
-<table><tr><th>课堂 Classroom</th><th>角色 Role</th><th>在线 s</th><th>迟到 late s</th>
+<table><tr><th>课堂 Classroom</th><th>角色 Role</th><th>首次联系 first contact s</th>
+<th>联系到连通 contact to media s</th><th>在线 s</th><th>迟到 late s</th>
 <th>早退 early s</th><th>出勤率</th><th>重连</th><th>发言 talk s</th><th>轮次 turns</th>
 <th>举手 hands</th><th>人数 heads (median / max)</th><th>RTT ms</th><th>丢包 loss %</th>
 <th>延迟 latency ms</th></tr>
 {rows}</table>
+<p class="en legend" data-legend="attendance">出勤从媒体连通算起 {_e(report.get('attendance_rule',
+                                                                    ATTENDANCE_RULE))}</p>
 <p class="en">Head count: {_e(HEAD_COUNT_METHOD)}. Exchanges (main → receiving within
  {report['exchanges']['window_s']} s): {report['exchanges']['count']}, median response
  {_e(report['exchanges']['median_response_latency_ms'])} ms.</p>
 <h2>谁在何时发言 <span class="en">Who spoke when (▲ hand raised)</span></h2>
 {speech}
 <h2>S-T 分析 <span class="en">S-T analysis, {st['interval_s']:g} s samples</span></h2>
-<div class="st">{_st_svg(st['curve'])}
-<div><p>N = {st['n']}, Rt = {st['rt']:.2f}, Ch = {st['ch']:.2f}, g = {st['g']}</p>
-<p><b>{_e(st['lesson_type'])}</b> <span class="en">({_e(st['lesson_type_en'])})</span></p>
-<p class="en">{_e(st['rule'])}</p><p><code>{_e(st['codes'])}</code></p></div></div>
+{_st_svg(st)}
+<p class="en">{_e(st['rule'])}</p><p class="codes"><code>{_e(st['codes'])}</code></p>
 <h2>出勤 <span class="en">Attendance</span></h2>
 {attendance}
 <h2>延迟 <span class="en">Glass-to-glass latency over time</span></h2>
@@ -404,14 +527,15 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccd; padding
 
 
 def write_report(report: dict[str, Any], folder: Path) -> dict[str, str]:
-    """Write report.json, report.csv and report.html into ``folder``; their paths."""
+    """Write :data:`REPORT_FILES` (report.json, report.csv, report-excel.csv,
+    report.html) into ``folder``; their paths."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {"json": folder / "report.json", "csv": folder / "report.csv",
-             "html": folder / "report.html"}
+    paths = {k: folder / name for k, name in REPORT_FILES.items()}
     texts = {"json": json.dumps(report, ensure_ascii=False, indent=2),
-             "csv": render_csv(report), "html": render_html(report)}
+             "csv": render_csv(report), "excel_csv": render_csv(report, excel=True),
+             "html": render_html(report)}
     for key, path in paths.items():
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(texts[key], encoding="utf-8")
+        tmp.write_text(texts[key], encoding="utf-8", newline="")
         tmp.replace(path)  # readers never see a half-written file
     return {k: str(p.resolve()) for k, p in paths.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import unicodedata
 from typing import Any
 
 from syncclass.config import CountyConfig
@@ -85,10 +86,13 @@ def term_figures(config: CountyConfig, store: ReportStore, start: dt.date,
     }
 
 
-def render_csv(fig: dict[str, Any]) -> str:
-    """One row per pairing and subject (a pairing without lessons: one row, no subject)."""
+def render_csv(fig: dict[str, Any], excel: bool = False) -> str:
+    """One row per pairing and subject (a pairing without lessons: one row, no subject).
+    ``excel``: for Microsoft Excel (a UTF-8 byte-order mark, so Excel on a Chinese
+    Windows reads the text as UTF-8 and not as GBK, and CRLF line ends); write the text
+    with ``encoding="utf-8"``."""
     out = io.StringIO()
-    w = csv.DictWriter(out, CSV_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(out, CSV_COLUMNS, lineterminator="\r\n" if excel else "\n")
     w.writeheader()
     for p in fig["pairings"]:
         base = {"pairing_id": p["pairing_id"], "main_school": p["main_school"],
@@ -103,26 +107,85 @@ def render_csv(fig: dict[str, Any]) -> str:
             w.writerow({**base, **{k: s[k] for k in ("subject", "lessons", "hours",
                                                      "attendance_ratio", "meets_lessons_target",
                                                      "meets_attendance_target")}})
-    return out.getvalue()
+    return ("\ufeff" if excel else "") + out.getvalue()
+
+
+def display_width(text: str) -> int:
+    """Terminal columns of ``text``: East Asian wide and fullwidth characters (汉字,
+    fullwidth punctuation) take two, combining marks none, others one."""
+    width = 0
+    for ch in text:
+        if unicodedata.combining(ch):
+            continue
+        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return width
+
+
+def pad(text: str, width: int, align: str = "<") -> str:
+    """``text`` padded with spaces to ``width`` terminal columns (``<`` left, ``>``
+    right); longer text is kept whole."""
+    fill = " " * max(0, width - display_width(text))
+    return text + fill if align == "<" else fill + text
+
+
+def _subject_status(s: dict[str, Any], t: dict[str, Any]) -> str:
+    """Which of a subject's targets are met and which not, with the figures."""
+    parts = []
+    lessons_ok = s["meets_lessons_target"]
+    parts.append(f"lessons {'met' if lessons_ok else 'NOT MET'} "
+                 f"({s['lessons']} {'>=' if lessons_ok else '<'} "
+                 f"{t['min_lessons_per_subject']})")
+    if s["attendance_ratio"] is None:
+        parts.append("attendance NOT MET (no receiving classroom attended)")
+    else:
+        att_ok = s["meets_attendance_target"]
+        parts.append(f"attendance {'met' if att_ok else 'NOT MET'} "
+                     f"({s['attendance_ratio']:.0%} {'>=' if att_ok else '<'} "
+                     f"{t['min_attendance_ratio']:.0%})")
+    return ", ".join(parts)
+
+
+def _pairing_status(p: dict[str, Any], t: dict[str, Any]) -> str:
+    """A pairing's targets: which are met and which are not."""
+    met: list[str] = []
+    not_met: list[str] = []
+    subjects = f"subjects ({p['subject_count']} of >= {t['min_subjects']})"
+    (met if p["meets_subjects_target"] else not_met).append(subjects)
+    for s in p["subjects"]:
+        (met if s["meets_lessons_target"] else not_met).append(
+            f"{s['subject']} lessons ({s['lessons']} of >= {t['min_lessons_per_subject']})")
+        (met if s["meets_attendance_target"] else not_met).append(
+            f"{s['subject']} attendance")
+    if not p["subjects"]:
+        not_met.append("lessons (none held)")
+    if not not_met:
+        return "all targets met: " + ", ".join(met)
+    return (f"met: {', '.join(met) if met else 'none'}; NOT MET: {', '.join(not_met)}")
 
 
 def render_table(fig: dict[str, Any]) -> str:
-    """A plain-text table for the terminal."""
+    """A plain-text table for the terminal, aligned by display width (CJK subjects and
+    names take two columns a character)."""
     t = fig["targets"]
-    lines = [f"{fig['county']}: synchronous lessons {fig['from_date']} .. {fig['to_date']} "
-             f"(targets: >= {t['min_subjects']} subjects, >= {t['min_lessons_per_subject']} "
-             f"lessons per subject, attendance >= {t['min_attendance_ratio']:.0%})",
-             f"{'pairing':<22}{'subject':<10}{'lessons':>8}{'hours':>8}{'attend.':>9}  status"]
+    rows = [("pairing", "subject", "lessons", "hours", "attend.", "status")]
+    notes: dict[int, str] = {}
     for p in fig["pairings"]:
         if not p["subjects"]:
-            lines.append(f"{p['pairing_id']:<22}{'-':<10}{0:>8}{0.0:>8.2f}{'-':>9}  NOT MET "
-                         "(no lessons)")
+            rows.append((p["pairing_id"], "-", "0", "0.00", "-", "NOT MET (no lessons)"))
         for s in p["subjects"]:
             att = "-" if s["attendance_ratio"] is None else f"{s['attendance_ratio']:.0%}"
-            ok = s["meets_lessons_target"] and s["meets_attendance_target"]
-            lines.append(f"{p['pairing_id']:<22}{s['subject']:<10}{s['lessons']:>8}"
-                         f"{s['hours']:>8.2f}{att:>9}  {'met' if ok else 'NOT MET'}")
-        lines.append(f"{'':<22}{p['subject_count']} subject(s): "
-                     f"{'met' if p['meets_subjects_target'] else 'NOT MET'}; all targets "
-                     f"{'met' if p['meets_all_targets'] else 'NOT MET'}")
+            rows.append((p["pairing_id"], s["subject"], str(s["lessons"]), f"{s['hours']:.2f}",
+                         att, _subject_status(s, t)))
+        notes[len(rows) - 1] = _pairing_status(p, t)
+    widths = [max(display_width(r[i]) for r in rows) + 2 for i in range(5)]
+    aligns = ["<", "<", ">", ">", ">"]
+    lines = [f"{fig['county']}: synchronous lessons {fig['from_date']} .. {fig['to_date']} "
+             f"(targets: >= {t['min_subjects']} subjects, >= {t['min_lessons_per_subject']} "
+             f"lessons per subject, attendance >= {t['min_attendance_ratio']:.0%})"]
+    for i, row in enumerate(rows):
+        cells = "".join(pad(c, w - (2 if a == "<" else 0), a) + ("  " if a == "<" else "")
+                        for c, w, a in zip(row[:5], widths, aligns, strict=True))
+        lines.append(f"{cells}  {row[5]}".rstrip())
+        if i in notes:
+            lines.append(f"{pad('', widths[0])}{notes[i]}")
     return "\n".join(lines) + "\n"

@@ -91,11 +91,19 @@ class ReportStore:
             raise ConfigError(f"analytics.database_url {url!r}: use sqlite:///PATH or "
                               "postgresql://...")
 
+    def exists(self) -> bool:
+        """Whether the database is there to read (a SQLite file; PostgreSQL: assumed)."""
+        return self.kind != "sqlite" or self.path.is_file()
+
     @contextmanager
-    def _connect(self) -> Iterator[Any]:
-        if self.kind == "sqlite":
+    def _connect(self, write: bool = True) -> Iterator[Any]:
+        if self.kind == "sqlite" and not write:
+            # Reading never creates a file: a wrong path must not leave an empty database.
+            conn: Any = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                        timeout=10)
+        elif self.kind == "sqlite":
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn: Any = sqlite3.connect(self.path, timeout=10)
+            conn = sqlite3.connect(self.path, timeout=10)
         else:
             try:
                 import psycopg
@@ -140,23 +148,38 @@ class ReportStore:
                     f"({', '.join('?' for _ in CLASSROOM_COLUMNS)})"),
                     tuple(row.get(c) for c in CLASSROOM_COLUMNS))
 
+    def _readable(self) -> bool:
+        """Whether there are tables to read (PostgreSQL: create them, as before)."""
+        if self.kind != "sqlite":
+            self.init()
+            return True
+        if not self.path.is_file():
+            return False
+        with self._connect(write=False) as conn:
+            cur = conn.cursor()
+            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            names = {r[0] for r in cur.fetchall()}
+        return {"lessons", "lesson_classrooms"} <= names
+
     def lessons(self, from_ms: int | None = None, to_ms: int | None = None
                 ) -> list[dict[str, Any]]:
-        """Lessons started in ``[from_ms, to_ms)`` (epoch ms), oldest first."""
-        self.init()
+        """Lessons started in ``[from_ms, to_ms)`` (epoch ms), oldest first; none from a
+        SQLite file that is not there or has no tables yet (nothing is created)."""
+        if not self._readable():
+            return []
         sql = f"SELECT {', '.join(LESSON_COLUMNS)} FROM lessons WHERE started_ms >= ? " \
               "AND started_ms < ? ORDER BY started_ms"
-        with self._connect() as conn:
+        with self._connect(write=False) as conn:
             cur = conn.cursor()
             cur.execute(self._sql(sql), (from_ms or 0, to_ms or 2**62))
             return [dict(zip(LESSON_COLUMNS, r, strict=True)) for r in cur.fetchall()]
 
     def classrooms(self, lesson_ids: Sequence[str]) -> list[dict[str, Any]]:
-        if not lesson_ids:
+        if not lesson_ids or not self._readable():
             return []
         sql = f"SELECT {', '.join(CLASSROOM_COLUMNS)} FROM lesson_classrooms WHERE lesson_id " \
               f"IN ({', '.join('?' for _ in lesson_ids)}) ORDER BY lesson_id, classroom_id"
-        with self._connect() as conn:
+        with self._connect(write=False) as conn:
             cur = conn.cursor()
             cur.execute(self._sql(sql), tuple(lesson_ids))
             return [dict(zip(CLASSROOM_COLUMNS, r, strict=True)) for r in cur.fetchall()]

@@ -515,32 +515,86 @@ def cmd_report(args: argparse.Namespace) -> int:
     today = dt.date.today()
     start = start or today.replace(month=1 if today.month < 8 else 8, day=1)
     end = end or today
-    url = args.database or acfg.database_url or \
-        f"sqlite:///{(Path(config.mixer.data_dir) / 'analytics.db').resolve()}"
+    if args.database:
+        url, origin = args.database, "--database"
+    elif acfg.database_url:
+        url, origin = acfg.database_url, "analytics.database_url"
+    else:
+        url = f"sqlite:///{(Path(config.mixer.data_dir) / 'analytics.db').resolve()}"
+        origin = "mixer.data_dir"
+    written = config.relative_paths.get(origin)
+    if written:
+        origin += f" {written!r}, relative to the config file's folder"
+    elif origin == "mixer.data_dir" and not Path(config.mixer.data_dir).is_absolute():
+        origin += f" {config.mixer.data_dir!r}, relative to the current directory"
+    store = ReportStore(url)
+    if not store.exists():
+        print(f"syncclass report: no database at {url} (from {origin}); no lesson has been "
+              "reported there. Run from the mixer's directory, or give --config of the "
+              "mixer's county or --database", file=sys.stderr)
+        return 1
     try:
-        fig = term_figures(config, ReportStore(url), start, end)
+        fig = term_figures(config, store, start, end)
     except ValueError as exc:
         print(f"syncclass report: {exc}", file=sys.stderr)
         return 2
+    held = sum(p["lessons"] for p in fig["pairings"])
+    print(f"syncclass report: {held} lesson(s) from {start} to {end} read from "
+          f"{_without_password(url)} (from {origin})", file=sys.stderr)
+    if held == 0:
+        print(f"syncclass report: warning: the database has no lessons from {start} to {end}"
+              f"; is this the mixer's database (--from/--to, --database)?", file=sys.stderr)
     if args.format == "json":
         text = json.dumps(fig, ensure_ascii=False, indent=2) + "\n"
-    elif args.format == "csv":
-        text = render_csv(fig)
+    elif args.format in ("csv", "csv-excel"):
+        text = render_csv(fig, excel=args.format == "csv-excel")
     else:
         text = render_table(fig)
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        # newline="": the CRLF of csv-excel is written as is.
+        Path(args.out).write_text(text, encoding="utf-8", newline="")
         print(f"syncclass report: wrote {args.out}")
+    elif args.format == "csv-excel":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode("utf-8"))
+        sys.stdout.buffer.flush()
     else:
         sys.stdout.write(text)
     return 0
 
 
+def _without_password(url: str) -> str:
+    """A database URL to show: its password (``postgresql://user:secret@host``) hidden."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the schema, then the files and folders the config names
+    (:mod:`syncclass.config_check`): errors exit 2, warnings are printed."""
+    from .config_check import check_paths
+
+    path = args.config or default_config_path()
     config = _config(args)
-    print(f"{args.config or default_config_path()}: OK — county {config.county}, "
+    findings = check_paths(config)
+    errors = [f for f in findings if f.level == "error"]
+    if config.relative_paths:
+        print(f"{path}: relative paths are read from {Path(path).resolve().parent}")
+    for f in findings:
+        print(f"{path}: {f}", file=sys.stderr)
+    if errors:
+        print(f"{path}: {len(errors)} error(s): fix the paths above (or the devices' kind)",
+              file=sys.stderr)
+        return 2
+    print(f"{path}: OK — county {config.county}, "
           f"{len(config.classrooms)} classrooms, {len(config.pairings)} pairings, "
-          f"{len(config.timetable)} timetable entries, views {', '.join(config.views)}")
+          f"{len(config.timetable)} timetable entries, views {', '.join(config.views)}"
+          + (f"; {len(findings)} warning(s)" if findings else ""))
     return 0
 
 
@@ -668,9 +722,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_date",
                    help="first day YYYY-MM-DD (default: analytics.term_start, else this term)")
     p.add_argument("--to", dest="to_date", help="last day YYYY-MM-DD (default: today)")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--format", choices=["table", "csv", "csv-excel", "json"], default="table",
+                   help="csv-excel: CSV for Microsoft Excel (UTF-8 with a byte-order mark, "
+                   "CRLF), which reads Chinese correctly on a Chinese Windows")
     p.add_argument("--database", help="database URL (default: analytics.database_url, else "
-                   "sqlite:///<mixer.data_dir>/analytics.db)")
+                   "sqlite:///<mixer.data_dir>/analytics.db; relative paths in a config "
+                   "file are relative to its folder)")
     p.add_argument("--out", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_report)
 
@@ -683,7 +740,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=float, default=180.0, help="validity in days (default 180)")
     p.set_defaults(func=cmd_token)
 
-    p = sub.add_parser("check-config", help="validate a county config")
+    p = sub.add_parser("check-config", help="validate a county config",
+                       description="Validate a county config: its fields, then that the "
+                       "files and folders it names (device files, certificates, the CA file, "
+                       "the face cascade, output folders) are there on this machine.")
     with_config(p)
     p.set_defaults(func=cmd_check_config)
     return parser

@@ -2,21 +2,65 @@
 
 A county's config is one YAML file (see ``configs/county.yaml``). :func:`load_config`
 turns it into typed, validated models; any problem raises :class:`ConfigError` naming
-the file, the field path (``classrooms[1].token``) and what is wrong.
+the file, the field path (``classrooms[1].token``) and what is wrong, in words (a field
+with a ``pattern`` says what it allows, see :func:`worded_pattern`). Relative file and
+folder paths in a config file are taken relative to the file's own folder
+(:func:`resolve_paths`), so every command finds the same files from any directory.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
-Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+PATTERN_WORDS: dict[str, tuple[str, bool]] = {}
+"""Per regular expression of a ``Field(pattern=...)``: what it allows, in words with an
+example, and whether an error may quote the refused value (not for URLs, which may carry
+keys). Filled by :func:`worded_pattern`; :func:`parse_config` reads it."""
+
+
+def worded_pattern(pattern: str, words: str, *, quote_value: bool = True) -> Any:
+    """A ``Field(pattern=...)`` whose validation error says ``words`` (what is allowed,
+    with an example) instead of quoting the regular expression."""
+    PATTERN_WORDS[pattern] = (words, quote_value)
+    return Field(pattern=pattern)
+
+
+PathKind = Literal["file", "dir", "out_dir", "out_file"]
+"""What a config path names: an input ``file`` or ``dir`` that must exist, an output
+``out_dir`` (created when missing) or an ``out_file`` (its folder is created)."""
+
+
+_PATH_KINDS: dict[str, PathKind] = {"file": "file", "dir": "dir", "out_dir": "out_dir",
+                                    "out_file": "out_file"}
+
+
+def path_field(kind: PathKind, default: Any = None) -> Any:
+    """A path field: resolved against the config file's folder by :func:`resolve_paths`
+    and checked by ``syncclass check-config`` (:mod:`syncclass.config_check`)."""
+    return Field(default=default, json_schema_extra={"path_kind": kind})
+
+
+Identifier = Annotated[str, worded_pattern(
+    r"^[a-z0-9][a-z0-9_-]{0,62}$",
+    "use 1-63 characters: lowercase letters a-z, digits 0-9, '-' and '_', starting with a "
+    "letter or digit (no spaces, capitals or Chinese characters), e.g. 'hetou-3'")]
 ClassroomRole = Literal["main", "receiving"]
 LayoutKind = Literal["speaker", "grid"]
 SourceSelector = Literal["main", "receiving"]
@@ -24,7 +68,8 @@ ViewName = Identifier
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Attribute docstrings become field descriptions: a "Field required" error quotes it.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class SchoolConfig(_Model):
@@ -37,7 +82,7 @@ class SchoolConfig(_Model):
 
 class VideoDeviceConfig(_Model):
     kind: Literal["synthetic", "file", "camera"] = "synthetic"
-    path: str | None = None
+    path: str | None = path_field("file")
     """Media file path (``file``), or device path / RTSP URL (``camera``)."""
     index: int | None = Field(default=None, ge=0)
     """OpenCV camera index (``camera``)."""
@@ -60,7 +105,7 @@ class VideoDeviceConfig(_Model):
 
 class AudioDeviceConfig(_Model):
     kind: Literal["synthetic", "file", "microphone", "script"] = "synthetic"
-    path: str | None = None
+    path: str | None = path_field("file")
     """Media file path (``file``), or a speech schedule JSON (``script``: clips played at
     given epoch times, see :mod:`edge_agent.scripted`)."""
     name: str | None = None
@@ -89,7 +134,7 @@ class SinkConfig(_Model):
     kind: Literal["null", "file", "window", "device"] = "null"
     """``window``: screen window (for speakers, same as ``device``); ``device``: the
     sound card (speakers) or the full-screen classroom display with status strip (screen)."""
-    path: str | None = None
+    path: str | None = path_field("out_file")
     """Output file for ``file`` sinks (video: .mp4/.mkv, audio: .wav)."""
     fullscreen: bool = False
     name: str | None = None
@@ -160,10 +205,16 @@ class TimetableEntry(_Model):
     grade: str = Field(min_length=1)
     teacher: str = Field(min_length=1)
     start: dt.time
-    """Local start time of the lesson."""
+    """Local start time of the lesson, ``"08:30"`` (``8:30`` and ``"8:30"`` are read
+    the same; a number is refused, see :func:`_time_of_day`)."""
     duration_min: int = Field(default=40, gt=0, le=240)
     weekdays: list[Annotated[int, Field(ge=1, le=7)]] = [1, 2, 3, 4, 5]
     """ISO weekdays (1 = Monday) on which the lesson is held."""
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _start_time(cls, value: Any) -> Any:
+        return _time_of_day(value)
 
 
 class ViewConfig(_Model):
@@ -180,7 +231,8 @@ class ViewConfig(_Model):
     @model_validator(mode="after")
     def _speaker_needs_featured(self) -> ViewConfig:
         if self.layout == "speaker" and self.featured is None:
-            raise ValueError("a 'speaker' layout needs 'featured'")
+            raise ValueError("a 'speaker' layout needs 'featured': the source shown large, "
+                             "main or receiving (e.g. featured: main)")
         return self
 
 
@@ -238,9 +290,9 @@ class TokenKeyConfig(_Model):
 
 
 class TlsConfig(_Model):
-    cert: str
+    cert: str = path_field("file", ...)
     """PEM certificate chain of the mixer."""
-    key: str
+    key: str = path_field("file", ...)
     """PEM private key of the certificate."""
 
 
@@ -254,7 +306,7 @@ class MixerConfig(_Model):
     interfaces (which never offers 127.0.0.1). Set to ``[127.0.0.1]`` for one machine."""
     max_message_bytes: int = Field(default=65536, ge=1024)
     """Signaling messages larger than this are refused."""
-    data_dir: str = "var/mixer"
+    data_dir: str = path_field("out_dir", "var/mixer")
     """Where the mixer keeps state and outputs (``lessons.json``: live lessons, so a
     restarted mixer resumes them)."""
     token_keys: list[TokenKeyConfig] = []
@@ -265,7 +317,7 @@ class MixerConfig(_Model):
     false once every classroom has a signed, expiring token)."""
     tls: TlsConfig | None = None
     """Serve signaling, the join page and the dashboard over HTTPS/WSS."""
-    ca_file: str | None = None
+    ca_file: str | None = path_field("file")
     """CA certificate(s) agents trust for the mixer's TLS certificate (PEM); ``None``: the
     system trust store."""
     heartbeat_s: float = Field(default=4.0, ge=1, le=60)
@@ -335,7 +387,7 @@ class RecorderConfig(_Model):
     """The mixer keeps this much of each lesson's recent stream (about 3 MB at 2.5 Mbit/s)
     and replays it, from a keyframe, to a recorder that (re)connects: a recorder restart
     loses at most the rest of one GOP instead of its whole downtime."""
-    out_dir: str = "var/recorder"
+    out_dir: str = path_field("out_dir", "var/recorder")
     """Where the recorder writes segments and finished lessons."""
     segment_s: float = Field(default=2.0, ge=0.5, le=2.0)
     """Target segment length in seconds (segments start at keyframes)."""
@@ -344,8 +396,8 @@ class RecorderConfig(_Model):
     interrupted, with what was written."""
     archive: Literal["local", "s3"] = "local"
     """Where finished lessons go: ``local`` (``archive_dir``) or ``s3``."""
-    archive_dir: str = "var/archive"
-    spool_dir: str = "var/recorder/spool"
+    archive_dir: str = path_field("out_dir", "var/archive")
+    spool_dir: str = path_field("out_dir", "var/recorder/spool")
     """Finished lessons wait here until the archive has them (survives restarts)."""
     retry_max_s: float = Field(default=60.0, gt=0, le=3600)
     """Longest wait between upload retries (exponential backoff from 1 s)."""
@@ -387,7 +439,8 @@ class OpsThresholds(_Model):
 
 
 class WebhookConfig(_Model):
-    url: str = Field(pattern=r"^https?://")
+    url: str = worded_pattern(r"^https?://", "give an http:// or https:// address, e.g. "
+                              "'https://ops.example.edu.cn/hooks/syncclass'", quote_value=False)
     secret: str = Field(min_length=16)
     """HMAC-SHA256 key of the ``X-Syncclass-Signature`` header."""
     events: list[str] = ["alert"]
@@ -486,7 +539,7 @@ class AnalyticsConfig(_Model):
     stopped counts as an exchange."""
     head_count_interval_s: float = Field(default=10.0, ge=0, le=600)
     """How often each classroom camera is sampled for a head count, s (0 disables)."""
-    head_count_cascade: str | None = None
+    head_count_cascade: str | None = path_field("file")
     """Haar cascade XML for faces (default: the one Debian's ``opencv-data`` installs)."""
     network_interval_s: float = Field(default=2.0, gt=0, le=60)
     """How often network quality is sampled per classroom, s."""
@@ -512,6 +565,13 @@ class CountyConfig(_Model):
     timetable: list[TimetableEntry] = []
     views: dict[ViewName, ViewConfig]
     observers: list[ObserverConfig] = []
+    _relative_paths: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def relative_paths(self) -> dict[str, str]:
+        """Paths written relative in the config file and resolved against its folder:
+        field path (``mixer.data_dir``) -> the text as written."""
+        return self._relative_paths
 
     @model_validator(mode="after")
     def _cross_references(self) -> CountyConfig:
@@ -593,6 +653,119 @@ class CountyConfig(_Model):
         raise KeyError(classroom_id)
 
 
+_CLOCK_TEXT = re.compile(r"^\s*(\d{1,2}):(\d{2})(?::(\d{2}))?\s*$")
+
+
+def _time_of_day(value: Any) -> Any:
+    """A timetable time: ``"08:30"``, ``"8:30"`` or ``"8:30:00"`` (text), or a time.
+
+    A number is refused with the fix: YAML 1.1 reads an unquoted ``9:00`` as the base-60
+    number 540, which would silently become 00:09. :func:`load_config` reads such text as
+    text, so only data parsed elsewhere (``yaml.safe_load``) or ``start: 540`` get here."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        n = int(value)
+        if 0 <= n < 24 * 60:  # H:MM read in base 60
+            hh, mm = divmod(n, 60)
+            seen, guess = f"{hh}:{mm:02d} as {hh} x 60 + {mm} = {n}", f"{hh:02d}:{mm:02d}"
+        elif 0 <= n < 24 * 3600:  # H:MM:SS read in base 60
+            hh, mm, ss = n // 3600, n % 3600 // 60, n % 60
+            seen = f"{hh}:{mm:02d}:{ss:02d} as {n}"
+            guess = f"{hh:02d}:{mm:02d}" + (f":{ss:02d}" if ss else "")
+        else:
+            seen, guess = "9:00 as 540", "09:00"
+        raise ValueError(
+            f"{value!r} is a number, not a time of day (YAML 1.1 reads an unquoted "
+            f'{seen}); write the time in quotes, e.g. start: "{guess}"')
+    if isinstance(value, str):
+        m = _CLOCK_TEXT.match(value)
+        if m is None:
+            raise ValueError(f'{value!r} is not a time of day; write HH:MM in quotes, '
+                             f'e.g. start: "08:30"')
+        h, mi, sec = int(m[1]), int(m[2]), int(m[3] or 0)
+        if h > 23 or mi > 59 or sec > 59:
+            raise ValueError(f"{value!r} is not a time of day (hours 0-23, minutes 0-59)")
+        return dt.time(h, mi, sec)
+    return value
+
+
+def _path_fields(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, str, PathKind,
+                                                                       BaseModel, str]]:
+    """Every set path field under ``model``: (field path, value, kind, owner, name)."""
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        where = f"{prefix}.{name}" if prefix else name
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and "path_kind" in extra and isinstance(value, str):
+            kind = _PATH_KINDS.get(str(extra["path_kind"]))
+            if kind is not None:
+                yield where, value, kind, model, name
+        elif isinstance(value, BaseModel):
+            yield from _path_fields(value, where)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from _path_fields(item, f"{where}[{i}]")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, BaseModel):
+                    yield from _path_fields(item, f"{where}.{key}")
+
+
+def path_fields(config: CountyConfig) -> list[tuple[str, str, PathKind, BaseModel]]:
+    """Every set path field of ``config``: (field path, value, kind, the model holding it);
+    ``camera`` paths that are URLs (RTSP) are left out."""
+    return [(where, value, kind, owner) for where, value, kind, owner, _ in
+            _path_fields(config) if "://" not in value]
+
+
+def _resolved(model: BaseModel, base: Path, prefix: str, found: dict[str, str]) -> BaseModel:
+    update: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        where = f"{prefix}.{name}" if prefix else name
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and "path_kind" in extra and isinstance(value, str):
+            if value and "://" not in value and not Path(value).expanduser().is_absolute():
+                found[where] = value
+                update[name] = str(base / value)
+        elif isinstance(value, BaseModel):
+            new = _resolved(value, base, where, found)
+            if new is not value:
+                update[name] = new
+        elif isinstance(value, list) and any(isinstance(v, BaseModel) for v in value):
+            items = [_resolved(v, base, f"{where}[{i}]", found) if isinstance(v, BaseModel)
+                     else v for i, v in enumerate(value)]
+            if any(a is not b for a, b in zip(items, value, strict=True)):
+                update[name] = items
+        elif isinstance(value, dict) and any(isinstance(v, BaseModel) for v in value.values()):
+            items_d = {k: _resolved(v, base, f"{where}.{k}", found) if isinstance(v, BaseModel)
+                       else v for k, v in value.items()}
+            if any(items_d[k] is not value[k] for k in value):
+                update[name] = items_d
+    return model.model_copy(update=update) if update else model
+
+
+def resolve_paths(config: CountyConfig, base: Path) -> CountyConfig:
+    """``config`` with every relative path field (and a relative ``sqlite:///`` database
+    URL) taken relative to ``base`` (the config file's folder), made absolute. What was
+    relative is listed in the result's :attr:`CountyConfig.relative_paths`."""
+    base = base.expanduser().resolve()
+    found: dict[str, str] = {}
+    out = _resolved(config, base, "", found)
+    assert isinstance(out, CountyConfig)
+    url = out.analytics.database_url
+    if url and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_absolute():
+        found["analytics.database_url"] = url
+        out = out.model_copy(update={"analytics": out.analytics.model_copy(update={
+            "database_url": f"sqlite:///{base / url[len('sqlite:///'):]}"})})
+    if out is config:
+        out = config.model_copy()
+    out._relative_paths = found
+    return out
+
+
 def _unique(section: str, values: list[str], what: str = "id") -> None:
     seen: set[str] = set()
     for i, v in enumerate(values):
@@ -627,6 +800,12 @@ def parse_config(data: Any, source: str = "<config>") -> CountyConfig:
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
             msg = err["msg"]
+            if err["type"] == "string_pattern_mismatch":
+                msg = _pattern_words(err)
+            elif err["type"] == "missing":
+                doc = _field_doc(CountyConfig, loc)
+                if doc:
+                    msg = f"{msg}: {doc}"
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, ") :]
                 # Cross-reference errors carry their own path.
@@ -637,18 +816,88 @@ def parse_config(data: Any, source: str = "<config>") -> CountyConfig:
         raise ConfigError("\n".join(problems)) from None
 
 
+def _field_doc(model: type[BaseModel], loc: tuple[int | str, ...]) -> str | None:
+    """The description (attribute docstring) of the field at ``loc``, on one line."""
+    info = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None:
+            return None
+        info = model.model_fields.get(part)
+        if info is None:
+            return None
+        nxt: Any = None
+        for arg in (info.annotation, *getattr(info.annotation, "__args__", ())):
+            for inner in (arg, *getattr(arg, "__args__", ())):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    nxt = inner
+        model = nxt
+    if info is None or not info.description:
+        return None
+    return " ".join(info.description.split())
+
+
+def _pattern_words(err: Any) -> str:
+    """A pattern mismatch in words (:data:`PATTERN_WORDS`), never a raw regex alone."""
+    pattern = str((err.get("ctx") or {}).get("pattern", ""))
+    words, quote = PATTERN_WORDS.get(pattern, (None, False))
+    value = err.get("input")
+    shown = f"{value!r} is not allowed here" if quote and isinstance(value, str) \
+        and len(value) <= 80 else "not allowed here"
+    if words is None:
+        return f"{shown}: it must have the form of the regular expression {pattern}"
+    return f"{shown}: {words}"
+
+
+class CountyLoader(yaml.SafeLoader):
+    """YAML 1.1 as ``yaml.safe_load`` reads it, except that ``9:00`` stays the text
+    ``"9:00"``: YAML 1.1 reads unquoted ``H:MM`` as a base-60 number (540), which a
+    time field would take as 00:09. Nothing in a county config is a base-60 number."""
+
+
+def _without_base60() -> None:
+    int_rx = re.compile(r"""^(?:[-+]?0b[0-1_]+
+                    |[-+]?0[0-7_]+
+                    |[-+]?(?:0|[1-9][0-9_]*)
+                    |[-+]?0x[0-9a-fA-F_]+)$""", re.X)
+    float_rx = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+                    |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X)
+    swap = {"tag:yaml.org,2002:int": int_rx, "tag:yaml.org,2002:float": float_rx}
+    # Same resolvers in the same order, the two numeric ones without their base-60 form.
+    CountyLoader.yaml_implicit_resolvers = {
+        first: [(tag, swap.get(tag, rx)) for tag, rx in resolvers]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+_without_base60()
+
+
+def read_yaml(text: str) -> Any:
+    """Parse a county config's YAML text (:class:`CountyLoader`)."""
+    return yaml.load(text, Loader=CountyLoader)  # a SafeLoader subclass: safe
+
+
 def load_config(path: str | Path) -> CountyConfig:
-    """Read and validate a county config file."""
+    """Read and validate a county config file. Relative paths in it are resolved against
+    the file's folder (:func:`resolve_paths`), except in the embedded sample county
+    (:func:`default_config_path`), whose paths stay relative to the current directory
+    (the demo's ``var/...``, not the installed package's folder)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = read_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    return parse_config(data, str(p))
+    config = parse_config(data, str(p))
+    if p.resolve() == default_config_path().resolve():
+        return config
+    return resolve_paths(config, p.resolve().parent)
 
 
 def default_config_path() -> Path:

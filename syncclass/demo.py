@@ -123,7 +123,8 @@ class LocalDeployment:
     def start_mixer(self, timeout: float = 20.0) -> Proc:
         args = ["mixer", "--config", str(self.config_path), "--port", str(self.port),
                 "--recorder-endpoint", self.recorder_endpoint]
-        if not Path(self.config.mixer.data_dir).is_absolute():
+        relative = "mixer.data_dir" in self.config.relative_paths
+        if relative or not Path(self.config.mixer.data_dir).is_absolute():
             # A relative data_dir would be shared by every deployment started from the same
             # directory (persisted lessons of one would be resumed by another).
             args += ["--data-dir", str(self.work_dir / "mixer-data")]

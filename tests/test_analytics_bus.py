@@ -38,7 +38,9 @@ async def test_lesson_events_to_report_ready(tmp_path: Path) -> None:
     try:
         with pytest.raises(InvalidStateError):
             raise_hand(mixer, A)
+        mixer.emit("classroom_connected", None, A)  # A's agent says hello before the lesson
         lesson = mixer.lessons.start(MAIN)
+        mixer.emit("classroom_connected", lesson.lesson_id, B)
         with pytest.raises(AuthError):
             raise_hand(mixer, MAIN)
         mixer.emit("classroom_joined", lesson.lesson_id, A)
@@ -60,6 +62,13 @@ async def test_lesson_events_to_report_ready(tmp_path: Path) -> None:
         assert [s["reason"] for s in a["sessions"]] == ["leave"]
         assert a["sessions"][0]["leave_ms"] - a["sessions"][0]["join_ms"] >= 250
         assert data["url"] == f"/reports/{lesson.lesson_id}/"
+        # The agent's first contact (hello) is recorded beside the media join.
+        hello_a = next(e.ts_ms for e in mixer.events.history
+                       if e.name == "classroom_connected" and e.classroom_id == A)
+        assert a["first_contact_ms"] == hello_a and a["contact_to_join_s"] is not None
+        b = next(c for c in report["classrooms"] if c["classroom_id"] == B)
+        assert b["first_contact_ms"] is not None and b["contact_to_join_s"] is None
+        assert report["recording_dir"] is None
         # A recording announced after the report: the report is copied beside it.
         rec = tmp_path / "rec" / lesson.lesson_id
         mixer.emit("recording_ready", lesson.lesson_id, MAIN, mp4=str(rec / "lesson.mp4"))
@@ -68,6 +77,11 @@ async def test_lesson_events_to_report_ready(tmp_path: Path) -> None:
                 break
             await asyncio.sleep(0.05)
         assert beside(rec)
+        # ... and says where the recording is, there and in the mixer's copy (it was
+        # written before the recording was ready).
+        for folder in (rec, Path(data["json"]).parent):
+            copied = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+            assert copied["recording_dir"] == str(rec)
         # A later mixer finds the finished report from its folder.
         again = Analytics(Mixer(config))
         found = again.load_finished(lesson.lesson_id)

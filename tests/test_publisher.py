@@ -132,11 +132,15 @@ async def test_publishes_view_packets_and_aac_mix_and_relays_reports(tmp_path: P
         await wait_until(lambda: any(e[0] == "recording_ready" for e in events))
         assert ("recording_ready", "lesson-1", {"recorder": "rec:1", "mp4": "/x/lesson.mp4"}
                 ) in events
+        # The recording ends when the lesson did (its metadata's end_ms comes from here),
+        # not when the end message was sent (132 ms later in a run, issue 24).
+        media.lesson.ended_ms = 1_700_000_040_000
         pub.detach(cast(LessonMedia, media))
         while True:
             h, payload = await recv(sub)
             if h.kind == "end":
-                assert json.loads(payload)["reason"] == "lesson_ended"
+                assert json.loads(payload) == {"reason": "lesson_ended",
+                                               "ended_ms": 1_700_000_040_000}
                 break
     finally:
         sub.close(0)

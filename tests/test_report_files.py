@@ -174,3 +174,199 @@ def test_recording_folder() -> None:
     assert recording_folder({"mp4": "/srv/archive/l1/lesson.mp4"}) == "/srv/archive/l1"
     assert recording_folder({"mp4": "s3://bucket/l1/lesson.mp4"}) is None
     assert recording_folder({"folder": "/x"}) == "/x"
+
+
+# -- issue 24: the operator's term report -------------------------------------------------------
+def test_term_table_aligns_by_display_width(config: CountyConfig, tmp_path: Path) -> None:
+    from mixer.report_term import display_width
+
+    store = ReportStore(f"sqlite:///{tmp_path / 'a.db'}")
+    monday = dt.datetime(2026, 11, 2, 8, 30).astimezone()
+    for i, subject in enumerate(["数学", "语文", "English"]):
+        rep = build_report(config, data_for(lesson_at(monday + dt.timedelta(days=i),
+                                                      subject=subject, n=i)), generated_ms=1)
+        store.save(*db_rows(rep, None))
+    table = render_table(term_figures(config, store, dt.date(2026, 11, 1),
+                                      dt.date(2026, 11, 30)))
+    lines = table.splitlines()
+    header = lines[1]
+    rows = [line for line in lines if line.startswith("shiyan-rural-math")]
+    assert len(rows) == 3
+    # The "hours" column ends at the same terminal column on every row (语文 is 4 wide).
+    end = display_width(header[: header.index("hours") + len("hours")])
+    for row in rows:
+        hours = re.search(r"\d+\.\d\d", row)
+        assert hours is not None
+        assert display_width(row[: hours.end()]) == end, table
+    assert display_width("语文") == 4 and display_width("ab") == 2
+
+
+def test_term_table_says_which_targets_are_met(config: CountyConfig, tmp_path: Path) -> None:
+    store = ReportStore(f"sqlite:///{tmp_path / 'a.db'}")
+    monday = dt.datetime(2026, 11, 2, 8, 30).astimezone()
+    for i in range(10):  # 10 数学 lessons meet the lessons target; only 1 subject
+        rep = build_report(config, data_for(lesson_at(monday + dt.timedelta(days=i), n=i)),
+                           generated_ms=1)
+        store.save(*db_rows(rep, None))
+    table = render_table(term_figures(config, store, dt.date(2026, 11, 1),
+                                      dt.date(2026, 11, 30)))
+    assert "all targets NOT MET" not in table
+    assert "met: 数学 lessons (10 of >= 10)" in table
+    assert "NOT MET: subjects (1 of >= 2)" in table
+    assert "lessons met (10 >= 10)" in table
+
+
+def test_excel_csv_has_bom_and_crlf(config: CountyConfig, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    rep = build_report(config, data_for(lesson_at(dt.datetime(2026, 11, 2, 8, 30).astimezone())),
+                       generated_ms=1)
+    ReportStore(db).save(*db_rows(rep, None))
+    out = tmp_path / "t.csv"
+    assert main(["report", "--database", db, "--from", "2026-11-01", "--to", "2026-11-30",
+                 "--format", "csv-excel", "--out", str(out)]) == 0
+    raw = out.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbfpairing_id,") and b"\r\n" in raw
+    assert raw.decode("utf-8-sig").replace("\r\n", "\n") == render_csv(
+        term_figures(config, ReportStore(db), dt.date(2026, 11, 1), dt.date(2026, 11, 30)))
+
+
+def test_report_reads_the_config_files_database(config: CountyConfig, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    site = tmp_path / "county"
+    data = yaml.safe_load(default_config_path().read_text(encoding="utf-8"))
+    data["mixer"]["data_dir"] = "mixer-data"  # relative: to the config file's folder
+    site.mkdir()
+    (site / "county.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), "utf-8")
+    rep = build_report(config, data_for(lesson_at(dt.datetime(2026, 11, 2, 8, 30).astimezone())),
+                       generated_ms=1)
+    ReportStore(f"sqlite:///{site / 'mixer-data' / 'analytics.db'}").save(*db_rows(rep, None))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    args = ["report", "--config", str(site / "county.yaml"), "--from", "2026-11-01",
+            "--to", "2026-11-30", "--format", "json"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["pairings"][0]["lessons"] == 1
+    assert f"read from sqlite:///{site / 'mixer-data' / 'analytics.db'}" in captured.err
+    assert "relative to the config file's folder" in captured.err
+    # No lessons in the range: a warning, not a silent "NOT MET".
+    assert main([*args[:3], "--from", "2027-01-01", "--to", "2027-01-31"]) == 0
+    assert "warning: the database has no lessons" in capsys.readouterr().err
+    # A database that is not there is an error, and reading creates nothing.
+    assert main(["report", "--database", f"sqlite:///{elsewhere / 'none.db'}"]) == 1
+    assert "no database at" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == []
+
+
+def chart(html: str, name: str) -> str:
+    return html.split(f'data-chart="{name}"')[1].split("</svg>")[0]
+
+
+def absent_b(lesson: Lesson) -> LessonData:
+    """Shanping G3 (B) is away from 600 s to 660 s; its network samples every 2 s."""
+    data = data_for(lesson)
+    s = lesson.started_ms
+    assert s is not None
+    data.network[B] = [{"ts_ms": s + 2000 * i, "rtt_ms": 50.0 + i % 3, "latency_ms": 150.0}
+                       for i in range(1, 400) if not 600 <= 2 * i <= 660]
+    return data
+
+
+def test_latency_and_rtt_lines_break_where_a_classroom_was_absent(config: CountyConfig) -> None:
+    lesson = lesson_at(dt.datetime(2026, 11, 23, 8, 30).astimezone())
+    html = render_html(build_report(config, absent_b(lesson), generated_ms=1))
+    for name in ("latency", "rtt"):
+        svg = chart(html, name)
+        lines = re.findall(r'<polyline class="series" data-series="Shanping G3" '
+                           r'points="([^"]+)"', svg)
+        assert len(lines) == 2, name  # one line before the absence, one after
+        x_end_first = float(lines[0].split()[-1].split(",")[0])
+        x_start_second = float(lines[1].split()[0].split(",")[0])
+        # Nothing is drawn across 600-660 s (x = 170 + 710 * t / 2400).
+        assert x_end_first <= 170 + 710 * 600 / 2400 + 0.1
+        assert x_start_second >= 170 + 710 * 660 / 2400 - 0.1
+        # Hetou's samples are continuous: one line.
+        assert len(re.findall(r'data-series="Hetou G3" points=', svg)) == 1
+
+
+def test_st_chart_is_full_width_with_ticks(config: CountyConfig) -> None:
+    lesson = lesson_at(dt.datetime(2026, 11, 23, 8, 30).astimezone())
+    html = render_html(build_report(config, data_for(lesson), generated_ms=1))
+    st, latency = chart(html, "st_curve"), chart(html, "latency")
+    width = re.search(r'width="(\d+)"', st)
+    assert width is not None and width[1] == re.search(r'width="(\d+)"', latency)[1]  # type: ignore[index]
+    assert re.search(r'viewBox="0 0 900 \d+"', st)
+    assert st.count('class="tick" data-axis="t"') >= 5
+    assert st.count('class="tick" data-axis="s"') >= 5
+    sizes = [int(x) for x in re.findall(r'font-size="(\d+)"', st)]
+    assert sizes and min(sizes) >= 13
+    assert 'class="st"' not in html  # no flex box squeezing the chart
+
+
+def test_st_chart_as_wide_as_the_others_in_chromium(config: CountyConfig,
+                                                    tmp_path: Path) -> None:
+    import subprocess
+
+    lesson = lesson_at(dt.datetime(2026, 11, 23, 8, 30).astimezone())
+    html = render_html(build_report(config, data_for(lesson), generated_ms=1))
+    probe = ("<script>for (const n of ['st_curve', 'latency']) { const r = document."
+             "querySelector(`[data-chart=${n}]`).getBoundingClientRect(); document.body."
+             "setAttribute(`data-${n.replace('_', '-')}-width`, r.width); }</script></body>")
+    page = tmp_path / "report.html"
+    page.write_text(html.replace("</body>", probe), encoding="utf-8")
+    dom = subprocess.run(
+        ["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,1400", "--dump-dom",
+         page.as_uri()], capture_output=True, text=True, timeout=60).stdout
+    st = re.search(r'data-st-curve-width="([\d.]+)"', dom)
+    lat = re.search(r'data-latency-width="([\d.]+)"', dom)
+    assert st is not None and lat is not None, dom[-500:]
+    assert float(st[1]) == pytest.approx(float(lat[1])) and float(lat[1]) >= 880
+
+
+def test_first_contact_and_legend(config: CountyConfig) -> None:
+    lesson = lesson_at(dt.datetime(2026, 11, 23, 8, 30).astimezone())
+    data = data_for(lesson)
+    s = lesson.started_ms
+    assert s is not None
+    data.contacts = {A: s - 30_000, B: s + 200}  # A's agent was there before the start
+    rep = build_report(config, data, generated_ms=1)
+    rooms = {c["classroom_id"]: c for c in rep["classrooms"]}
+    assert rooms[A]["first_contact_ms"] == s - 30_000
+    assert rooms[A]["contact_to_join_s"] == pytest.approx(120.0)  # joined 120 s in
+    assert rooms[B]["contact_to_join_s"] == pytest.approx(0.8)
+    assert rooms[MAIN]["first_contact_ms"] is None
+    html = render_html(rep)
+    assert 'data-legend="attendance"' in html and "counts as late" in html
+    assert "<td>-30.0</td>" in html
+    rows = list(csv.DictReader(io.StringIO(render_csv_lesson(rep))))
+    assert rows[2]["contact_to_join_s"] == "0.8"
+
+
+def render_csv_lesson(rep: dict[str, Any]) -> str:
+    from mixer.report import render_csv as lesson_csv
+
+    return lesson_csv(rep)
+
+
+def test_lesson_excel_csv_written(config: CountyConfig, tmp_path: Path) -> None:
+    rep = build_report(config, data_for(lesson_at(dt.datetime(2026, 11, 23, 8, 30).astimezone())),
+                       generated_ms=1)
+    paths = write_report(rep, tmp_path)
+    raw = Path(paths["excel_csv"]).read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf") and raw.count(b"\r\n") == 4
+    assert raw.decode("utf-8-sig").replace("\r\n", "\n") == Path(paths["csv"]).read_text(
+        encoding="utf-8")
+
+
+def test_report_never_shows_a_database_password() -> None:
+    from syncclass.cli import _without_password
+
+    assert _without_password("postgresql://bureau:s3cret@db:5432/x") == \
+        "postgresql://bureau:***@db:5432/x"
+    assert _without_password("sqlite:////srv/a.db") == "sqlite:////srv/a.db"

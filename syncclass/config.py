@@ -492,12 +492,12 @@ class MediaServerConfig(_Model):
     port: int = Field(default=8720, ge=0, le=65535)
     url: str = "http://127.0.0.1:8720"
     """Public base URL (share links printed by ``syncclass share`` start with it)."""
-    live_dir: str | None = None
+    live_dir: str | None = path_field("out_dir")
     """The recorder's lesson folders (default: ``recorder.out_dir``)."""
-    data_dir: str = "var/media"
+    data_dir: str = path_field("out_dir", "var/media")
     """The media server's own files: the log of views (``views.jsonl``), publication state
     and comments added while replaying (``media.db``)."""
-    mixer_data_dir: str | None = None
+    mixer_data_dir: str | None = path_field("out_dir")
     """The mixer's data folder, for lesson reports and live comments (default:
     ``mixer.data_dir``; on another host: a shared folder)."""
     retention_days: float | None = Field(default=None, gt=0)

@@ -224,3 +224,24 @@ async def test_api_live_lists_only_allowed_lessons(tmp_path: Path) -> None:
         r = await client.get(f"/live/{LESSON}/index.m3u8", headers={
             "Authorization": f"Bearer {config.observers[0].token}"})
         assert r.headers["Cache-Control"] == "private, max-age=60"
+
+
+def test_share_command_prints_a_link_that_opens_the_lesson(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from syncclass.cli import main
+
+    path = tmp_path / "county.yaml"
+    data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
+    data["media_server"] = {"share_secret": SECRET.decode(), "url": "https://live.example"}
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    assert main(["share", "--config", str(path), "--lesson", LESSON, "--hours", "1"]) == 0
+    url = capsys.readouterr().out.strip()
+    assert url.startswith(f"https://live.example/live/{LESSON}/?share=")
+    value = url.split("share=")[1]
+    expires = verify_share(SECRET, "live", LESSON, value, time.time())
+    assert 3500 < expires - time.time() <= 3600
+    assert main(["share", "--config", str(path), "--lesson", LESSON, "--hours", "9999"]) == 2
+    assert main(["share", "--config", str(path), "--lesson", "../x", "--hours", "1"]) == 2
+    del data["media_server"]
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    assert main(["share", "--config", str(path), "--lesson", LESSON]) == 2

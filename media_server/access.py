@@ -110,7 +110,8 @@ class ViewLog:
         ``download``), or ``None`` if the same viewer's view was logged less than
         ``dedup_s`` ago. In memory only: :meth:`write` the line (off the event loop)."""
         now = time.time() if now_s is None else now_s
-        key = (who, lesson_id, what)
+        # Share-link viewers have no name: one view per address.
+        key = (who if who != "share" else f"share@{remote}", lesson_id, what)
         with self._lock:
             last = self._last.get(key)
             if last is not None and now - last < self.dedup_s:

@@ -292,6 +292,7 @@ async def live_segment(request: web.Request) -> web.StreamResponse:
     path = ms.live.dir(lesson_id) / "segments" / name
     if not path.is_file():
         raise web.HTTPNotFound(text="no such segment")
+    await ms.log_view(who, lesson_id, "live", request)  # segments fetched without the page
     ms.requests += 1
     resp = web.FileResponse(path, headers={
         "Cache-Control": SHARED_SEGMENT_CACHE if who == "share" else SEGMENT_CACHE})

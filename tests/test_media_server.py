@@ -11,6 +11,7 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
+from media_server.access import ViewLog
 from media_server.app import (
     LIVE_PLAYLIST_CACHE,
     PLAYLIST_TYPE,
@@ -245,3 +246,16 @@ def test_share_command_prints_a_link_that_opens_the_lesson(
     del data["media_server"]
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     assert main(["share", "--config", str(path), "--lesson", LESSON]) == 2
+
+
+def test_view_log_dedups_per_viewer_and_share_address(tmp_path: Path) -> None:
+    log = ViewLog(tmp_path / "views.jsonl", dedup_s=600)
+    for who, remote, t in (("observer:a", "10.0.0.1", 0), ("observer:a", "10.0.0.2", 10),
+                           ("share", "10.0.0.1", 20), ("share", "10.0.0.2", 30),
+                           ("share", "10.0.0.2", 40), ("observer:a", "10.0.0.1", 700)):
+        line = log.claim(who, LESSON, "live", remote, now_s=1000 + t)
+        if line is not None:
+            log.write(line)
+    views = [(v["who"], v["remote"], v["epoch_ms"]) for v in log.read()]
+    assert views == [("observer:a", "10.0.0.1", 1_000_000), ("share", "10.0.0.1", 1_020_000),
+                     ("share", "10.0.0.2", 1_030_000), ("observer:a", "10.0.0.1", 1_700_000)]

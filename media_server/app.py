@@ -23,7 +23,6 @@ import asyncio
 import html
 import json
 import logging
-import os
 import re
 import secrets
 import time
@@ -124,22 +123,16 @@ class LiveLessons:
         return entry
 
     def lessons(self) -> list[dict[str, Any]]:
+        """Metadata of every lesson folder (being recorded or not yet cleaned up)."""
+        if not self.root.is_dir():
+            return []
         out = []
-        with os.scandir(self.root) if self.root.is_dir() else _empty() as it:
-            for entry in it:
-                if entry.is_dir() and _LESSON_RE.match(entry.name):
-                    meta = self.meta(entry.name)
-                    if meta is not None:
-                        out.append(meta)
+        for entry in sorted(self.root.iterdir()):
+            if entry.is_dir() and _LESSON_RE.match(entry.name):
+                meta = self.meta(entry.name)
+                if meta is not None:
+                    out.append(meta)
         return out
-
-
-class _empty:
-    def __enter__(self) -> list[os.DirEntry[str]]:
-        return []
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 class MediaServer:
@@ -159,7 +152,7 @@ class MediaServer:
         self.requests = 0
 
     # -- access ---------------------------------------------------------------------------
-    def _bearer(self, request: web.Request) -> str | None:
+    def bearer(self, request: web.Request) -> str | None:
         auth = request.headers.get("Authorization", "")
         if auth.startswith("Bearer "):
             return auth[7:].strip() or None
@@ -185,7 +178,7 @@ class MediaServer:
     def authorise(self, request: web.Request, scope: ShareScope, lesson_id: str,
                   pairing_id: str) -> str:
         """Who is asking for ``lesson_id``; 401/403 if nobody allowed."""
-        token = self._bearer(request)  # an explicit credential speaks before any cookie
+        token = self.bearer(request)  # an explicit credential speaks before any cookie
         if token is not None:
             return self._from_credential(token, pairing_id)
         grant = self.grants.verify(request.cookies.get(grant_cookie(scope, lesson_id)),
@@ -303,12 +296,12 @@ async def live_segment(request: web.Request) -> web.StreamResponse:
 async def live_list(request: web.Request) -> web.Response:
     """``GET /api/live``: lessons being recorded that the bearer credential may watch."""
     ms = _server(request)
-    token = ms._bearer(request)
+    token = ms.bearer(request)
     viewer: Viewer | None = ms.viewers.viewer_for_token(token) if token else None
     if viewer is None:
         raise web.HTTPUnauthorized(text="a bearer credential is needed")
     out = []
-    for meta in ms.live.lessons():
+    for meta in await asyncio.to_thread(ms.live.lessons):
         if not viewer.may_watch(str(meta.get("pairing_id", ""))):
             continue
         lid = str(meta.get("lesson_id"))

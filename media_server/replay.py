@@ -66,7 +66,7 @@ class Replay:
     def identify(self, request: web.Request, lesson_id: str | None) -> Viewer | None:
         ms = self.server
         now = time.time()
-        bearer = ms._bearer(request)  # an explicit credential speaks before any cookie
+        bearer = ms.bearer(request)  # an explicit credential speaks before any cookie
         if bearer:
             viewer = ms.viewers.viewer_for_token(bearer)
             if viewer is None:

@@ -30,8 +30,8 @@ from mixer.headcount import HeadCounter  # noqa: E402
 from mixer.report import build_report, write_report  # noqa: E402
 from syncclass.config import default_config_path, load_config  # noqa: E402
 from tests.headcount_scenes import make_scene  # noqa: E402
+from tests.mixer.test_report_files import data_for, lesson_at  # noqa: E402
 from tests.speech_fixtures import espeak  # noqa: E402
-from tests.test_report_files import data_for, lesson_at  # noqa: E402
 
 
 def cpu_ms(fn: Any, *args: Any) -> float:

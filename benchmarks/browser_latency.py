@@ -29,14 +29,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from syncclass.demo import LocalDeployment  # noqa: E402
-from tests.browser_support import chromium, write_timecode_y4m, write_tone_wav  # noqa: E402
-from tests.test_browser_classroom import (  # noqa: E402
+from tests.browser.test_browser_classroom import (  # noqa: E402
     AGENT_RURAL,
     BROWSER,
     MAIN,
     make_config,
     wait_page,
 )
+from tests.browser_support import chromium, write_timecode_y4m, write_tone_wav  # noqa: E402
 
 RECEIVE_PATH_JS = """async () => {
   // Where the page's time goes, from Chromium's own inbound-rtp video statistics

@@ -6,8 +6,8 @@ alternating in one run, and writes benchmarks/results/uplink.json.
     sudo .venv/bin/python benchmarks/uplink.py --caps 1024,512 --modes on,off
 
 Its agent runs in its own network namespace behind :mod:`syncclass.netem` (like
-tests/test_faults_network.py). It sends a 640x360 camera at up to 1500 kbit/s and is sent
-a 640x360 view at up to 1200 kbit/s, both above the cap. With adaptation
+tests/integration/test_faults_network.py). It sends a 640x360 camera at up to 1500 kbit/s and is
+sent a 640x360 view at up to 1200 kbit/s, both above the cap. With adaptation
 (:mod:`syncclass.adapt`, ``media.adaptation.enabled``) its encoder follows the uplink's
 REMB/loss estimate and the mixer moves it to the view's low rendition.
 

@@ -10,7 +10,7 @@ This kernel has no ``netem`` qdisc, so impairments are applied in user space::
 Every IP packet one side sends is read from its TUN fd, delayed (or dropped) and written
 to the other TUN fd, so the kernel of the other side receives it. Only the private
 addresses of the two TUN devices are used; nothing leaves the machine. Needs root
-(``ip netns``, ``/dev/net/tun``). Used by ``tests/test_faults*.py``; not imported by the
+(``ip netns``, ``/dev/net/tun``). Used by ``tests/integration/test_faults*.py``; not imported by the
 product.
 """
 

@@ -24,7 +24,7 @@ from syncclass.errors import AuthError
 from syncclass.sharelinks import Grants, sign_share, verify_share
 from syncclass.tokens import SigningKey, issue_token
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 SECRET = b"s" * 40
 LESSON = "L20261205-shiyan-rural-math-0900"
 

@@ -16,9 +16,8 @@ from mixer.comments import CommentStore
 from syncclass.demo import http_json
 from syncclass.layout import Rect
 from syncclass.timecode import Timecode, read_timecode
-
-from .browser_support import CHROMIUM, chromium
-from .hls_support import LiveLesson, grab, live_lesson, teacher_rect
+from tests.browser_support import CHROMIUM, chromium
+from tests.hls_support import LiveLesson, grab, live_lesson, teacher_rect
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]

@@ -19,6 +19,12 @@ machine, same clock), sampled twice a second after ``--settle`` seconds.
 
     .venv/bin/python benchmarks/hls_live.py --viewers 200 --phase 40 --rounds 2 \
         --out benchmarks/results/hls_live.json
+
+``--server-only``: no lesson; the media server alone is fed a real 2 s 720p segment every
+2 s (what its capacity is, apart from the mixer's and agents' CPU):
+
+    .venv/bin/python benchmarks/hls_live.py --server-only --viewers 200 --phase 40 \
+        --rounds 2 --out benchmarks/results/hls_live_server_only.json
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +49,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from syncclass.demo import LocalDeployment  # noqa: E402
+from syncclass.config import load_config  # noqa: E402
+from syncclass.demo import LocalDeployment, free_port  # noqa: E402
 from tests.browser_support import chromium  # noqa: E402
 from tests.hls_support import CONFIG, LiveLesson, grab, live_lesson, teacher_rect  # noqa: E402
 
@@ -248,6 +256,113 @@ def browser_delay(live: LiveLesson, seconds: float, settle_s: float) -> dict[str
             "hls_js_latency_s_at_end": round(float(hls_latency), 2), "errors": errors}
 
 
+def _publish(lesson_dir: Path, data: bytes, i: int, entries: list[str],
+             duration_s: float) -> None:
+    seg_dir = lesson_dir / "segments"
+    seg_dir.mkdir(parents=True, exist_ok=True)
+    name = f"seg_{i:06d}.ts"
+    tmp = seg_dir / (name + ".part")
+    tmp.write_bytes(data)
+    os.replace(tmp, seg_dir / name)
+    entries += [f"#EXTINF:{duration_s:.3f},", f"segments/{name}"]
+    head = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{round(duration_s)}",
+            "#EXT-X-PLAYLIST-TYPE:EVENT", "#EXT-X-MEDIA-SEQUENCE:0"]
+    (lesson_dir / "index.m3u8.tmp").write_text("\n".join(head + entries) + "\n")
+    os.replace(lesson_dir / "index.m3u8.tmp", lesson_dir / "index.m3u8")
+
+
+async def feed_segments(lesson_dir: Path, data: bytes, duration_s: float,
+                        stop: asyncio.Event) -> None:
+    """Play the recorder's part without a lesson: every ``duration_s`` a new segment (a copy
+    of ``data``) is renamed into place and the EVENT playlist rewritten atomically."""
+    entries: list[str] = []
+    i = 0
+    next_t = time.monotonic()
+    while not stop.is_set():
+        await asyncio.to_thread(_publish, lesson_dir, data, i, entries, duration_s)
+        i += 1
+        next_t += duration_s
+        try:
+            async with asyncio.timeout(max(0.0, next_t - time.monotonic())):
+                await stop.wait()
+        except TimeoutError:
+            pass
+
+
+@dataclass
+class _Alone:
+    server: subprocess.Popen[bytes]
+    lesson_dir: Path
+    base: str
+    token: str
+    segment: bytes
+
+
+def _start_alone(work: Path) -> _Alone:
+    """A real 2 s 720p segment (ffmpeg testsrc2, H.264 2.5 Mb/s), a lesson folder and a
+    ``syncclass media-server`` process serving it."""
+    config = load_config(CONFIG)
+    segment = work / "one.ts"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=1280x720:rate=15", "-t", "2", "-c:v", "libx264", "-b:v",
+                    "2500k", "-g", "30", "-pix_fmt", "yuv420p", "-f", "mpegts", str(segment)],
+                   check=True)
+    lesson_id = "bench-hls-server-only"
+    lesson_dir = work / "lessons" / lesson_id
+    lesson_dir.mkdir(parents=True)
+    (lesson_dir / "meta.json").write_text(json.dumps(
+        {"lesson_id": lesson_id, "pairing_id": config.pairings[0].id}))
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "syncclass", "media-server", "--config", str(CONFIG), "--port",
+         str(port), "--live-dir", str(work / "lessons"), "--data-dir", str(work / "media")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    return _Alone(server, lesson_dir, f"http://127.0.0.1:{port}/live/{lesson_id}/",
+                  config.observers[0].token, segment.read_bytes())
+
+
+async def server_only(viewers: int, phase_s: float, rounds: int, poll_s: float,
+                      alone: _Alone) -> list[dict[str, Any]]:
+    """The media server alone (no mixer, no agents): a feeder writes a segment every 2 s;
+    N viewers as in the lesson run."""
+    ps = psutil.Process(alone.server.pid)
+    me = psutil.Process()
+    stop_feed = asyncio.Event()
+    feeder = asyncio.ensure_future(feed_segments(alone.lesson_dir, alone.segment, 2.0,
+                                                 stop_feed))
+    phases: list[dict[str, Any]] = []
+    try:
+        await asyncio.sleep(3.0)
+        for r in range(rounds):
+            stop = asyncio.Event()
+            listing = Listing()
+            watcher = asyncio.ensure_future(
+                watch_listing(alone.lesson_dir / "index.m3u8", listing, stop))
+            results = [ViewerResult() for _ in range(viewers)]
+            tasks = [asyncio.ensure_future(viewer(alone.base, alone.token, poll_s, stop, res))
+                     for res in results]
+            await asyncio.sleep(poll_s + 1.0)
+            cpu0, me0, t0 = sum(ps.cpu_times()[:2]), sum(me.cpu_times()[:2]), time.monotonic()
+            await asyncio.sleep(phase_s)
+            elapsed = time.monotonic() - t0
+            m: dict[str, Any] = {
+                "round": r, "viewers": viewers, "load_avg_1m": round(os.getloadavg()[0], 2),
+                "media_server_cpu_percent": round(
+                    100 * (sum(ps.cpu_times()[:2]) - cpu0) / elapsed, 1),
+                "load_generator_cpu_percent": round(
+                    100 * (sum(me.cpu_times()[:2]) - me0) / elapsed, 1)}
+            until = time.time()
+            stop.set()
+            await asyncio.gather(watcher, *tasks)
+            m.update(judge(results, listing, until))
+            print(json.dumps(m), flush=True)
+            phases.append(m)
+    finally:
+        stop_feed.set()
+        await feeder
+    return phases
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--viewers", type=int, default=200)
@@ -257,11 +372,25 @@ def main() -> None:
     ap.add_argument("--browser", type=float, default=30.0,
                     help="seconds of Chromium delay samples (0: skip)")
     ap.add_argument("--settle", type=float, default=8.0, help="seconds before measuring")
+    ap.add_argument("--server-only", action="store_true",
+                    help="no lesson: the media server alone, fed a segment every 2 s")
     ap.add_argument("--out", default="benchmarks/results/hls_live.json")
     args = ap.parse_args()
     result: dict[str, Any] = {"viewers": args.viewers, "phase_s": args.phase,
                               "rounds": args.rounds, "poll_s": args.poll,
                               "cpus": os.cpu_count()}
+    if args.server_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            alone = _start_alone(Path(tmp))
+            try:
+                result["server_only"] = asyncio.run(server_only(
+                    args.viewers, args.phase, args.rounds, args.poll, alone))
+            finally:
+                alone.server.terminate()
+                alone.server.wait(10)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False))
+        return
     with tempfile.TemporaryDirectory() as tmp, live_lesson(Path(tmp), CONFIG) as live:
         time.sleep(args.settle)
         if args.browser:

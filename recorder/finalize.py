@@ -196,6 +196,7 @@ async def finalize_lesson(lesson_dir: Path, meta: LessonMeta, progress: Progress
         "end_ms": round(end_ms),
         "duration_s": round((end_ms - start_ms) / 1000, 3),
         "recorded_from": _iso(epoch(first_pts)),
+        "recorded_from_ms": round(epoch(first_pts)),
         "video_duration_s": info["duration_s"],
         "view": meta.view,
         "streams": info["streams"],

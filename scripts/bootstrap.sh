@@ -55,3 +55,14 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   fi
   touch "$stamp"
 fi
+# Browser libraries of the media server's pages (hls.js), from npm; not kept in git.
+# Debian's npm only where no Node.js/npm is installed (its package conflicts with
+# NodeSource's nodejs, which ships its own npm).
+if ! command -v npm >/dev/null; then
+  echo "bootstrap: installing npm (for hls.js)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
+fi
+bash scripts/vendor_js.sh

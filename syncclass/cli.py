@@ -33,6 +33,7 @@ from .demo import http_json, run_demo
 from .errors import ConfigError, DeviceError, SyncClassError
 from .protocol import dumps_strict
 from .redact import redact_url
+from .sharelinks import sign_share
 from .switches import Switches
 from .tokens import SigningKey, issue_token
 
@@ -280,6 +281,70 @@ def cmd_recorder(args: argparse.Namespace) -> int:
             await rec.aclose()
 
     _run_until_signal(main, switches)
+    return 0
+
+
+# -- media server ---------------------------------------------------------------------------
+def cmd_media_server(args: argparse.Namespace) -> int:
+    """``syncclass media-server``: live HLS (and replay) for people outside the lesson."""
+    from aiohttp import web
+
+    from media_server.service import create_app  # optional: per command
+
+    config = _with_recorder_args(_config(args), args)
+    switches = Switches.from_environ()
+    host = args.host or config.media_server.host
+    port = config.media_server.port if args.port is None else args.port
+    live_dir = Path(args.live_dir or config.media_server.live_dir or config.recorder.out_dir)
+    data_dir = Path(args.data_dir or config.media_server.data_dir)
+    archive_dir = Path(args.archive_dir or config.recorder.archive_dir)
+    mixer_data_dir = Path(args.mixer_data_dir or config.media_server.mixer_data_dir
+                          or config.mixer.data_dir)
+    api_token = switches.ops_api_token
+
+    async def main(stop: asyncio.Event) -> None:
+        runner = web.AppRunner(create_app(config, live_dir, data_dir, api_token, archive_dir,
+                                          mixer_data_dir),
+                               handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = port
+        for s in runner.sites:
+            server = getattr(s, "_server", None)
+            if server is not None and server.sockets:
+                bound = server.sockets[0].getsockname()[1]
+        logger.info("media server listening on http://%s:%d (live from %s)", host, bound,
+                    live_dir)
+        try:
+            await stop.wait()
+        finally:
+            logger.info("media server stopping")
+            await runner.cleanup()
+
+    _run_until_signal(main, switches)
+    return 0
+
+
+def cmd_share(args: argparse.Namespace) -> int:
+    """``syncclass share``: print a signed, expiring link to one lesson (名师课堂)."""
+    config = _config(args)
+    secret = (config.media_server.share_secret or "").encode()
+    if not secret:
+        print("syncclass share: the config has no media_server.share_secret", file=sys.stderr)
+        return 2
+    seconds = args.hours * 3600
+    if not 0 < seconds <= config.media_server.share_max_s:
+        print(f"syncclass share: --hours must be in (0, "
+              f"{config.media_server.share_max_s / 3600:g}]", file=sys.stderr)
+        return 2
+    try:
+        value = sign_share(secret, args.scope, args.lesson, int(time.time() + seconds))
+    except ValueError as exc:
+        print(f"syncclass share: {exc}", file=sys.stderr)
+        return 2
+    base = config.media_server.url.rstrip("/")
+    print(f"{base}/{args.scope}/{args.lesson}/?share={value}")
     return 0
 
 
@@ -633,6 +698,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive-dir", help="local archive folder (default: recorder.archive_dir)")
     p.add_argument("--spool-dir", help="pending uploads (default: recorder.spool_dir)")
     p.set_defaults(func=cmd_recorder)
+
+    p = sub.add_parser("media-server", help="serve live HLS and replays (直播 / 点播)",
+                       description="Serve every recording lesson's students view as HLS, "
+                       "with a watch page, to viewers the pairing's rules or a share link "
+                       "allow; runs beside the recorder, never in the mixer.")
+    with_config(p)
+    p.add_argument("--host", help="bind address (default: media_server.host)")
+    p.add_argument("--port", type=int, help="port (default: media_server.port; 0 = any)")
+    p.add_argument("--live-dir", help="the recorder's lesson folders (default: "
+                   "media_server.live_dir, else recorder.out_dir)")
+    p.add_argument("--archive-dir", help="local archive folder (default: recorder.archive_dir)")
+    p.add_argument("--data-dir", help="the server's own files (default: media_server.data_dir)")
+    p.add_argument("--mixer-data-dir", help="the mixer's reports and comments (default: "
+                   "media_server.mixer_data_dir, else mixer.data_dir)")
+    p.set_defaults(func=cmd_media_server)
+
+    p = sub.add_parser("share", help="print a signed, expiring link to a lesson",
+                       description="Sign a link to one lesson's live stream or replay with "
+                       "media_server.share_secret (名师课堂 shared with the public).")
+    with_config(p)
+    p.add_argument("--lesson", required=True, help="lesson id")
+    p.add_argument("--scope", choices=["live", "replay"], default="live")
+    p.add_argument("--hours", type=float, default=2.0, help="validity in hours (default 2)")
+    p.set_defaults(func=cmd_share)
 
     p = sub.add_parser("agent", help="run a classroom's edge agent",
                        description="Run a classroom PC's agent: captures camera and mic, joins "

@@ -721,6 +721,33 @@ class OpsConfig(_Model):
     webhooks: list[WebhookConfig] = []
 
 
+class MediaServerConfig(_Model):
+    """``syncclass media-server``: live HLS and replay for people outside the lesson (直播 /
+    点播), served from the recorder's folders and the archive, never by the mixer."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8720, ge=0, le=65535)
+    url: str = "http://127.0.0.1:8720"
+    """Public base URL (share links printed by ``syncclass share`` start with it)."""
+    live_dir: str | None = path_field("out_dir")
+    """The recorder's lesson folders (default: ``recorder.out_dir``)."""
+    data_dir: str = path_field("out_dir", "var/media")
+    """The media server's own files: the log of views (``views.jsonl``), publication state
+    and comments added while replaying (``media.db``)."""
+    mixer_data_dir: str | None = path_field("out_dir")
+    """The mixer's data folder, for lesson reports and live comments (default:
+    ``mixer.data_dir``; on another host: a shared folder)."""
+    retention_days: float | None = Field(default=None, gt=0)
+    """Archived lessons older than this are deleted (video, metadata, poster, report,
+    replay comments); none: kept."""
+    share_secret: str | None = Field(default=None, min_length=32, repr=False)
+    """HMAC key of share links for public lessons (名师课堂); none: no share links."""
+    share_max_s: int = Field(default=7 * 86400, ge=60, le=366 * 86400)
+    """Longest validity of a share link (seconds)."""
+    grant_lifetime_s: int = Field(default=4 * 3600, ge=60, le=7 * 86400)
+    """A watch page opened with a credential gets a cookie valid this long (seconds)."""
+
+
 class TermTargetsConfig(_Model):
     """What the bureau expects of each paired school per term (学期)."""
 
@@ -768,6 +795,7 @@ class CountyConfig(_Model):
     recorder: RecorderConfig = RecorderConfig()
     ops: OpsConfig = OpsConfig()
     analytics: AnalyticsConfig = AnalyticsConfig()
+    media_server: MediaServerConfig = MediaServerConfig()
     schools: list[SchoolConfig] = Field(min_length=1)
     classrooms: list[ClassroomConfig] = Field(min_length=1)
     pairings: list[PairingConfig] = Field(min_length=1)

@@ -109,7 +109,7 @@ class LocalDeployment:
                wrap: Callable[[list[str]], list[str]] | None = None) -> Proc:
         log = self.work_dir / "logs" / f"{name}.log"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        if args[0] == "mixer":
+        if args[0] in ("mixer", "media-server"):
             env["SYNCCLASS_OPS_API_TOKEN"] = self.ops_token
         argv = [sys.executable, "-m", "syncclass", "--log-level", self.log_level, *args]
         with log.open("ab") as fh:
@@ -143,6 +143,29 @@ class LocalDeployment:
                 "--recorder-endpoint", self.recorder_endpoint, "--out", str(out / "lessons"),
                 "--archive-dir", str(out / "archive"), "--spool-dir", str(out / "spool")]
         return self._spawn(name, args + (extra or []))
+
+    def start_media_server(self, recorder_dir: Path | None = None,
+                           extra: list[str] | None = None, timeout: float = 20.0
+                           ) -> tuple[Proc, str]:
+        """A ``syncclass media-server`` serving the recorder's lessons (``recorder_dir`` as
+        given to :meth:`start_recorder`); returns it and its base URL once it answers."""
+        out = recorder_dir or self.work_dir / "recorder"
+        port = free_port()
+        args = ["media-server", "--config", str(self.config_path), "--port", str(port),
+                "--live-dir", str(out / "lessons"), "--archive-dir", str(out / "archive"),
+                "--data-dir", str(out / "media-server")]
+        if not Path(self.config.mixer.data_dir).is_absolute():  # as start_mixer gives it
+            args += ["--mixer-data-dir", str(self.work_dir / "mixer-data")]
+        proc = self._spawn("media-server", args + (extra or []))
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            with contextlib.suppress(OSError):
+                return http_json(url + "/healthz", timeout=1.0)[0] == 200
+            return False
+
+        self.wait_for(up, timeout, "media server /healthz", proc)
+        return proc, url
 
     def recorder_status(self) -> dict[str, Any]:
         """The mixer's view of recording: publisher counters, recorders, their reports."""

@@ -10,8 +10,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT = ("syncclass", "mixer", "edge_agent", "recorder")
-CHECKED = ("mixer", "syncclass", "edge_agent", "recorder", "benchmarks")
+PROJECT = ("syncclass", "mixer", "edge_agent", "recorder", "media_server")
+CHECKED = ("mixer", "syncclass", "edge_agent", "recorder", "media_server", "benchmarks")
 """Packages whose function-level imports are checked."""
 REASONS = ("# optional:", "# lazy:")
 """Comments that say why an import sits inside a function."""

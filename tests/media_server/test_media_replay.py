@@ -29,7 +29,7 @@ from syncclass.sharelinks import sign_share
 from tests.recorder.test_recorder_s3 import S3Server, s3_config
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-LESSON = "L20261205-shiyan-rural-math-0830"
+LESSON = "l20261205-shiyan-rural-math-0830"
 START_MS = 1_780_000_000_000
 RECORDED_FROM_MS = START_MS + 1500  # the video's first frame, 1.5 s into the lesson
 SECRET = "r" * 40

@@ -26,7 +26,7 @@ from syncclass.tokens import SigningKey, issue_token
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SECRET = b"s" * 40
-LESSON = "L20261205-shiyan-rural-math-0900"
+LESSON = "l20261205-shiyan-rural-math-0900"
 
 
 # -- share links and grants (pure) -------------------------------------------------------------

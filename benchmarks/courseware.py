@@ -21,10 +21,12 @@ Run: ``python benchmarks/courseware.py`` (writes benchmarks/results/courseware.j
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import unicodedata
@@ -51,12 +53,19 @@ from ._common import API_TOKEN
 from .harness import ROOT, environment, write_result
 
 MAIN, A, B = "main-3-1", "hetou-3", "shanping-3"
-# (classroom, start s within a half, clip): the teacher explains, each classroom answers
-# once (4 s, 3 s) while the teacher waits; the same script in both halves.
-HALF_SCRIPT = [(MAIN, 0.5, "teacher_5"), (A, 6.5, "pupil_4"), (MAIN, 12.0, "teacher_4"),
-               (B, 17.0, "pupil_3"), (MAIN, 21.5, "teacher_4")]
-HALF_S = 28.0
-
+# (classroom, start s within a half, clip): the teacher explains, each receiving classroom
+# answers once while the teacher waits; the same script in both halves (the second with
+# courseware shared).
+SCRIPTS: dict[str, tuple[float, list[tuple[str, float, str]]]] = {
+    # Turns of a real lesson's length: a rural pupil's answer lasts several seconds
+    # (6 s, 8 s) and the teacher takes it up within a second of its end.
+    "lesson": (40.0, [(MAIN, 0.5, "teacher_8"), (A, 9.5, "pupil_6"), (MAIN, 16.3, "teacher_6"),
+                      (B, 23.3, "pupil_8"), (MAIN, 32.0, "teacher_6")]),
+    # The first version of this benchmark: short answers (4 s, 3 s) every ~10 s, the
+    # teacher resuming 1.5 s after each.
+    "dense": (28.0, [(MAIN, 0.5, "teacher_5"), (A, 6.5, "pupil_4"), (MAIN, 12.0, "teacher_4"),
+                     (B, 17.0, "pupil_3"), (MAIN, 21.5, "teacher_4")]),
+}
 
 def clip_len(name: str) -> float:
     return float(name.split("_")[1])
@@ -99,25 +108,30 @@ def write_config(work: Path, schedules: dict[str, Path]) -> Path:
 
 
 def write_schedules(schedules: dict[str, Path], base_ms: int | None,
-                    clips: dict[str, Path]) -> None:
+                    clips: dict[str, Path], script: str = "lesson") -> None:
+    half_s, half_script = SCRIPTS[script]
     for cid, path in schedules.items():
         segs = [] if base_ms is None else [
-            {"start_ms": base_ms + round((half * HALF_S + s) * 1000), "clip": str(clips[c])}
-            for half in (0, 1) for rid, s, c in HALF_SCRIPT if rid == cid]
+            {"start_ms": base_ms + round((half * half_s + s) * 1000), "clip": str(clips[c])}
+            for half in (0, 1) for rid, s, c in half_script if rid == cid]
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"segments": segs}))
         tmp.replace(path)
 
 
-def truth_script(base_ms: int) -> tuple[list[tuple[float, str]], list[tuple[float, str]]]:
-    """(featured-source script, answer onsets), in seconds from ``base_ms``."""
+def truth_script(script: str = "lesson"
+                 ) -> tuple[list[tuple[float, str]], list[tuple[float, str]]]:
+    """(featured-source script, answer onsets), in seconds from the script's start: who
+    speaks (an answer's clip is continuous speech from its first to its last sample), the
+    teacher whenever no receiving classroom does."""
+    half_s, half_script = SCRIPTS[script]
     truth: list[tuple[float, str]] = [(0.0, MAIN)]
     onsets = []
     for half in (0, 1):
-        for cid, s, clip in HALF_SCRIPT:
+        for cid, s, clip in half_script:
             if cid == MAIN:
                 continue
-            t = half * HALF_S + s
+            t = half * half_s + s
             truth += [(t, cid), (t + clip_len(clip), MAIN)]
             onsets.append((t, cid))
     return truth, onsets
@@ -212,6 +226,64 @@ def layouts_legibility(work: Path, bitrate_kbps: int = 2500) -> dict[str, Any]:
     return out
 
 
+def explain(truth: list[tuple[float, str]], switches: list[Switch],
+            speech: dict[str, list[tuple[float, float]]], end_s: float,
+            step_s: float = 0.1) -> dict[str, Any]:
+    """Why the featured source disagrees with the script: the time steps (``step_s``) of
+    :func:`agreement` where it does, as runs (start s, end s, wanted, featured, cause), the
+    seconds per cause, and per answer the voice detector's onset and end (the mixer's VAD
+    segments, ``speech``) beside the script's and the switches'. Causes: ``switch_in`` (an
+    answer not yet featured: the onset rule plus detection), ``switch_out`` (a finished
+    answer still featured: voice detector tail plus the release rule), ``missed`` (an
+    answer never featured), ``wrong`` (another source featured)."""
+    runs: list[list[Any]] = []
+    n = math.ceil(end_s / step_s - 1e-9)
+    for i in range(n):
+        t = i * step_s
+        want = _script_at(truth, t)
+        got = next((sw.shot.active for sw in reversed(switches) if sw.t_s <= t), None)
+        if got == want:
+            continue
+        turn = next(((a, b) for (a, c), (b, _) in itertools.pairwise([*truth, (end_s, "")])
+                     if c == want and a <= t < b), (t, t))
+        if want != MAIN and got == MAIN:
+            featured = any(sw.shot.active == want and turn[0] <= sw.t_s < turn[1]
+                           for sw in switches)
+            cause = "switch_in" if featured else "missed"
+        elif want == MAIN and got != MAIN and got is not None:
+            cause = "switch_out"
+        else:
+            cause = "wrong"
+        if runs and runs[-1][4] == cause and runs[-1][3] == got and abs(runs[-1][1] - t) < 1e-6:
+            runs[-1][1] = round(t + step_s, 3)
+        else:
+            runs.append([round(t, 3), round(t + step_s, 3), want, got, cause])
+    by_cause: dict[str, float] = {}
+    for a, b, _, _, cause in runs:
+        by_cause[cause] = round(by_cause.get(cause, 0.0) + b - a, 2)
+    answers = []
+    for (a, cid), (b, _) in itertools.pairwise(truth):
+        if cid == MAIN:
+            continue
+        segs = [s for s in speech.get(cid, []) if s[1] > a - 1 and s[0] < b + 1]
+        sw_in = next((sw.t_s for sw in switches if sw.shot.active == cid and sw.t_s >= a), None)
+        sw_out = next((sw.t_s for sw in switches if sw_in is not None and sw.t_s > sw_in
+                       and sw.shot.active != cid), None)
+        answers.append({
+            "classroom": cid, "script_s": [round(a, 2), round(b, 2)],
+            "vad_s": [round(segs[0][0], 2), round(segs[-1][1], 2)] if segs else None,
+            "vad_segments": len(segs),
+            "switch_in_s": None if sw_in is None else round(sw_in, 2),
+            "switch_out_s": None if sw_out is None else round(sw_out, 2),
+            "in_delay_s": None if sw_in is None else round(sw_in - a, 2),
+            "out_delay_s": None if sw_out is None else round(sw_out - b, 2)})
+    return {"disagreeing_s_by_cause": by_cause, "runs": runs, "answers": answers}
+
+
+def _script_at(script: list[tuple[float, str]], t: float) -> str | None:
+    return next((src for start, src in reversed(script) if start <= t), None)
+
+
 def reducer_cost() -> dict[str, Any]:
     """The Director's own cost: microseconds per step with three classrooms speaking in
     turns, and % of one core at 15 steps a second (one per composed frame)."""
@@ -232,10 +304,15 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "courseware.json"))
     ap.add_argument("--layouts-only", action="store_true",
                     help="only the in-process legibility per layout (1 + 1 .. 1 + 8)")
+    ap.add_argument("--script", choices=sorted(SCRIPTS), default="lesson",
+                    help="the scripted lesson (turn lengths: see SCRIPTS)")
+    ap.add_argument("--no-ocr", action="store_true", help="skip the slide legibility")
     args = ap.parse_args()
+    half_s, half_script = SCRIPTS[args.script]
     if args.layouts_only:
         with tempfile.TemporaryDirectory() as tmpdir:
-            result = {"benchmark": "courseware_layouts", "environment": environment(),
+            result: dict[str, Any] = {
+                      "benchmark": "courseware_layouts", "environment": environment(),
                       "command": "python benchmarks/courseware.py --layouts-only",
                       "legibility_by_layout": layouts_legibility(Path(tmpdir)),
                       "source_slides": reference(Path(tmpdir))}
@@ -244,7 +321,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmpdir:
         work = Path(tmpdir)
-        clips = make_clips(work / "clips", {c: clip_len(c) for _, _, c in HALF_SCRIPT})
+        clips = make_clips(work / "clips", {c: clip_len(c) for _, _, c in half_script})
         schedules = {cid: work / f"schedule-{cid}.json" for cid in (MAIN, A, B)}
         write_schedules(schedules, None, clips)
         dep = LocalDeployment(write_config(work, schedules), work)
@@ -260,19 +337,19 @@ def main() -> None:
             dep.wait_for(lambda: all(dep.agent_status(c).get("peer") == "connected"
                                      for c in (MAIN, A, B)), 30, "peers connected")
             base_ms = math.ceil((time.time() + 3) * 1000 / 1000) * 1000
-            write_schedules(schedules, base_ms, clips)
+            write_schedules(schedules, base_ms, clips, args.script)
             mixer = dep.procs["mixer"]
             time.sleep(max(0.0, base_ms / 1000 - time.time()))
             cpu_a0, t_a0 = mixer.cpu_s(), time.monotonic()
-            time.sleep(max(0.0, base_ms / 1000 + HALF_S - 1.0 - time.time()))
+            time.sleep(max(0.0, base_ms / 1000 + half_s - 1.0 - time.time()))
             cpu_a1, t_a1 = mixer.cpu_s(), time.monotonic()
-            share_at = base_ms / 1000 + HALF_S - 0.5
+            share_at = base_ms / 1000 + half_s - 0.5
             time.sleep(max(0.0, share_at - time.time()))
             status, reply = dep.agent_post(MAIN, "courseware", {"on": True})
             assert status == 200, reply
             time.sleep(1.0)
             cpu_b0, t_b0 = mixer.cpu_s(), time.monotonic()
-            time.sleep(max(0.0, base_ms / 1000 + 2 * HALF_S - time.time()))
+            time.sleep(max(0.0, base_ms / 1000 + 2 * half_s - time.time()))
             cpu_b1, t_b1 = mixer.cpu_s(), time.monotonic()
             dep.agent_post(MAIN, "courseware", {"on": False})
             status, _ = dep.agent_command(MAIN, "end")
@@ -286,21 +363,26 @@ def main() -> None:
                          "recording")
             rec = dep.recorder_status()["ready"][lesson_id]
             mp4 = Path(rec["locations"]["lesson.mp4"])
-            truth, onsets = truth_script(base_ms)
+            truth, onsets = truth_script(args.script)
             switches = [Switch((sw["ts_ms"] - base_ms) / 1000, Shot(sw["active"],
                                                                      sw["courseware"]),
                                sw["reason"], sw.get("source"))
                         for sw in report["directing"]["switches"]]
-            end_s = 2 * HALF_S
+            end_s = 2 * half_s
+            # The mixer's voice detector (epoch ms), in seconds of the script.
+            speech = {c["classroom_id"]: [((a - base_ms) / 1000, (b - base_ms) / 1000)
+                                          for a, b in c["speech"]["segments"]]
+                      for c in report["classrooms"]}
             delays = onset_delays(onsets, switches)
             found = [d for d in delays if d is not None]
             result = {
                 "benchmark": "courseware",
                 "environment": environment(),
-                "command": "python benchmarks/courseware.py",
-                "lesson": {"classrooms": "1 + 2", "half_s": HALF_S,
-                           "script": HALF_SCRIPT, "courseware_shared_from_s": HALF_S},
-                "legibility": {
+                "command": "python -m benchmarks.courseware " + " ".join(sys.argv[1:]),
+                "lesson": {"classrooms": "1 + 2", "script_name": args.script,
+                           "half_s": half_s, "script": half_script,
+                           "courseware_shared_from_s": half_s},
+                "legibility": None if args.no_ocr else {
                     "recording_and_rural_view": legibility(mp4, work, share_at),
                     "source_slides": reference(work),
                 },
@@ -314,6 +396,7 @@ def main() -> None:
                     "switches": [{"t_s": round(sw.t_s, 2), "active": sw.shot.active,
                                   "courseware": sw.shot.courseware, "reason": sw.reason}
                                  for sw in switches],
+                    "why": explain(truth, switches, speech, end_s),
                 },
                 "cost": {
                     "mixer_percent_of_core_directing_only": round(
@@ -332,8 +415,9 @@ def main() -> None:
     print(json.dumps({k: result[k] for k in ("directing", "cost")}, indent=1,
                      ensure_ascii=False))
     leg = result["legibility"]
-    print("legibility:", leg["recording_and_rural_view"]["char_accuracy_mean"],
-          "reference:", leg["source_slides"]["char_accuracy_mean"])
+    if leg is not None:
+        print("legibility:", leg["recording_and_rural_view"]["char_accuracy_mean"],
+              "reference:", leg["source_slides"]["char_accuracy_mean"])
 
 
 if __name__ == "__main__":

@@ -7,15 +7,18 @@ is shared for the second half. Measured:
 
 * slide legibility: tesseract (chi_sim) on the courseware region of the recorded students'
   view, one frame a second, against the text of the slide shown at that frame's capture
-  time (from the teacher's timecode); the same OCR of the source slides as the reference.
-  The rural classrooms decode the very packets the recording stores (one encode per view),
-  so the recording's figure is also the rural view's;
+  time (from the teacher's timecode); the same OCR of a receiving classroom's last decoded
+  picture (its agent's --out PNG, lossless) and of the source slides as the reference;
 * directing: time-by-time agreement of the featured source with the script and the delay
   from each answer's speech onset to its switch (the lesson report's switches);
 * cost: the mixer's CPU (% of one core) in the first half (directing, no courseware) and
   the second (courseware shared), same run; and the reducer's own cost per step.
 
-Run: ``python benchmarks/courseware.py`` (writes benchmarks/results/courseware.json).
+Run: ``python -m benchmarks.courseware`` (writes benchmarks/results/courseware.json);
+``--script dense`` the first, denser script; ``--no-ocr`` directing only; ``--cost ROUNDS``
+the mixer's CPU with courseware + directing on vs off, alternating; ``--layouts-only``.
+Each result's ``directing.why`` says where the featured source disagrees with the script
+and why (switch-in / switch-out delay, missed answer, wrong source).
 """
 
 from __future__ import annotations
@@ -444,7 +447,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmpdir:
             result: dict[str, Any] = {
                       "benchmark": "courseware_layouts", "environment": environment(),
-                      "command": "python benchmarks/courseware.py --layouts-only",
+                      "command": "python -m benchmarks.courseware --layouts-only",
                       "legibility_by_layout": layouts_legibility(Path(tmpdir)),
                       "source_slides": reference(Path(tmpdir))}
         write_result(Path(args.out), result)

@@ -65,6 +65,10 @@ SCRIPTS: dict[str, tuple[float, list[tuple[str, float, str]]]] = {
     # (6 s, 8 s) and the teacher takes it up within a second of its end.
     "lesson": (40.0, [(MAIN, 0.5, "teacher_8"), (A, 9.5, "pupil_6"), (MAIN, 16.3, "teacher_6"),
                       (B, 23.3, "pupil_8"), (MAIN, 32.0, "teacher_6")]),
+    # The same answers, one per 30 s of lesson: how agreement follows the answer rate.
+    "sparse": (60.0, [(MAIN, 0.5, "teacher_15"), (A, 16.5, "pupil_6"),
+                      (MAIN, 23.3, "teacher_15"), (B, 39.3, "pupil_8"),
+                      (MAIN, 48.0, "teacher_10")]),
     # The first version of this benchmark: short answers (4 s, 3 s) every ~10 s, the
     # teacher resuming 1.5 s after each.
     "dense": (28.0, [(MAIN, 0.5, "teacher_5"), (A, 6.5, "pupil_4"), (MAIN, 12.0, "teacher_4"),

@@ -30,7 +30,8 @@ import numpy as np
 import numpy.typing as npt
 
 from syncclass.config import AudioDeviceConfig, VideoDeviceConfig
-from syncclass.errors import DeviceError
+from syncclass.errors import DeviceError, FontMissingError
+from syncclass.fonts import fit_text, render_text
 from syncclass.timecode import Timecode, paint_timecode, timecode_band_height
 
 from .device_list import find_audio_device, find_camera
@@ -189,7 +190,26 @@ class SyntheticVideoSource:
         self._label_patch = self._render_label()
 
     def _render_label(self) -> npt.NDArray[np.uint8]:
-        """The label as white text on a black box, pre-rendered once with cv2.putText."""
+        """The label as light text on a dark box, rendered once: with the CJK font of
+        :mod:`syncclass.fonts` so that a label in any script (``三(1)班``) shows, not '?'
+        (OpenCV's Hershey fonts draw ASCII only); with cv2.putText only when the machine
+        has no such font."""
+        max_h, max_w = self.height - self._band - 4, self.width - 8
+        size_px = max(10, round(self.height / 720 * 32))
+        pad = max(2, size_px // 6)
+        try:
+            shown = fit_text(self.label, size_px, max_w - 2 * pad)
+            ink = render_text(shown or self.label[:1], size_px)
+        except FontMissingError as exc:
+            logger.warning("synthetic camera %r: label drawn in ASCII only: %s", self.label, exc)
+            return self._render_label_hershey(max_h, max_w)
+        th, tw = ink.shape
+        patch = np.full((th + 2 * pad, tw + 2 * pad), 16, dtype=np.uint8)
+        patch[pad : pad + th, pad : pad + tw] = 16 + (ink.astype(np.uint16) * (235 - 16)
+                                                      // 255).astype(np.uint8)
+        return patch[:max_h, :max_w]
+
+    def _render_label_hershey(self, max_h: int, max_w: int) -> npt.NDArray[np.uint8]:
         scale = max(0.4, self.height / 720 * 1.2)
         thickness = max(1, round(self.height / 720 * 2))
         font = cv2.FONT_HERSHEY_SIMPLEX
@@ -197,8 +217,7 @@ class SyntheticVideoSource:
         pad = max(2, th // 4)
         patch = np.full((th + baseline + 2 * pad, tw + 2 * pad), 16, dtype=np.uint8)
         cv2.putText(patch, self.label, (pad, pad + th), font, scale, 235, thickness, cv2.LINE_AA)
-        max_h = self.height - self._band - 4
-        return patch[:max_h, : self.width - 8]
+        return patch[:max_h, :max_w]
 
     def _draw(self, frame: av.VideoFrame, capture_ms: int, flash: bool) -> None:
         w, h, band = self.width, self.height, self._band

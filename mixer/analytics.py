@@ -262,7 +262,9 @@ class Analytics:
                                                self.cfg.vad_hangover_ms)
         voice.push(block, now_ms(), pts)
         if la.media is not None:  # automatic directing follows who speaks
-            la.media.set_speaking(cid, voice.smoother.speaking)
+            smoother = voice.smoother
+            la.media.set_speaking(cid, smoother.speaking, smoother.start_ms,
+                                  smoother.last_voiced_end_ms)
 
     def _on_video(self, la: LessonAnalytics, cid: str, frame: av.VideoFrame) -> None:
         if self._counter is None or cid in la.head_pending or cid == COURSEWARE:

@@ -35,7 +35,7 @@ from syncclass.adapt import AdaptPolicy, LinkFeedback
 from syncclass.audio import level_dbov, mix_n_minus_1
 from syncclass.codec import H264Encoder
 from syncclass.config import CountyConfig, ViewConfig
-from syncclass.directing import COURSEWARE, Director, Shot, Switch
+from syncclass.directing import COURSEWARE, Director, Heard, Shot, Switch
 from syncclass.layout import Tile, courseware_layout, grid_layout, speaker_layout
 from syncclass.lesson import Lesson
 from syncclass.lipsync import LipSync, SenderClock, stretch
@@ -224,6 +224,8 @@ class LessonMedia:
         self.director = Director(lesson.main)
         """Automatic directing (自动导播) of the directed views (see :meth:`directed`)."""
         self._speaking: set[str] = set()
+        self._heard: dict[str, Heard] = {}
+        """Per classroom, the voice detector's times of speech (lesson time)."""
         self._courseware_shared = False
         self.views: dict[str, ViewOutput] = {}
         for name, view in config.views.items():
@@ -289,12 +291,25 @@ class LessonMedia:
         return speaker_layout(w, h, shot.active, others, self._labels)
 
     # -- directing ----------------------------------------------------------------------------
-    def set_speaking(self, classroom_id: str, speaking: bool) -> None:
-        """Voice activity of a classroom (the analytics' smoothed VAD), for directing."""
+    def set_speaking(self, classroom_id: str, speaking: bool, start_ms: float | None = None,
+                     last_voiced_ms: float | None = None) -> None:
+        """Voice activity of a classroom (the analytics' smoothed VAD), for directing:
+        whether it speaks, and when known the detector's start of the speech and end of
+        its last voiced frame (epoch ms), so that directing counts from the speech, not
+        from when the detector's decision arrived here."""
         if speaking:
             self._speaking.add(classroom_id)
         else:
             self._speaking.discard(classroom_id)
+        if last_voiced_ms is None or last_voiced_ms <= 0:
+            return  # no times from this detector, or no speech yet
+        last_s = (last_voiced_ms - self.t0_epoch_ms) / 1000
+        prev = self._heard.get(classroom_id)
+        if start_ms is not None:
+            start_s = (start_ms - self.t0_epoch_ms) / 1000
+        else:  # silent: the last stretch's start stays
+            start_s = prev.start_s if prev is not None else last_s
+        self._heard[classroom_id] = Heard(start_s, last_s)
 
     def set_courseware(self, shared: bool) -> None:
         """The main classroom started (True) or stopped sharing its courseware (共享课件)."""
@@ -327,7 +342,7 @@ class LessonMedia:
         present = {c for c in self.lesson.receiving
                    if (vin := self._video.get(c)) is not None and vin.latest is not None}
         switch = self.director.step(now - self._t0, self._speaking, self.courseware_shown(now),
-                                    present)
+                                    present, self._heard)
         if switch is None:
             return None
         logger.info("lesson %s: directing %.1f s: %s%s (%s)", self.lesson.lesson_id,

@@ -15,7 +15,8 @@ APT_PACKAGES=(
   postgresql                 # tests: the analytics report store on a real PostgreSQL
   xvfb                       # tests: an X server for the classroom screen window
   chromium                   # headless browser tests: dashboard, browser classrooms, observers
-  fonts-wqy-zenhei           # CJK glyphs: classroom labels in the video, slides, browser screenshots
+  fonts-wqy-zenhei           # CJK glyphs: classroom labels in the video, browser screenshots
+  fonts-wqy-microhei         # the synthetic slides' sans font (like the YaHei of real courseware)
   tesseract-ocr              # tests/benchmarks: OCR of the courseware's slide text (legibility)
   tesseract-ocr-chi-sim      # ... in simplified Chinese
   iproute2                   # fault tests: network namespaces + TUN links (syncclass.netem)

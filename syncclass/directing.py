@@ -10,7 +10,9 @@ the answering classroom):
   least :attr:`DirectingRules.onset_s` (1 s) while the teacher is silent: it answers a
   question (the teacher talking over it keeps the teacher featured);
 * it goes back to the teacher once that classroom has been silent for
-  :attr:`DirectingRules.release_s`, and no automatic switch comes sooner than
+  :attr:`DirectingRules.release_s`, or sooner when the teacher has spoken for
+  :attr:`DirectingRules.takeback_s` while it is silent (the teacher takes the answer
+  up); no automatic switch comes sooner than
   :attr:`DirectingRules.min_hold_s` after the previous one, so the picture does not
   flicker between sources;
 * while courseware is shown it is the large picture and the active source is its
@@ -18,13 +20,19 @@ the answering classroom):
 * a manual choice (a classroom, the teacher or the courseware) holds until the teacher
   gives directing back (``auto``).
 
+Times of speech are the voice detector's own (:class:`Heard`: the first and last voiced
+frame on the capture clock) when the caller has them: a detector says "speaking" a few
+frames after the speech starts and "silent" only after its hangover (300 ms), and the
+audio reaches it after the network's delay, so counting the onset and the release from
+when its flag changed would add those delays to every switch.
+
 Every change of shot is recorded as a :class:`Switch` with its lesson time and reason.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -53,9 +61,12 @@ class DirectingRules:
     pause_s: float = 0.4
     """A pause shorter than this (between words, or a frame the voice detector missed)
     does not end a speech stretch."""
+    takeback_s: float = 0.5
+    """The teacher speaking this long while the featured classroom is silent brings the
+    picture back to the teacher before ``release_s`` has passed."""
 
     def __post_init__(self) -> None:
-        for name in ("onset_s", "release_s", "min_hold_s", "pause_s"):
+        for name in ("onset_s", "release_s", "min_hold_s", "pause_s", "takeback_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DirectingRules.{name} must not be negative")
 
@@ -91,6 +102,16 @@ class Switch:
         return {"t_s": round(self.t_s, 3), "active": self.shot.active,
                 "courseware": self.shot.courseware, "large": self.shot.large,
                 "reason": self.reason, "source": self.source}
+
+
+@dataclass(frozen=True)
+class Heard:
+    """What a source's voice detector knows of its speech, in lesson time (s)."""
+
+    start_s: float
+    """Start of its current speech stretch (the first voiced frame), or of its last one."""
+    last_voiced_s: float
+    """End of its last voiced frame."""
 
 
 @dataclass
@@ -138,22 +159,28 @@ class Director:
         self._override = new
 
     def step(self, t_s: float, speaking: Iterable[str], courseware: bool,
-             present: Iterable[str] | None = None) -> Switch | None:
+             present: Iterable[str] | None = None,
+             heard: Mapping[str, Heard] | None = None) -> Switch | None:
         """Advance to lesson time ``t_s`` (seconds): ``speaking`` are the sources whose
         voice detector says speech now, ``courseware`` whether courseware is available,
-        ``present`` the receiving classrooms in the lesson (None: any). Returns the
-        switch made now, if any."""
+        ``present`` the receiving classrooms in the lesson (None: any), ``heard`` the
+        detectors' times of speech per source (None, or a source missing: the times
+        ``speaking`` changed at). Returns the switch made now, if any."""
         talking = set(speaking)
+        heard = heard or {}
         for cid in talking | set(self._voices):
             voice = self._voices.setdefault(cid, _Voice())
+            times = heard.get(cid)
             if cid in talking and voice.since is None:
+                start = t_s if times is None else min(t_s, times.start_s)
                 resumed = (voice.silent_since is not None and voice.last_since is not None
-                           and t_s - voice.silent_since < self.rules.pause_s)
-                voice.since = voice.last_since if resumed else t_s
+                           and start - voice.silent_since < self.rules.pause_s)
+                voice.since = voice.last_since if resumed else start
                 voice.silent_since = None
                 voice.last_since = voice.since
             elif cid not in talking and voice.since is not None:
-                voice.since, voice.silent_since = None, t_s
+                end = t_s if times is None else max(voice.since, min(t_s, times.last_voiced_s))
+                voice.since, voice.silent_since = None, end
         target, reason, source = self._decide(t_s, courseware,
                                               None if present is None else set(present))
         if self._shot is None:
@@ -186,6 +213,10 @@ class Director:
                                  and t_s - voice.silent_since
                                  >= max(self.rules.release_s, self.rules.pause_s)):
                 active, reason, source = self.teacher, "silence", active
+            elif (voice.since is None and voice.silent_since is not None
+                  and t_s - voice.silent_since >= self.rules.pause_s
+                  and self._teacher_took_back(t_s)):
+                active, reason, source = self.teacher, "speech", self.teacher
         if active == self.teacher and held:
             speaker = self._speaker(t_s, present)
             if speaker is not None:
@@ -193,6 +224,14 @@ class Director:
         if after_manual:
             reason = "auto"
         return Shot(active, courseware), reason, source
+
+    def _teacher_took_back(self, t_s: float) -> bool:
+        """The teacher has been speaking for at least takeback_s (the featured classroom
+        having paused longer than pause_s: the teacher takes its answer up; a teacher
+        speaking over the answer does not)."""
+        teacher = self._voices.get(self.teacher)
+        return (teacher is not None and teacher.since is not None
+                and t_s - teacher.since >= self.rules.takeback_s)
 
     def _speaker(self, t_s: float, present: set[str] | None) -> str | None:
         """The receiving classroom that has spoken longest, if for at least onset_s, while

@@ -41,6 +41,17 @@ class VadSmoother:
     def speaking(self) -> bool:
         return self._start is not None
 
+    @property
+    def start_ms(self) -> int | None:
+        """Start of the open segment (its first voiced frame, epoch ms), or None."""
+        return self._start
+
+    @property
+    def last_voiced_end_ms(self) -> int:
+        """End of the last voiced frame of the open or the last closed segment, epoch ms
+        (0 before any speech)."""
+        return self._last_voiced_end
+
     def push(self, ts_ms: int, voiced: bool) -> Segment | None:
         """Feed one frame starting at ``ts_ms``; returns a segment when one closes."""
         closed: Segment | None = None

@@ -81,6 +81,19 @@ def test_smoother_backdates_onset_and_bridges_short_pauses() -> None:
     assert talk_ms(vad.segments) == 1000
 
 
+def test_smoother_reports_the_open_segments_times() -> None:
+    """Directing reads when the speech began and its last voiced frame ended while the
+    smoother still says "speaking" (within its hangover)."""
+    vad = VadSmoother(20, onset_frames=3, onset_window=5, hangover_ms=300)
+    assert vad.start_ms is None and vad.last_voiced_end_ms == 0
+    feed(vad, "0" * 10 + "1" * 20 + "0" * 5)
+    assert vad.speaking and vad.start_ms == T0 + 200
+    assert vad.last_voiced_end_ms == T0 + 600
+    feed(vad, "0" * 20, T0 + 700)
+    assert not vad.speaking and vad.start_ms is None
+    assert vad.last_voiced_end_ms == T0 + 600
+
+
 def test_smoother_splits_on_long_pause_and_ignores_blips() -> None:
     vad = VadSmoother(20, onset_frames=3, onset_window=5, hangover_ms=300)
     feed(vad, "1" + "0" * 10 + "11" + "0" * 10 + "1" * 10 + "0" * 20 + "1" * 10)

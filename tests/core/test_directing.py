@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -12,6 +13,7 @@ from syncclass.directing import (
     COURSEWARE,
     DirectingRules,
     Director,
+    Heard,
     Shot,
     agreement,
     onset_delays,
@@ -153,3 +155,63 @@ def test_teacher_talking_keeps_the_teacher() -> None:
     director = Director(TEACHER)
     run_script(director, 30.0, {TEACHER: [(0.0, 30.0)], "a": [(5.0, 30.0)]})
     assert [sw.shot.active for sw in director.switches] == [TEACHER]
+
+
+def _feed(director: Director, start_s: float, end_s: float,
+          talking: Callable[[float], list[str]],
+          heard: Callable[[float], dict[str, Heard]] | None = None) -> None:
+    t = start_s
+    while t < end_s:
+        director.step(t, talking(t), False, None, None if heard is None else heard(t))
+        t = round(t + STEP_S, 6)
+
+
+def test_onset_counts_from_the_detectors_start_of_speech() -> None:
+    """The detector's flag comes 0.3 s after the answer starts (detection and network
+    delay); the onset rule counts from the first voiced frame it reports, so the switch
+    comes 1 s after the speech, not 1 s after the flag."""
+    director = Director(TEACHER)
+    _feed(director, 0.0, 13.0, lambda t: ["a"] if t >= 10.3 else [],
+          lambda t: {"a": Heard(10.0, t)} if t >= 10.3 else {})
+    switch = director.switches[-1]
+    assert switch.shot.active == "a" and switch.reason == "speech"
+    assert switch.t_s == pytest.approx(11.0, abs=STEP_S)
+
+
+def test_release_counts_from_the_last_voiced_frame() -> None:
+    """The detector says "silent" only after its 300 ms hangover; the release rule
+    counts from the end of the last voiced frame, so the teacher comes back 1 s after the
+    answer ends, not 1.3 s."""
+    director = Director(TEACHER)
+
+    def heard(t: float) -> dict[str, Heard]:
+        return {"a": Heard(10.0, min(t, 16.0))}
+
+    _feed(director, 0.0, 20.0, lambda t: ["a"] if 10.0 <= t < 16.3 else [], heard)
+    back = director.switches[-1]
+    assert [sw.shot.active for sw in director.switches] == [TEACHER, "a", TEACHER]
+    assert back.reason == "silence"
+    assert back.t_s == pytest.approx(17.0, abs=STEP_S)
+
+
+def test_teacher_taking_the_answer_up_returns_at_once() -> None:
+    """The answer ends at 16 s and the teacher answers it at 16.5 s: back to the teacher
+    after takeback_s (0.5 s) of the teacher's speech, not after release_s (here 2 s)."""
+    director = Director(TEACHER, DirectingRules(release_s=2.0))
+    _feed(director, 0.0, 20.0,
+          lambda t: (["a"] if 10.0 <= t < 16.0 else []) + ([TEACHER] if t >= 16.5 else []))
+    back = director.switches[-1]
+    assert [sw.shot.active for sw in director.switches] == [TEACHER, "a", TEACHER]
+    assert back.reason == "speech" and back.source == TEACHER
+    assert back.t_s == pytest.approx(17.0, abs=STEP_S)
+
+
+def test_teacher_talking_over_an_answer_does_not_take_it_back() -> None:
+    """The teacher speaks into the answer (and the detector drops one frame of it): the
+    answering classroom stays featured until it stops."""
+    director = Director(TEACHER)
+    _feed(director, 0.0, 25.0,
+          lambda t: ([] if abs(t - 15.0) < 0.01 else ["a"] if 10.0 <= t < 18.0 else [])
+          + ([TEACHER] if 13.0 <= t < 22.0 else []))
+    assert [sw.shot.active for sw in director.switches] == [TEACHER, "a", TEACHER]
+    assert director.switches[-1].t_s >= 18.0

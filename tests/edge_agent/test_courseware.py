@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import unicodedata
 from pathlib import Path
 
 import av
@@ -35,8 +36,10 @@ class Clock:
 
 
 def char_accuracy(truth: str, got: str) -> float:
-    """1 - Levenshtein distance / len(truth), over characters (spaces ignored)."""
-    a, b = truth.replace(" ", ""), got.replace(" ", "")
+    """1 - Levenshtein distance / len(truth), over characters without spaces, after NFKC
+    (tesseract writes full-width '？' and '：' as '?' and ':'), as in the benchmark."""
+    a = "".join(unicodedata.normalize("NFKC", truth).split())
+    b = "".join(unicodedata.normalize("NFKC", got).split())
     prev = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
         cur = [i]
@@ -61,19 +64,23 @@ def test_slides_change_at_known_times() -> None:
     assert not changed(second, deck.grab())
 
 
-def test_source_slide_is_legible_to_ocr(tmp_path: Path) -> None:
+def test_source_slides_are_legible_to_ocr(tmp_path: Path) -> None:
     """The reference for the legibility measurement: Debian's tesseract (chi_sim) reads
-    the source slide's Chinese text at >= 95 % character accuracy."""
+    every source slide's Chinese text at >= 95 % character accuracy (in WenQuanYi Zen Hei
+    it read 课堂 / 蛋糕 of the third slide as 课浓 / 重糠: 87 %)."""
     assert shutil.which("tesseract"), "tesseract-ocr is installed by scripts/bootstrap.sh"
+    import cv2
     clock = Clock()
     deck = SlideDeckSource(1280, 720, start_s=clock.t, clock=clock)
     png = tmp_path / "slide.png"
-    import cv2
-    cv2.imwrite(str(png), deck.grab().to_ndarray(format="gray"))
-    out = subprocess.run(["tesseract", str(png), "-", "-l", "chi_sim", "--psm", "6"],
-                         capture_output=True, text=True, check=True).stdout
-    truth = "".join(DEFAULT_DECK[0].lines)
-    assert char_accuracy(truth, out.replace("\n", "")) >= 0.95, out
+    scores = []
+    for slide in DEFAULT_DECK:
+        clock.t = deck.start_s + slide.at_s + 1.0
+        cv2.imwrite(str(png), deck.grab().to_ndarray(format="gray"))
+        out = subprocess.run(["tesseract", str(png), "-", "-l", "chi_sim", "--psm", "6"],
+                             capture_output=True, text=True, check=True).stdout
+        scores.append((char_accuracy("".join(slide.lines), out.replace("\n", "")), out))
+    assert all(acc >= 0.95 for acc, _ in scores), scores
 
 
 async def test_track_sends_only_when_shared_and_more_on_change() -> None:

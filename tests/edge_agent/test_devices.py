@@ -52,6 +52,7 @@ from edge_agent.sources import (
 )
 from syncclass.config import AudioDeviceConfig, SinkConfig, VideoDeviceConfig
 from syncclass.errors import DeviceError
+from syncclass.fonts import render_text
 from syncclass.timecode import Timecode, paint_timecode, read_timecode, timecode_band_height
 
 
@@ -115,6 +116,28 @@ async def test_synthetic_video_timecodes_and_pacing() -> None:
     assert abs((pts[-1] - pts[0]) / 90000 - 0.3) < 0.1
     assert all(f.time_base == VIDEO_TIME_BASE and f.format.name == "yuv420p" for f in frames)
     assert (frames[0].width, frames[0].height) == (1280, 720)
+
+
+def test_synthetic_video_draws_a_chinese_label() -> None:
+    """A classroom label in Chinese shows in the synthetic camera's picture in the CJK
+    font (OpenCV's Hershey font drew each of its characters as '?')."""
+    band = timecode_band_height(720)
+
+    def label_area(label: str) -> npt.NDArray[np.uint8]:
+        src = SyntheticVideoSource(1280, 720, 15.0, label=label, source=1, sync_period_s=None)
+        y = luma_of(src.produce(1000.0))
+        return y[band + 4 : band + 4 + 60, 4 : 4 + 400].copy()
+
+    chinese, marks = label_area("三(1)班"), label_area("?(1)?")
+    ink = render_text("三", 32)  # the label's first glyph at 720p's size (32 px)
+    assert not np.array_equal(chinese, marks)
+    # The first glyph's strokes: its ink's rows and columns match the picture's bright
+    # pixels inside the label's box (pad 5 px, text 16..235).
+    th, tw = ink.shape
+    glyph = chinese[5 : 5 + th, 5 : 5 + tw].astype(np.int32)
+    expected = 16 + ink.astype(np.int32) * (235 - 16) // 255
+    assert np.abs(glyph - expected).max() <= 2
+    assert int(np.count_nonzero(ink > 128)) > 50  # the glyph has strokes, not a blank
 
 
 async def test_synthetic_video_late_reader_gets_one_catch_up_frame() -> None:

@@ -85,3 +85,33 @@ def test_courseware_large_and_manual_override(media: LessonMedia) -> None:
     assert featured(media) == main
     assert [e["reason"] for e in media.directing_log()] == [
         "start", "courseware", "manual", "auto", "courseware"]
+
+
+def test_directing_counts_from_the_detectors_times(media: LessonMedia) -> None:
+    """The analytics' voice detector reports when the answer started and when its last
+    voiced frame ended (epoch ms); the lesson's directing counts its onset and release
+    from those, not from when the detector's decision reached the mixer."""
+    main, rural = media.lesson.main, media.lesson.receiving[0]
+
+    def epoch_ms(lesson_s: float) -> float:
+        return media.t0_epoch_ms + lesson_s * 1000
+
+    def advance_to(lesson_s: float) -> None:
+        media._t0 = time.monotonic() - lesson_s
+
+    advance_to(0.0)
+    media._direct()
+    # The detector's decision arrives at 5.4 s for speech that began at 5.0 s.
+    advance_to(5.4)
+    media.set_speaking(rural, True, epoch_ms(5.0), epoch_ms(5.4))
+    media._direct()
+    advance_to(6.05)
+    switch = media._direct()
+    assert switch is not None and switch.shot.active == rural
+    # The answer's last voiced frame ends at 9.0 s; "silent" arrives at 9.3 s.
+    advance_to(9.3)
+    media.set_speaking(rural, False, None, epoch_ms(9.0))
+    assert media._direct() is None
+    advance_to(10.05)
+    switch = media._direct()
+    assert switch is not None and switch.shot.active == main and switch.reason == "silence"

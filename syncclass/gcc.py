@@ -68,6 +68,16 @@ class GccConfig:
     fast_start_step_s: float = 0.5
     ack_window_s: float = 0.5
     """The acknowledged rate is measured over this long of arrivals, s."""
+    queue_guard_ms: float = 25.0
+    """A trendline overuse counts only while the standing queue (the smallest one-way
+    delay above its 10 s minimum over the last ``standing_window_s``) exceeds this, ms.
+    Each periodic keyframe (every 2 s) queues for a moment on a thin link, which the
+    trendline alone reads as overuse (measured: an agent on a 384 kbit/s link was cut at
+    every keyframe, to ~190 kbit/s with its queue empty between them)."""
+    standing_window_s: float = 0.5
+    queue_max_ms: float = 100.0
+    """A standing queue above this is overuse whatever the trend, ms."""
+    base_delay_window_s: float = 10.0
     loss_window_s: float = 1.0
     high_loss: float = 0.10
     low_loss: float = 0.02
@@ -189,6 +199,13 @@ class GccEstimator:
     _acked: deque[tuple[float, int]] = field(default_factory=deque)
     _last_change_s: float | None = None
     _last_decrease_s: float = -math.inf
+    usage: Usage = "normal"
+    """The last group pair's verdict (the detector's, vetoed without a standing queue)."""
+    queue_ms: float = 0.0
+    """Standing queue: the smallest queueing delay (one-way delay above its minimum over
+    the last ``base_delay_window_s``) over the last ``standing_window_s``, ms."""
+    _base: deque[tuple[float, float]] = field(default_factory=deque)
+    _recent: deque[tuple[float, float]] = field(default_factory=deque)
     _loss_window: list[int] = field(default_factory=lambda: [0, 0])
     _loss_window_start_s: float | None = None
     _last_loss_update_s: float | None = None
@@ -234,7 +251,7 @@ class GccEstimator:
             if usage is not None:
                 usage_seen.add(usage)
         usage = ("overuse" if "overuse" in usage_seen else
-                 "underuse" if "underuse" in usage_seen else self.detector.usage)
+                 "underuse" if "underuse" in usage_seen else self.usage)
         self._rate_control(usage, now_s)
         return self.target_kbps()
 
@@ -242,13 +259,20 @@ class GccEstimator:
         assert r.arrival_s is not None
         g = self._group
         if g is None or r.send_time_s - g.first_send_s > self.config.burst_s:
-            usage = None
+            usage: Usage | None = None
             if g is not None:
+                self._queue_delay(g)
                 prev = self._previous
                 if prev is not None and g.last_arrival_s >= prev.last_arrival_s:
                     usage = self.detector.update(
                         (g.last_arrival_s - prev.last_arrival_s) * 1000.0,
                         (g.last_send_s - prev.last_send_s) * 1000.0, g.last_arrival_s)
+                    if usage == "overuse" and self.queue_ms < self.config.queue_guard_ms:
+                        usage = "normal"
+                if self.queue_ms > self.config.queue_max_ms:
+                    usage = "overuse"
+                if usage is not None:
+                    self.usage = usage
                 self._previous = g
             self._group = _Group(r.send_time_s, r.send_time_s, r.arrival_s, r.size_bytes)
             return usage
@@ -256,6 +280,25 @@ class GccEstimator:
         g.last_arrival_s = max(g.last_arrival_s, r.arrival_s)
         g.size_bytes += r.size_bytes
         return None
+
+    def _queue_delay(self, g: _Group) -> None:
+        # The clocks differ by a constant: the one-way delay above its recent minimum is
+        # the time the group's last packet spent in queues.
+        owd = g.last_arrival_s - g.last_send_s
+        base = self._base
+        while base and base[-1][1] >= owd:
+            base.pop()  # a monotonic deque: its head is the window's minimum
+        base.append((g.last_arrival_s, owd))
+        while base[0][0] < g.last_arrival_s - self.config.base_delay_window_s:
+            base.popleft()
+        queued = (owd - base[0][1]) * 1000.0
+        recent = self._recent
+        while recent and recent[-1][1] >= queued:
+            recent.pop()
+        recent.append((g.last_arrival_s, queued))
+        while recent[0][0] < g.last_arrival_s - self.config.standing_window_s:
+            recent.popleft()
+        self.queue_ms = recent[0][1]
 
     def _rate_control(self, usage: Usage, now_s: float) -> None:
         c = self.config

@@ -23,6 +23,15 @@ class LinkSim:
     fps: float = 15.0
     feedback_s: float = 0.1
     seed: int = 1
+    keyframe_every_s: float = 0.0
+    """Every this often a frame ``keyframe_factor`` times the average (0: none)."""
+    keyframe_factor: float = 5.0
+    pace_factor: float = 0.0
+    stall_every_s: float = 0.0
+    """The receiver's event loop is blocked for ``stall_s`` this often (0: never); what
+    arrives meanwhile is stamped when it ends, as on a busy mixer."""
+    stall_s: float = 0.04
+    """Packets leave at most at this times the target (0: as a burst)."""
     estimator: GccEstimator = field(default_factory=lambda: GccEstimator(GccConfig()))
     trace: list[tuple[float, float, float]] = field(default_factory=list)
     """(time s, target kbit/s, queueing delay s) per frame."""
@@ -37,12 +46,16 @@ class LinkSim:
         while t < seconds:
             target = self.estimator.target_kbps()
             frame_bytes = int(target * 1000 / 8 / self.fps)
+            if self.keyframe_every_s and int(t * self.fps) % int(
+                    self.keyframe_every_s * self.fps) == 0:
+                frame_bytes = int(frame_bytes * self.keyframe_factor)
             n = max(1, -(-frame_bytes // 1200))
             cap = self.capacity_kbps(t) * 1000 / 8  # bytes/s
             queue_delay = max(0.0, link_free_s - t)
             for i in range(n):
                 size = min(1200, frame_bytes - i * 1200) if frame_bytes > i * 1200 else 200
-                send = t + i * 0.0005
+                send = t + i * (0.0005 if not self.pace_factor
+                                else 1200 * 8 / (self.pace_factor * target * 1000))
                 seq = history.next_sequence_number(send, size)
                 start = max(send, link_free_s)
                 if start - send > self.queue_s or rnd.random() < self.loss:
@@ -54,7 +67,12 @@ class LinkSim:
             while next_fb <= t:
                 for arr, seq, _size in sorted(in_flight):
                     if arr <= next_fb:
-                        builder.add(seq, int(arr * 1e6))
+                        stamp = arr
+                        if self.stall_every_s:
+                            phase = arr % self.stall_every_s
+                            if phase < self.stall_s:
+                                stamp = arr - phase + self.stall_s
+                        builder.add(seq, int(stamp * 1e6))
                 in_flight = [p for p in in_flight if p[0] > next_fb]
                 for fb in builder.build():
                     wire = TransportFeedback.parse(bytes(fb))

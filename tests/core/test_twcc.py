@@ -5,8 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
-from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
 from syncclass.twcc import (
     TRANSPORT_CC_URI,

@@ -257,6 +257,7 @@ class LessonMedia:
                                              down_hold_s=GCC_DOWN_HOLD_S)
             v.renditions = ViewRenditions(
                 v.name, self.media, v.encoder, policy,
+                start_kbps=float(adapt.start_kbps) if adapt.estimator == "gcc" else None,
                 enabled=adapt.enabled and adapt.low_rendition,
             )
         self.encoders_created = len(self.views)

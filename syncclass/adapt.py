@@ -437,6 +437,8 @@ class RenditionSelector:
     failed_probes: int = 0
     low_since_s: float | None = None
     """Since when the estimate has been too low for the high rendition."""
+    high_ok_since_s: float | None = None
+    """On the low rendition: since when a sender-side estimate has had room for the high."""
 
     def __post_init__(self) -> None:
         if self.probe_interval_s <= 0:
@@ -465,6 +467,18 @@ class RenditionSelector:
                 return self._switch("low", now_s)
             return "high"
         clean = controller.last_loss < p.low_loss
+        if controller.has_estimate(now_s) and not too_low and clean:
+            # A sender-side estimate is bounded by 1.5x what arrived: when it reaches the
+            # high rendition's rate the link has shown room for it, no need to wait for
+            # the periodic probe (a subscriber starts on low with ``estimator: gcc``).
+            if self.high_ok_since_s is None:
+                self.high_ok_since_s = now_s
+            elif now_s - self.high_ok_since_s >= p.up_hold_s:
+                self.high_ok_since_s = None
+                self.probing_since_s = now_s
+                return self._switch("high", now_s)
+        else:
+            self.high_ok_since_s = None
         if not clean:
             # Loss on the low rendition: the next probe waits for a clean stretch.
             self.since_s = max(self.since_s, now_s - self.probe_interval_s / 2)

@@ -12,6 +12,7 @@ object every RTP and RTCP packet of a peer connection passes through):
   mixer and answers the mixer's with feedback;
 - **sending** (``_send_rtp``): every RTP packet (audio, video, retransmissions) gets the
   next transport-wide sequence number, its send time and size are kept (:class:`SendHistory`);
+  video packets are paced at :data:`PACING_FACTOR` × the estimate (a bounded wait);
 - **receiving** (``_handle_rtp_data``): each stamped packet's arrival is noted and a
   feedback packet goes back every ``feedback_interval_s`` (75 ms);
 - **feedback** (``_handle_rtcp_data``): matched against the history and fed to
@@ -63,6 +64,13 @@ PAYLOAD_SHARE = 0.9
 """Part of a stream's share of the estimate its encoder gets: RTP/SRTP/UDP/IP headers
 (5-10 % at 15 fps on a thin link) and the encoder's overshoot need the rest."""
 RATE_WINDOW_S = 1.0
+PACING_FACTOR = 2.5
+"""Video packets leave at most this many times the estimate (libwebrtc's pacing factor):
+a keyframe is spread over a few tens of ms instead of hitting a thin link's queue at once,
+and the estimator sees its packets as the link's queue does."""
+PACER_MAX_DELAY_S = 0.3
+"""A video packet waits in the pacer at most this long, s: a backlog beyond it goes out
+at once (the estimate is too low or the encoder overshot; the link's queue takes it)."""
 
 _original: dict[str, Any] = {}
 
@@ -82,6 +90,11 @@ class TransportCongestion:
     feedback_sent: int = 0
     feedback_received: int = 0
     packets_stamped: int = 0
+    paced_s: float = 0.0
+    """Time video packets waited in the pacer, in total, s."""
+    pacer_overflows: int = 0
+    """Video packets sent early because the pacer's backlog exceeded its bound."""
+    _pacer_next_s: float = 0.0
     _sent: dict[int, deque[tuple[float, int]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -95,6 +108,19 @@ class TransportCongestion:
             rates.popleft()
         self.packets_stamped += 1
         return self.history.next_sequence_number(now_s, size_bytes, ssrc)
+
+    def pacing_delay(self, size_bytes: int, now_s: float) -> float:
+        """How long a video packet of ``size_bytes`` handed over at ``now_s`` waits, s
+        (and books its slot): packets leave at ``PACING_FACTOR`` times the estimate."""
+        rate = PACING_FACTOR * self.estimator.target_kbps() * 1000 / 8  # bytes/s
+        start = max(now_s, self._pacer_next_s)
+        wait = start - now_s
+        if wait > PACER_MAX_DELAY_S:
+            self.pacer_overflows += 1
+            start, wait = now_s + PACER_MAX_DELAY_S, PACER_MAX_DELAY_S
+        self._pacer_next_s = start + size_bytes / rate
+        self.paced_s += wait
+        return wait
 
     def sent_kbps(self, ssrc: int, now_s: float) -> float:
         """What ``ssrc`` sent on the wire over the last second, kbit/s."""
@@ -115,7 +141,9 @@ class TransportCongestion:
                 "acked_kbps": None if e.acked_kbps() is None else round(e.acked_kbps() or 0, 1),
                 "loss": round(e.loss_fraction, 3), "overuses": e.overuses,
                 "fast_start": e.fast_start, "feedback_sent": self.feedback_sent,
-                "feedback_received": self.feedback_received}
+                "feedback_received": self.feedback_received,
+                "queue_ms": round(e.queue_ms, 1), "paced_s": round(self.paced_s, 2),
+                "pacer_overflows": self.pacer_overflows}
 
 
 def _state(transport: RTCDtlsTransport) -> TransportCongestion | None:
@@ -208,6 +236,15 @@ def install_transport_cc(config: GccConfig | None = None,
             packet = RtpPacket.parse(data, ext_map)
             cc = state_of(self)
             size = len(data) + 3 + WIRE_OVERHEAD_BYTES  # + the extension element
+            sender = self._rtp_router.senders.get(packet.ssrc)
+            if (sender is not None and sender.kind == "video" and asyncio.current_task()
+                    is getattr(sender, "_RTCRtpSender__rtp_task", None)):
+                # Only first transmissions of video, from the sender's own RTP task:
+                # retransmissions are sent from the RTCP handler on the transport's
+                # receive loop, which must never wait.
+                wait = cc.pacing_delay(size, time.monotonic())
+                if wait > 0.001:
+                    await asyncio.sleep(wait)
             packet.extensions.transport_sequence_number = cc.on_sent(
                 packet.ssrc, size, time.monotonic())
             data = packet.serialize(ext_map)

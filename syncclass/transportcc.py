@@ -237,7 +237,7 @@ def install_transport_cc(config: GccConfig | None = None,
             cc = state_of(self)
             size = len(data) + 3 + WIRE_OVERHEAD_BYTES  # + the extension element
             sender = self._rtp_router.senders.get(packet.ssrc)
-            if (sender is not None and sender.kind == "video" and asyncio.current_task()
+            if (getattr(sender, "kind", None) == "video" and asyncio.current_task()
                     is getattr(sender, "_RTCRtpSender__rtp_task", None)):
                 # Only first transmissions of video, from the sender's own RTP task:
                 # retransmissions are sent from the RTCP handler on the transport's

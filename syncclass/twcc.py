@@ -316,8 +316,10 @@ class SendHistory:
         seq = self._next
         self._next += 1
         self._sent[seq] = (send_time_s, size_bytes, ssrc)
-        while self._oldest < seq and (
-                send_time_s - self._sent.get(self._oldest, (send_time_s,))[0] > self.max_age_s):
+        while self._oldest < seq:  # forget what no feedback reported in max_age_s
+            entry = self._sent.get(self._oldest)
+            if entry is not None and send_time_s - entry[0] <= self.max_age_s:
+                break
             self._sent.pop(self._oldest, None)
             self._oldest += 1
         return seq & 0xFFFF

@@ -127,3 +127,19 @@ def test_reads_sequence_number_from_aiortc_serialized_packet() -> None:
     packet.extensions.transport_sequence_number = None
     assert read_transport_sequence_number(packet.serialize(ext), 5) is None
     assert read_transport_sequence_number(b"\x80" * 5, 5) is None
+
+
+def test_send_history_forgets_packets_no_feedback_reported() -> None:
+    """Feedback lost on the way must not make the history grow for a whole lesson."""
+    h = SendHistory(max_age_s=1.0)
+    b = FeedbackBuilder(1)
+    for i in range(3000):  # 30 s at 100 packets/s; feedback for every other second only
+        t = i * 0.01
+        seq = h.next_sequence_number(t, 1000)
+        b.add(seq, int(t * 1e6))
+        if i % 10 == 9:
+            fbs = b.build()
+            if int(t) % 2 == 0:
+                for fb in fbs:
+                    h.on_feedback(fb)
+    assert len(h._sent) <= 110

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import shutil
 import sys
@@ -45,13 +46,21 @@ CAP_KBPS = 512.0
 LESSON_S = 24.0
 SETTLE_S = 10.0
 """Figures are judged over the lesson's last ``LESSON_S - SETTLE_S`` seconds."""
+SAMPLE_S = 0.5
+"""Sampling interval, s."""
 
 
-def write_configs(tmp: Path, link: EmulatedLink, adapt: bool) -> tuple[Path, Path]:
+MODES = {"on": (True, "remb"), "remb": (True, "remb"), "gcc": (True, "gcc"),
+         "off": (False, "remb")}
+"""Mode name -> (adaptation enabled, estimator)."""
+
+
+def write_configs(tmp: Path, link: EmulatedLink, adapt: bool,
+                  estimator: str = "remb") -> tuple[Path, Path]:
     """County configs for the mixer side and for the agent inside the namespace."""
     data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
     data["media"].update(width=640, height=360, bitrate_kbps=1200, uplink_bitrate_kbps=1500,
-                         adaptation={"enabled": adapt})
+                         adaptation={"enabled": adapt, "estimator": estimator})
     for room in data["classrooms"]:
         room.setdefault("devices", {})["camera"] = {"kind": "synthetic", "width": 640,
                                                     "height": 360, "fps": 15}
@@ -74,17 +83,29 @@ class Sample:
     """The mixer's renditions stats of the rural classroom's view."""
     link: dict[str, dict[str, int]] = field(default_factory=dict)
     """The emulated link's packet counters (:meth:`EmulatedLink.stats`)."""
+    uplink_cc: dict[str, Any] | None = None
+    """The rural agent's sender-side estimator (``None`` with REMB)."""
+    uplink_rtt_ms: float | None = None
+    """The rural agent's camera stream's round trip (RTCP SR/RR), ms."""
+    downlink_rtt_ms: float | None = None
+    """The mixer's view stream to the rural classroom: round trip (RTCP SR/RR), ms."""
+    cap_kbps: float = 0.0
+    """The link's rate cap at this sample, kbit/s."""
 
 
 def run_capped_lesson(tmp: Path, cap_kbps: float, adapt: bool, lesson_s: float = LESSON_S,
-                      settle_s: float = SETTLE_S) -> dict[str, Any]:
+                      settle_s: float = SETTLE_S, estimator: str = "remb",
+                      loss_percent: float = 0.0,
+                      halve: tuple[float, float] | None = None) -> dict[str, Any]:
     """Run one lesson with the rural classroom behind a ``cap_kbps`` link; its figures.
 
     Bitrates in kbit/s, rates in frames/s, over the window ``[settle_s, lesson_s]``.
+    ``halve = (at_s, for_s)``: the link's rate halves ``at_s`` after the lesson starts and
+    returns ``for_s`` later.
     """
     out = tmp / "classrooms"
     with EmulatedLink("upl", seed=3) as link:
-        main_cfg, ns_cfg = write_configs(tmp, link, adapt)
+        main_cfg, ns_cfg = write_configs(tmp, link, adapt, estimator)
         dep = LocalDeployment(main_cfg, tmp)
         try:
             dep.start_mixer()
@@ -101,25 +122,41 @@ def run_capped_lesson(tmp: Path, cap_kbps: float, adapt: bool, lesson_s: float =
 
             dep.wait_for(lambda: {MAIN, RURAL} <= set(dep.mixer_status()["classrooms"]), 30,
                          "agents connected")
-            link.impair(both=Impairment(delay_ms=20, rate_kbps=cap_kbps))
+            def impair(rate: float) -> None:
+                link.impair(both=Impairment(delay_ms=20, rate_kbps=rate,
+                                            loss_percent=loss_percent))
+
+            impair(cap_kbps)
             status, lesson = dep.agent_command(MAIN, "start")
             assert status == 200, lesson
             dep.wait_for(lambda: peer(RURAL) == "connected", 30, "the rural classroom joined")
             t0 = time.monotonic()
             samples: list[Sample] = []
+            cap_now = cap_kbps
             while (t := time.monotonic() - t0) < lesson_s:
+                if halve is not None:
+                    want = cap_kbps / 2 if halve[0] <= t < halve[0] + halve[1] else cap_kbps
+                    if want != cap_now:
+                        impair(want)
+                        cap_now = want
                 st = rural_status()
                 media = dep.mixer_stats()["media"][lesson["lesson_id"]]
                 rx = st.get("reception") or {}
+                view = media["views"]["students_view"]["renditions"] or {}
+                uplink = st.get("uplink") or {}
                 samples.append(Sample(
                     t, int(st["encoder"]["bytes_out"]),
-                    float((st.get("uplink") or {}).get("target_kbps") or 0.0),
+                    float(uplink.get("target_kbps") or 0.0),
                     int(media["video_inputs"].get(RURAL, {}).get("frames", 0)),
                     int(rx.get("frames_received", 0)),
-                    media["views"]["students_view"]["renditions"] or {},
+                    view,
                     link.stats(),
+                    uplink.get("transport_cc"),
+                    uplink.get("rtt_ms"),
+                    ((view.get("subscribers") or {}).get(RURAL) or {}).get("rtt_ms"),
+                    cap_now,
                 ))
-                time.sleep(max(0.0, 1.0 - (time.monotonic() - t0 - t)))
+                time.sleep(max(0.0, SAMPLE_S - (time.monotonic() - t0 - t)))
             summary_file = out / f"{RURAL}.json"
             summary_file.unlink(missing_ok=True)
             status, body = dep.agent_command(MAIN, "end")
@@ -132,7 +169,9 @@ def run_capped_lesson(tmp: Path, cap_kbps: float, adapt: bool, lesson_s: float =
             raise
         finally:
             dep.stop_all()
-    result = figures(samples, rx_summary, cap_kbps, adapt, settle_s)
+    result = figures(samples, rx_summary, cap_kbps, adapt, settle_s, halve)
+    result["estimator"] = estimator if adapt else None
+    result["loss_percent"] = loss_percent
     result["timeline"] = timeline(samples)
     return result
 
@@ -148,6 +187,9 @@ def timeline(samples: list[Sample]) -> list[dict[str, Any]]:
             "target_kbps": b.uplink_target_kbps,
             "fps_in": round((b.frames_in - a.frames_in) / dt, 1),
             "fps_rx": round((b.frames_rx - a.frames_rx) / dt, 1),
+            "uplink_rtt_ms": b.uplink_rtt_ms, "downlink_rtt_ms": b.downlink_rtt_ms,
+            "cap_kbps": b.cap_kbps,
+            "uplink_estimate_kbps": (b.uplink_cc or {}).get("estimate_kbps"),
         }
         for way in ("uplink", "downlink"):
             sa, sb = a.link.get(way, {}), b.link.get(way, {})
@@ -167,8 +209,30 @@ def _max_gap_s(samples: list[Sample], key: str) -> float:
     return longest
 
 
+def _fps_reached_s(samples: list[Sample], since_s: float, until_s: float = math.inf,
+                   fps: float = 10.0, hold_s: float = 2.0) -> float | None:
+    """Seconds from ``since_s`` until both directions decoded >= ``fps`` over a
+    ``hold_s`` window (``None``: not before ``until_s``)."""
+    pts = [s for s in samples if since_s <= s.t < until_s]
+    for i, a in enumerate(pts):
+        later = [b for b in pts[i + 1:] if b.t - a.t >= hold_s - 1e-6]
+        if not later:
+            break
+        b = later[0]
+        if min(b.frames_in - a.frames_in, b.frames_rx - a.frames_rx) / (b.t - a.t) >= fps:
+            return round(a.t - since_s, 1)
+    return None
+
+
+def _percentile(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1)
+
+
 def figures(samples: list[Sample], rx: dict[str, Any], cap_kbps: float, adapt: bool,
-            settle_s: float) -> dict[str, Any]:
+            settle_s: float, halve: tuple[float, float] | None = None) -> dict[str, Any]:
     window = [s for s in samples if s.t >= settle_s]
     assert len(window) >= 5, f"too few samples: {len(window)}"
     a, b = window[0], window[-1]
@@ -178,7 +242,24 @@ def figures(samples: list[Sample], rx: dict[str, Any], cap_kbps: float, adapt: b
     lows = [s.view.get("low") or {} for s in (a, b)]
     low_kbps = ((lows[1].get("bytes_out", 0) - lows[0].get("bytes_out", 0)) * 8 / 1000 / span
                 if lows[0] and lows[1] else None)
-    return {
+    up_rtt = [s.uplink_rtt_ms for s in window if s.uplink_rtt_ms]
+    down_rtt = [s.downlink_rtt_ms for s in window if s.downlink_rtt_ms]
+    extra: dict[str, Any] = {
+        "join_to_10fps_s": _fps_reached_s(samples, 0.0),
+        "uplink_transport_cc": b.uplink_cc,
+        "uplink_rtt_ms_p50": _percentile(up_rtt, 0.5),
+        "uplink_rtt_ms_p90": _percentile(up_rtt, 0.9),
+        "downlink_rtt_ms_p50": _percentile(down_rtt, 0.5),
+        "downlink_rtt_ms_p90": _percentile(down_rtt, 0.9),
+    }
+    if halve is not None:
+        at, span_h = halve
+        extra["halved_at_s"], extra["halved_for_s"] = at, span_h
+        extra["halved_fps_in"] = _window_fps(samples, at, at + span_h, "frames_in")
+        extra["halved_fps_rx"] = _window_fps(samples, at, at + span_h, "frames_rx")
+        extra["halved_to_10fps_s"] = _fps_reached_s(samples, at, at + span_h)
+        extra["restored_to_10fps_s"] = _fps_reached_s(samples, at + span_h)
+    return extra | {
         "cap_kbps": cap_kbps,
         "adaptation": adapt,
         "window_s": round(span, 1),
@@ -200,11 +281,24 @@ def figures(samples: list[Sample], rx: dict[str, Any], cap_kbps: float, adapt: b
     }
 
 
+def _window_fps(samples: list[Sample], t0: float, t1: float, key: str) -> float | None:
+    pts = [s for s in samples if t0 <= s.t <= t1]
+    if len(pts) < 2:
+        return None
+    return round((getattr(pts[-1], key) - getattr(pts[0], key)) / (pts[-1].t - pts[0].t), 2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="Video adaptation on capped rural links: with "
                                  "and without adaptation, side by side in one run.")
     ap.add_argument("--caps", default="1024,512", help="link caps, kbit/s, comma-separated")
-    ap.add_argument("--modes", default="on,off", help="adaptation modes to alternate")
+    ap.add_argument("--modes", default="on,off",
+                    help="adaptation modes to alternate: on (= remb: REMB-based), gcc "
+                         "(sender-side estimate from transport-wide feedback), off")
+    ap.add_argument("--losses", default="0",
+                    help="random loss on the link, %% of packets, comma-separated")
+    ap.add_argument("--halve", default="",
+                    help="AT,FOR: the link's rate halves AT s into the lesson for FOR s")
     ap.add_argument("--seconds", type=float, default=LESSON_S)
     ap.add_argument("--settle", type=float, default=SETTLE_S)
     ap.add_argument("--hole-waits", default="",
@@ -222,9 +316,11 @@ def main() -> None:
     runs = []
     load_start = os.getloadavg()
     waits = [w for w in args.hole_waits.split(",") if w] or [None]
-    for _round, cap, mode, wait in itertools.product(
-            range(args.rounds), (float(c) for c in args.caps.split(",")),
-            args.modes.split(","), waits):
+    halve = tuple(float(x) for x in args.halve.split(",")) if args.halve else None
+    for _round, cap, loss, wait, mode in itertools.product(
+            range(args.rounds), [float(c) for c in args.caps.split(",")],
+            [float(x) for x in args.losses.split(",")], waits, args.modes.split(",")):
+        adapt, estimator = MODES[mode]
         if wait is None:
             os.environ.pop("SYNCCLASS_VIDEO_HOLE_WAIT_S", None)
         else:
@@ -232,10 +328,16 @@ def main() -> None:
         work = args.work / f"{int(cap)}-{mode}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
+        load = os.getloadavg()[0]
         try:
-            result = run_capped_lesson(work, cap, mode == "on", args.seconds, args.settle)
+            result = run_capped_lesson(work, cap, adapt, args.seconds, args.settle,
+                                       estimator, loss,
+                                       (halve[0], halve[1]) if halve else None)
         except Exception as exc:  # one failed run is a figure too
-            result = {"cap_kbps": cap, "adaptation": mode == "on", "error": repr(exc)}
+            result = {"cap_kbps": cap, "adaptation": adapt, "estimator": estimator,
+                      "loss_percent": loss, "error": repr(exc)}
+        result["mode"] = mode
+        result["loadavg_1min_before"] = round(load, 2)
         result["hole_wait_s"] = wait
         if args.timeline:
             for row in result.get("timeline", []):

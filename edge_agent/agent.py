@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from syncclass.adapt import (
+    GCC_UP_HOLD_S,
     AdaptPolicy,
     EncoderAdapter,
     LinkFeedback,
@@ -72,6 +74,7 @@ from syncclass.rtc import (
 )
 from syncclass.stats import median, percentile
 from syncclass.timecode import read_timecode
+from syncclass.transportcc import observe_transport_estimate, transport_congestion
 from syncclass.turn import credential_refresh_in_s
 
 from .classroom_pc import ClassroomPC, LessonView, apply_saved_devices
@@ -516,10 +519,20 @@ class Agent:
                 "target_kbps": round(self.uplink.target_kbps(time.monotonic()), 1),
                 "remb_kbps": self.uplink.remb_kbps, "loss": self.uplink.last_loss,
                 "rtt_ms": self.uplink.rtt_ms,
+                "estimate_kbps": self.uplink.estimate_kbps,
+                "transport_cc": self._transport_cc_stats(),
                 "changes": self.uplink_adapter.changes if self.uplink_adapter else 0},
             "errors": list(self.errors),
             "outputs": self.outputs,
         }
+
+    def _transport_cc_stats(self) -> dict[str, Any] | None:
+        """The sender-side estimator of the lesson's peer connection, if it runs."""
+        for transceiver in self._pc.getTransceivers() if self._pc else []:
+            cc = transport_congestion(transceiver.sender.transport)
+            if cc is not None:
+                return cc.stats()
+        return None
 
     # -- signaling ---------------------------------------------------------------------------
     def _set_ice_servers(self, welcome: Welcome) -> None:
@@ -674,7 +687,10 @@ class Agent:
                     prefer_codec(t, "video/H264")
             route_keyframe_requests(vsender, self.encoder.request_keyframe)
             if self.config.media.adaptation.enabled:
-                observe_rtcp_feedback(vsender, self._follow_uplink())
+                follow = self._follow_uplink()
+                observe_rtcp_feedback(vsender, follow)
+                if self.config.media.adaptation.estimator == "gcc":
+                    observe_transport_estimate(vsender, follow)
 
             @pc.on("track")
             def on_track(track: MediaStreamTrack) -> None:
@@ -706,8 +722,18 @@ class Agent:
         control = RateController(media.uplink_bitrate_kbps, policy)
         adapter = EncoderAdapter(enc.width, enc.height, enc.fps, media.uplink_bitrate_kbps,
                                  policy)
-        enc.bitrate_kbps = media.uplink_bitrate_kbps
-        enc.set_output(enc.width, enc.height, enc.fps)
+        if media.adaptation.estimator == "gcc":
+            # The sender-side estimate starts low and grows in seconds (fast start):
+            # starting the encoder at full rate would fill a thin link's queue first.
+            policy = dataclasses.replace(policy, up_hold_s=GCC_UP_HOLD_S)
+            control.policy = adapter.policy = policy
+            start = adapter.reset(min(media.adaptation.start_kbps,
+                                      media.uplink_bitrate_kbps), time.monotonic())
+            enc.bitrate_kbps = start.bitrate_kbps
+            enc.set_output(start.width, start.height, start.fps)
+        else:
+            enc.bitrate_kbps = media.uplink_bitrate_kbps
+            enc.set_output(enc.width, enc.height, enc.fps)
         self.uplink, self.uplink_adapter = control, adapter
         sent = RateMeter()
         sent.add(enc.bytes_out, time.monotonic())  # the first feedback then knows the rate
@@ -718,9 +744,11 @@ class Agent:
             control.on_feedback(feedback, now, sent.kbps() or None)
             settings = adapter.update(control.target_kbps(now), now)
             if settings is not None:
-                logger.info("classroom %s: uplink %d kbps %dx%d @ %.1f fps (REMB %s, loss %.2f)",
-                            self.classroom.id, settings.bitrate_kbps, settings.width,
-                            settings.height, settings.fps, control.remb_kbps, control.last_loss)
+                logger.info("classroom %s: uplink %d kbps %dx%d @ %.1f fps (estimate %s, "
+                            "REMB %s, loss %.2f)", self.classroom.id, settings.bitrate_kbps,
+                            settings.width, settings.height, settings.fps,
+                            control.estimate_kbps and round(control.estimate_kbps),
+                            control.remb_kbps, control.last_loss)
                 enc.bitrate_kbps = settings.bitrate_kbps
                 enc.set_output(settings.width, settings.height, settings.fps)
 

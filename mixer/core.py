@@ -46,6 +46,7 @@ from syncclass.rtc import (
     route_keyframe_requests,
 )
 from syncclass.tokens import SigningKey, looks_signed, verify_token
+from syncclass.transportcc import observe_transport_estimate
 from syncclass.turn import advertise_addresses
 
 from .guard import (
@@ -341,10 +342,10 @@ class Mixer:
                 )
                 if self.config.media.adaptation.enabled:
                     # Its downlink estimate picks the rendition it gets (syncclass.adapt).
-                    observe_rtcp_feedback(
-                        transceiver.sender,
-                        functools.partial(media.downlink_feedback, views[0], cid),
-                    )
+                    follow = functools.partial(media.downlink_feedback, views[0], cid)
+                    observe_rtcp_feedback(transceiver.sender, follow)
+                    if self.config.media.adaptation.estimator == "gcc":
+                        observe_transport_estimate(transceiver.sender, follow)
             elif transceiver.kind == "audio":
                 transceiver.sender.replaceTrack(media.audio_output(cid))
                 transceiver.direction = "sendrecv"

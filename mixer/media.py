@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import fractions
 import functools
 import logging
@@ -31,7 +32,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from syncclass import switches
-from syncclass.adapt import AdaptPolicy, LinkFeedback
+from syncclass.adapt import GCC_DOWN_HOLD_S, GCC_UP_HOLD_S, AdaptPolicy, LinkFeedback
 from syncclass.audio import level_dbov, mix_n_minus_1
 from syncclass.codec import H264Encoder
 from syncclass.config import CountyConfig, ViewConfig
@@ -252,9 +253,13 @@ class LessonMedia:
             self.packet_listeners[name] = []
         adapt = self.media.adaptation
         for v in self.views.values():
+            policy = AdaptPolicy(min_bitrate_kbps=adapt.min_bitrate_kbps)
+            if adapt.estimator == "gcc":
+                policy = dataclasses.replace(policy, up_hold_s=GCC_UP_HOLD_S,
+                                             down_hold_s=GCC_DOWN_HOLD_S)
             v.renditions = ViewRenditions(
-                v.name, self.media, v.encoder,
-                AdaptPolicy(min_bitrate_kbps=adapt.min_bitrate_kbps),
+                v.name, self.media, v.encoder, policy,
+                start_kbps=float(adapt.start_kbps) if adapt.estimator == "gcc" else None,
                 enabled=adapt.enabled and adapt.low_rendition,
             )
         self.encoders_created = len(self.views)
@@ -514,7 +519,8 @@ class LessonMedia:
 
     def downlink_feedback(self, view_name: str, classroom_id: str,
                           feedback: LinkFeedback) -> None:
-        """RTCP feedback (REMB, loss, RTT) from ``classroom_id`` about ``view_name``."""
+        """RTCP feedback (REMB, loss, RTT) from ``classroom_id`` about ``view_name``, or
+        the view's share of the sender-side estimate of its downlink."""
         renditions = self.views[view_name].renditions
         if renditions is not None:
             renditions.feedback(classroom_id, feedback)

@@ -70,6 +70,11 @@ class LinkFeedback:
     """Receiver report's fraction of our packets lost since its previous report, 0..1."""
     rtt_ms: float | None = None
     """Round-trip time (smoothed, from SR/RR timestamps), ms."""
+    estimate_kbps: float | None = None
+    """This stream's share of the sender-side estimate (transport-wide feedback,
+    :mod:`syncclass.transportcc`), kbit/s of encoder output."""
+    estimate_probing: bool = False
+    """Whether that estimate is still in its fast start (no congestion seen yet)."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,21 @@ class AdaptPolicy:
     """Longest wait between probes after failed ones, s."""
     probe_window_s: float = 6.0
     """A probe that sees the estimate fall within this time failed, s."""
+    estimate_max_age_s: float = 2.0
+    """A sender-side estimate older than this no longer sets the target, s (the peer
+    stopped sending feedback: the REMB/loss rules take over)."""
+    estimate_falling_hold_s: float = 1.0
+    """A cut of the sender-side estimate counts as congestion this long, s."""
+
+
+GCC_UP_HOLD_S = 2.0
+"""``AdaptPolicy.up_hold_s`` with a sender-side estimate (``estimator: gcc``): it is
+already smoothed and bounded by what the receiver got, and its fast start should reach
+the encoder in seconds; REMB needs the longer hold against its spurious overuse."""
+GCC_DOWN_HOLD_S = 0.5
+"""``AdaptPolicy.down_hold_s`` with a sender-side estimate: its cuts come from a growing
+queue or loss, not from a busy machine's noise, and every second on a rendition the link
+cannot carry fills its queue."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +243,15 @@ class RateController:
     rtt_min_ms: float | None = None
     """The smallest round trip seen: the path without queueing, ms."""
     loss_cut_at_s: float = -math.inf
+    estimate_kbps: float | None = None
+    """The last sender-side estimate (transport-wide feedback), kbit/s. While fresh
+    (``estimate_max_age_s``) it *is* the target: it already holds delay and loss."""
+    estimate_at_s: float = -math.inf
+    estimate_probing: bool = False
+    """Whether that estimate is still in its fast start."""
+    estimate_falling: bool = False
+    """Whether the sender-side estimate was cut lately (``estimate_falling_hold_s``)."""
+    estimate_cut_at_s: float = -math.inf
 
     def __post_init__(self) -> None:
         if self.max_kbps <= 0:
@@ -231,6 +260,9 @@ class RateController:
 
     def target_kbps(self, now_s: float) -> float:
         """The current target at monotonic time ``now_s`` (s), kbit/s."""
+        if self.has_estimate(now_s):
+            assert self.estimate_kbps is not None
+            return max(self.policy.min_bitrate_kbps, min(self.max_kbps, self.estimate_kbps))
         target = self.loss_kbps
         if (self.remb_binding and self.remb_kbps is not None
                 and now_s - self.remb_at_s <= self.policy.remb_max_age_s):
@@ -242,6 +274,17 @@ class RateController:
         """Take one RTCP feedback received at monotonic time ``now_s`` (s); ``sent_kbps``
         is what the stream really sent lately (kbit/s), if known: under heavy loss what got
         through, ``sent × (1 - loss)``, bounds the estimate at once."""
+        if feedback.estimate_kbps is not None:
+            if feedback.estimate_kbps < 0:
+                raise ValueError(f"estimate must not be negative, got {feedback.estimate_kbps}")
+            previous = self.estimate_kbps
+            if previous is not None and feedback.estimate_kbps < previous * 0.9:
+                self.estimate_cut_at_s = now_s
+            self.estimate_kbps = feedback.estimate_kbps
+            self.estimate_at_s = now_s
+            self.estimate_probing = feedback.estimate_probing
+        self.estimate_falling = (now_s - self.estimate_cut_at_s
+                                 <= self.policy.estimate_falling_hold_s)
         if feedback.rtt_ms is not None:
             self.rtt_ms = feedback.rtt_ms
             self.rtt_min_ms = min(self.rtt_min_ms or math.inf, feedback.rtt_ms)
@@ -263,6 +306,11 @@ class RateController:
             self.remb_binding = (self.remb_kbps < sent_kbps * p.remb_binding_ratio
                                  and now_s - self.remb_at_s <= p.remb_max_age_s
                                  and (self.last_loss >= p.low_loss or queued))
+
+    def has_estimate(self, now_s: float) -> bool:
+        """Whether a sender-side estimate came within ``estimate_max_age_s``."""
+        return (self.estimate_kbps is not None
+                and now_s - self.estimate_at_s <= self.policy.estimate_max_age_s)
 
     def _on_loss(self, loss: float, now_s: float, sent_kbps: float | None) -> None:
         if not 0.0 <= loss <= 1.0:
@@ -389,6 +437,8 @@ class RenditionSelector:
     failed_probes: int = 0
     low_since_s: float | None = None
     """Since when the estimate has been too low for the high rendition."""
+    high_ok_since_s: float | None = None
+    """On the low rendition: since when a sender-side estimate has had room for the high."""
 
     def __post_init__(self) -> None:
         if self.probe_interval_s <= 0:
@@ -401,6 +451,10 @@ class RenditionSelector:
         p = self.policy
         target = controller.target_kbps(now_s)
         too_low = target < high_sent_kbps * p.switch_down_ratio
+        if too_low and controller.has_estimate(now_s) and controller.estimate_probing:
+            # A sender-side estimate in its fast start grows from 300 kbit/s on any link:
+            # only congestion it sees (its first overuse or loss) says the link is thin.
+            too_low = False
         if not too_low:
             self.low_since_s = None
         elif self.low_since_s is None:
@@ -413,6 +467,18 @@ class RenditionSelector:
                 return self._switch("low", now_s)
             return "high"
         clean = controller.last_loss < p.low_loss
+        if controller.has_estimate(now_s) and not too_low and clean:
+            # A sender-side estimate is bounded by 1.5x what arrived: when it reaches the
+            # high rendition's rate the link has shown room for it, no need to wait for
+            # the periodic probe (a subscriber starts on low with ``estimator: gcc``).
+            if self.high_ok_since_s is None:
+                self.high_ok_since_s = now_s
+            elif now_s - self.high_ok_since_s >= p.up_hold_s:
+                self.high_ok_since_s = None
+                self.probing_since_s = now_s
+                return self._switch("high", now_s)
+        else:
+            self.high_ok_since_s = None
         if not clean:
             # Loss on the low rendition: the next probe waits for a clean stretch.
             self.since_s = max(self.since_s, now_s - self.probe_interval_s / 2)
@@ -426,7 +492,8 @@ class RenditionSelector:
         # and climbs (~8 %/s); only a *falling* REMB or heavy loss says the link is full.
         p = self.policy
         assert self.probing_since_s is not None
-        congested = controller.last_loss > p.high_loss or controller.remb_falling
+        congested = (controller.last_loss > p.high_loss or controller.remb_falling
+                     or controller.estimate_falling)
         elapsed = now_s - self.probing_since_s
         if too_low and (congested or elapsed > 3 * p.probe_window_s):
             self.probing_since_s = None

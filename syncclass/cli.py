@@ -87,7 +87,9 @@ def _tune_aiortc(config: CountyConfig, switches: Switches) -> None:
     ``SYNCCLASS_JITTER_BUFFER=stock`` (or ``video`` / ``audio``: only that one of ours) and
     ``SYNCCLASS_VIDEO_HOLE_WAIT_S`` (seconds; ``inf``: holes wait as in stock aiortc).
     Video NACKs and resends are bounded (:mod:`syncclass.nack`; ``SYNCCLASS_NACK=stock``:
-    aiortc's). The switches: :mod:`syncclass.switches`."""
+    aiortc's). With ``media.adaptation.estimator: gcc`` every peer negotiates
+    transport-wide feedback (:mod:`syncclass.transportcc`). The switches:
+    :mod:`syncclass.switches`."""
     # aiortc-heavy modules load only for the commands that run media.
     from syncclass.nack import use_bounded_nacks  # optional: media only
     from syncclass.rtc import (  # optional: media only
@@ -107,6 +109,12 @@ def _tune_aiortc(config: CountyConfig, switches: Switches) -> None:
         hole_wait_s=VIDEO_HOLE_WAIT_S if hole_wait_s is None else hole_wait_s)
     if switches.nack != "stock":
         use_bounded_nacks()
+    adaptation = config.media.adaptation
+    if adaptation.enabled and adaptation.estimator == "gcc":
+        from syncclass.gcc import GccConfig  # optional: media only
+        from syncclass.transportcc import install_transport_cc  # optional: media only
+
+        install_transport_cc(GccConfig(start_kbps=float(adaptation.start_kbps)))
 
 
 def _tune_mixer_aiortc(switches: Switches) -> None:

@@ -339,6 +339,14 @@ class AdaptationConfig(_Model):
     low_rendition: bool = True
     """Whether the mixer may encode a second, lower rendition of a view (one more encode
     per view while any classroom needs it)."""
+    estimator: Literal["gcc", "remb"] = "remb"
+    """``gcc``: every stream's sender estimates its link from transport-wide feedback
+    (delay- and loss-based, :mod:`syncclass.gcc`; negotiated with every peer, Chromium
+    included; a peer without it keeps ``remb``). ``remb``: the receiver's REMB and
+    receiver-report loss (aiortc's receive-side estimate)."""
+    start_kbps: int = Field(default=300, ge=50, le=5000)
+    """With ``gcc``: where each stream's estimate starts before any feedback, kbit/s
+    (libwebrtc's 300); its fast start grows 1.5x per 0.5 s until congestion."""
 
 
 class MediaConfig(_Model):

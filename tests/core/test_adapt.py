@@ -199,3 +199,33 @@ def test_overuse_with_loss_cuts_at_once() -> None:
     c2 = RateController(1500)
     c2.on_feedback(LinkFeedback(remb_kbps=1259), 1.0)
     assert c2.target_kbps(1.0) == 1259
+
+
+def test_sender_side_estimate_sets_the_target_while_fresh() -> None:
+    """A sender-side estimate (transport-wide feedback) is the target as it comes, without
+    REMB's evidence rules; when it stops coming the REMB/loss rules take over again."""
+    c = RateController(1500)
+    c.on_feedback(LinkFeedback(remb_kbps=1400.0), 0.0, 1500.0)
+    c.on_feedback(LinkFeedback(estimate_kbps=330.0), 0.1)
+    assert c.target_kbps(0.2) == 330.0
+    c.on_feedback(LinkFeedback(estimate_kbps=20.0), 0.3)
+    assert c.target_kbps(0.3) == c.policy.min_bitrate_kbps
+    assert c.estimate_falling
+    assert c.target_kbps(0.3 + c.policy.estimate_max_age_s + 0.1) == 1500.0
+    with pytest.raises(ValueError, match="estimate"):
+        c.on_feedback(LinkFeedback(estimate_kbps=-1.0), 1.0)
+
+
+def test_a_fast_starting_estimate_does_not_move_a_subscriber_down() -> None:
+    """At joining the sender-side estimate starts at 300 kbit/s on every link; only once it
+    saw congestion does a low one move the subscriber to the low rendition."""
+    policy = AdaptPolicy(down_hold_s=0.5)
+    c, s = RateController(1200, policy), RenditionSelector(policy)
+    for i in range(20):
+        c.on_feedback(LinkFeedback(estimate_kbps=300.0 + 20 * i, estimate_probing=True),
+                      i * 0.1)
+        assert s.choose(c, 1200.0, i * 0.1) == "high"
+    t = 2.0
+    c.on_feedback(LinkFeedback(estimate_kbps=320.0, estimate_probing=False), t)
+    assert s.choose(c, 1200.0, t) == "high"
+    assert s.choose(c, 1200.0, t + 0.6) == "low"

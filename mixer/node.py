@@ -664,8 +664,26 @@ def merge_stats(node: Node, answers: list[tuple[Worker, Any]]) -> dict[str, Any]
 
 
 def merge_by_worker(node: Node, answers: list[tuple[Worker, Any]]) -> dict[str, Any]:
-    return {"workers": [{"worker": w.index, **body} for w, body in answers
-                        if isinstance(body, dict)]}
+    """One process's shape over every worker: numbers summed, lists joined (each item
+    once), objects merged, anything else worker 0's; each worker's own answer under
+    ``workers``."""
+    out: dict[str, Any] = {}
+    for _, body in answers:
+        for k, v in body.items():
+            have = out.get(k)
+            if k not in out:
+                out[k] = list(v) if isinstance(v, list) else dict(v) if isinstance(
+                    v, dict) else v
+            elif isinstance(v, bool) or v is None:
+                out[k] = have if have is not None else v
+            elif isinstance(v, int | float) and isinstance(have, int | float):
+                out[k] = have + v
+            elif isinstance(v, list) and isinstance(have, list):
+                have.extend(x for x in v if x not in have)
+            elif isinstance(v, dict) and isinstance(have, dict):
+                have.update(v)
+    out["workers"] = [{"worker": w.index, **body} for w, body in answers]
+    return out
 
 
 def merge_snapshot(node: Node, answers: list[tuple[Worker, Any]]) -> dict[str, Any]:

@@ -275,7 +275,11 @@ def cmd_mixer_worker(args: argparse.Namespace) -> int:
     """One media worker of a node (started by ``syncclass mixer``): its config, index and
     socket come from the front over stdin; it stops when stdin closes."""
     from mixer.memory import limit_malloc_arenas  # optional: per command
-    from mixer.node import read_worker_handoff, serve_worker, stop_on_stdin_eof
+    from mixer.node import (  # optional: per command
+        read_worker_handoff,
+        serve_worker,
+        stop_on_stdin_eof,
+    )
     from syncclass.liveness import tighten_ice_consent  # optional: media only
     from syncclass.rtc import use_host_addresses  # optional: media only
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from syncclass.config import PairingConfig
+from syncclass.errors import ConfigError
 from syncclass.workers import (
     Placement,
     pairing_groups,
@@ -59,8 +62,8 @@ def test_placement_sticky_and_least_loaded() -> None:
 
 def test_config_workers_in_words(county: County) -> None:
     county.mixer["workers"] = "many"
-    with pytest.raises(Exception, match="mixer.workers: 'many' is not a number of worker "
-                                        "processes: use 0"):
+    with pytest.raises(ConfigError, match=re.escape(
+            "mixer.workers: 'many' is not a number of worker processes: use 0")):
         county.config()
     county.mixer["workers"] = "auto"
     assert county.config().mixer.workers == "auto"

@@ -34,13 +34,19 @@ CLIENT_HEADER = "X-Syncclass-Client"
 socket in a folder only the mixer's user may enter, so only the front can set it)."""
 
 
+SCHEME_HEADER = "X-Syncclass-Scheme"
+"""``http`` or ``https`` as the client reached the front (same trust as CLIENT_HEADER)."""
+
+
 @web.middleware
 async def _forwarded_client(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The front's client address as ``request.remote``: rate limits, loopback checks and
-    logs see the real client, not the front."""
+    """The front's client address as ``request.remote`` (rate limits, loopback checks and
+    logs see the real client, not the front) and its scheme (Secure cookies behind TLS)."""
     client = request.headers.get(CLIENT_HEADER)
     if client is not None:
-        request = request.clone(remote=client)
+        scheme = request.headers.get(SCHEME_HEADER)
+        request = request.clone(remote=client, scheme="https" if scheme == "https"
+                                else request.scheme)
     return await handler(request)
 
 

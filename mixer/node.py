@@ -64,7 +64,7 @@ from syncclass.private_files import private_dir
 from syncclass.protocol import Hello, ObserverHello, dumps_strict, parse_client_message
 from syncclass.workers import Placement, classroom_groups, pairing_groups, worker_endpoint
 
-from .app import CLIENT_HEADER, create_app
+from .app import CLIENT_HEADER, SCHEME_HEADER, create_app
 from .core import Mixer, reply_error
 from .guard import GuardStats, RedactingAccessLogger, hello_deadline, setup_guard
 from .guard.rates import refuse_unauthenticated
@@ -88,7 +88,8 @@ CLOSE_WORKER_GONE = 1012
 """WebSocket close code when a classroom's worker went away (RFC 6455: service restart)."""
 HOP_HEADERS = frozenset({"connection", "keep-alive", "proxy-authenticate",
                          "proxy-authorization", "te", "trailers", "transfer-encoding",
-                         "upgrade", "host", "content-length", CLIENT_HEADER.lower()})
+                         "upgrade", "content-length", CLIENT_HEADER.lower(),
+                         SCHEME_HEADER.lower()})
 
 
 class WorkerUnavailable(Exception):
@@ -119,9 +120,9 @@ async def serve_worker(config: CountyConfig, index: int, socket_path: Path,
     app = create_app(config, resume_lessons=True,
                      lessons_path=worker_lessons_path(config, index), behind_front=True)
     # A plain runner: the front guards the public port (slow clients, connections per
-    # address); here every connection comes from the front.
-    runner = web.AppRunner(app, handle_signals=False,
-                           access_log_class=RedactingAccessLogger)
+    # address) and writes the access log; here every connection comes from the front
+    # (and its checks twice a second would flood a log).
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.UnixSite(runner, str(socket_path))
     await site.start()
@@ -408,6 +409,7 @@ NODE_KEY = web.AppKey("node", Node)
 def _forward_headers(request: web.Request) -> dict[str, str]:
     headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
     headers[CLIENT_HEADER] = request.remote or ""
+    headers[SCHEME_HEADER] = request.scheme  # https at the front: Secure cookies
     return headers
 
 
@@ -558,10 +560,12 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE_KEY]
     body = await request.read()  # bounded by client_max_size
     worker = _route(node, request, body)
-    # Failed credentials count here too, so spreading attempts over workers gains nothing.
+    # Failed credentials of the JSON APIs count here too, so spreading attempts over
+    # workers gains nothing (dashboard logins have their own limiter, on worker 0).
     key, now = request.remote or "unknown", time.monotonic()
     limiter = node.front.auth_failures
-    if limiter.blocked(key, now):
+    api = request.path.startswith("/api/")
+    if api and limiter.blocked(key, now):
         raise json_error(web.HTTPTooManyRequests, "rate_limited", "too many failed attempts; "
                          f"retry in {limiter.retry_after_s(key, now):.0f} s")
     if worker.session is None or not worker.alive:
@@ -571,7 +575,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         async with worker.session.request(request.method, f"http://worker{request.rel_url}",
                                           headers=_forward_headers(request), data=body,
                                           allow_redirects=False) as resp:
-            if resp.status == 401:
+            if api and resp.status == 401:
                 limiter.allow(key, now)
             out = web.StreamResponse(status=resp.status, reason=resp.reason)
             for k, v in resp.headers.items():

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,6 +155,43 @@ def test_two_workers_restart_and_record(dep: LocalDeployment) -> None:
     meta = json.loads(Path(dep.recorder_status()["ready"][recorded]["locations"]
                            ["metadata.json"]).read_text())
     assert meta["video_duration_s"] >= 2.0, meta
+
+
+async def _dashboard(base: str) -> tuple[dict[str, Any], bytes]:
+    """Log in as the sample county's ops user through the front (a worker answers), then
+    read the merged snapshot and the first server-sent event."""
+    # unsafe: keep cookies of an IP-address host (127.0.0.1)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.post(base + "/dashboard/login", allow_redirects=False,
+                                data={"user": "ops", "password": "syncclass-demo"},
+                                headers={"Origin": base}) as r:
+            assert r.status == 303, await r.text()
+        async with session.get(base + "/dashboard/api/snapshot") as r:
+            assert r.status == 200, await r.text()
+            snapshot = await r.json()
+        async with session.get(base + "/dashboard/events") as r:
+            assert r.status == 200
+            first = await r.content.readuntil(b"\n\n")
+        return snapshot, first
+
+
+@pytest.mark.timeout(60)
+def test_dashboard_over_workers(dep: LocalDeployment) -> None:
+    """One login is valid on every worker (shared session secret): the snapshot and the
+    events merge both workers, each with its health and process figures."""
+    snapshot, first = asyncio.run(_dashboard(dep.mixer_url))
+    workers = snapshot["node"]["workers"]
+    assert [w["worker"] for w in workers] == [0, 1]
+    assert all(w["up"] and w["mixer"] is not None and w["rss_bytes"] > 0 for w in workers)
+    assert first.startswith(b"event: init\ndata: ")
+    init = json.loads(first.split(b"data: ", 1)[1])
+    assert len(init["node"]["workers"]) == 2 and "history" in init
+    # Without the session both are refused, as on one process.
+    try:
+        _text(dep.mixer_url + "/dashboard/api/snapshot")
+        raise AssertionError("served without a session")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401
 
 
 async def _first_reply(url: str, *messages: str) -> tuple[list[dict[str, Any]], int | None]:

@@ -155,6 +155,16 @@ def stop_on_stdin_eof(stop: asyncio.Event) -> None:
     threading.Thread(target=wait, name="front-pipe", daemon=True).start()
 
 
+def _stale_worker(pid_file: Path) -> int | None:
+    """The pid in ``pid_file`` if that process is alive and a media worker (/proc: instant
+    reads, no disk)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        return pid if b"mixer-worker" in Path(f"/proc/{pid}/cmdline").read_bytes() else None
+    except (OSError, ValueError):
+        return None
+
+
 # -- the front's view of one worker ---------------------------------------------------------------
 @dataclass
 class Worker:
@@ -246,6 +256,7 @@ class Node:
     async def start(self) -> None:
         # 0700 whatever the umask: only the mixer's user reaches the workers' sockets.
         private_dir(self.run_dir, own=True)
+        await asyncio.gather(*(self._reap_stale(w) for w in self.workers))
         for w in self.workers:
             await self._spawn(w)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -266,6 +277,27 @@ class Node:
                 await self._task
         await asyncio.gather(*(self._stop(w) for w in self.workers))
 
+    def _pid_file(self, w: Worker) -> Path:
+        return self.run_dir / f"worker-{w.index}.pid"
+
+    async def _reap_stale(self, w: Worker) -> None:
+        """Wait for a worker of a previous front (killed: its workers stop when their pipe
+        closes) to finish, so the new one can bind its recorder endpoint and resume the
+        same lessons; SIGKILL after :data:`STOP_TIMEOUT_S`."""
+        pid = _stale_worker(self._pid_file(w))
+        if pid is None:
+            return
+        alive, deadline = True, time.monotonic() + STOP_TIMEOUT_S
+        while alive and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            alive = _stale_worker(self._pid_file(w)) == pid
+        if alive:
+            logger.warning("node: worker %d of a previous run (pid %d) still running: SIGKILL",
+                           w.index, pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.2)
+
     async def _spawn(self, w: Worker) -> None:
         with contextlib.suppress(FileNotFoundError):
             w.socket_path.unlink()  # a stale socket of a worker that died
@@ -274,6 +306,7 @@ class Node:
         proc.stdin.write(pickle.dumps((self._configs[w.index], w.index, str(w.socket_path))))
         await proc.stdin.drain()
         # stdin stays open: the worker stops when it closes (this process ended).
+        self._pid_file(w).write_text(str(proc.pid))
         w.proc, w.up, w.started_at, w.restart_at = proc, False, time.monotonic(), None
         w._cpu_mark = None
         if w.session is None:

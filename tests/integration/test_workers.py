@@ -88,6 +88,15 @@ def _text(url: str) -> str:
         return str(resp.read().decode())
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie no longer does: its parent, the killed front, never
+    reaps it, and this machine's init may not either)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _workers(dep: LocalDeployment) -> list[dict[str, Any]]:
     return list(dep.mixer_stats()["node"]["workers"])
 
@@ -192,6 +201,29 @@ def test_dashboard_over_workers(dep: LocalDeployment) -> None:
         raise AssertionError("served without a session")
     except urllib.error.HTTPError as exc:
         assert exc.code == 401
+
+
+@pytest.mark.timeout(90)
+def test_front_killed_lessons_resume(dep: LocalDeployment) -> None:
+    """``syncclass mixer`` (the front) dies by SIGKILL: its workers stop as their pipe
+    closes, and the restarted node resumes the live lesson on the same worker, where its
+    classrooms rejoin by themselves."""
+    live = [x for x in dep.mixer_status()["lessons"] if x["state"] == "live"]
+    assert len(live) == 1, live  # lesson A (lesson B ended in the first test)
+    lesson, old = live[0], _workers(dep)
+    main, rural = next(pair for pair in (LESSON_A, LESSON_B) if pair[0] == lesson["main"])
+    dep.stop("mixer", signal.SIGKILL)
+    t_kill = time.monotonic()
+    dep.start_mixer(timeout=60)
+    assert not any(_running(w["pid"]) for w in old)  # no orphan workers
+    resumed = {x["lesson_id"]: x for x in dep.mixer_status()["lessons"]}
+    assert resumed[lesson["lesson_id"]]["state"] == "live"
+    assert resumed[lesson["lesson_id"]]["worker"] == lesson["worker"]
+    base = _advances(dep, rural, main)
+    dep.wait_for(lambda: _advances(dep, rural, main) >= base + 15, 40,
+                 "the resumed lesson's view decoded again")
+    print("\nfront restart:", json.dumps({"view_back_s": round(time.monotonic() - t_kill, 2)}))
+    assert dep.agent_status(rural)["lesson"]["lesson_id"] == lesson["lesson_id"]
 
 
 async def _first_reply(url: str, *messages: str) -> tuple[list[dict[str, Any]], int | None]:

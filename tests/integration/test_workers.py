@@ -42,6 +42,7 @@ def two_pairings(county: County) -> County:
          "role": "receiving", "token": "demo-rural-b-0123456789", "tone_hz": 770}]
     d["pairings"] = [{"id": "shiyan-rural-math", "main": "main-3-1", "receiving": ["hetou-3"]},
                      {"id": "pair-b", "main": "main-b", "receiving": ["rural-b"]}]
+    d["observers"][0]["pairings"] = ["shiyan-rural-math", "pair-b"]
     d["timetable"].append({**d["timetable"][0], "id": "chinese-b", "pairing": "pair-b",
                            "subject": "语文"})
     return county
@@ -247,6 +248,21 @@ def test_front_refuses_as_the_mixer_does(dep: LocalDeployment) -> None:
     replies, _ = asyncio.run(_first_reply(url, "{not json", json.dumps({"type": "ping", "id": 1}),
                                           "x" * 70000))
     assert [r["code"] for r in replies] == ["bad_json", "auth_required", "too_large"], replies
+    # An observer reaches the worker of the pairing it watches: only that one knows the
+    # live lesson (lesson A; lesson B ended in the first test).
+    observer = {"type": "observer_hello", "observer_id": "jiaoyan-li",
+                "token": "demo-observer-li-4b7e19c2d8"}
+    live = next(x for x in dep.mixer_status()["lessons"] if x["state"] == "live")
+    for pairing in ("shiyan-rural-math", "pair-b"):
+        replies, _ = asyncio.run(_first_reply(url, json.dumps({**observer,
+                                                                "pairing_id": pairing})))
+        assert replies[0]["type"] == "observer_welcome", replies
+        assert replies[0]["pairing_id"] == pairing
+        lesson = replies[0]["lesson"]
+        if pairing == live["pairing_id"]:
+            assert lesson is not None and lesson["lesson_id"] == live["lesson_id"], replies
+        else:
+            assert lesson is None or lesson["state"] != "live", replies
     hello = {"type": "hello", "classroom_id": "hetou-3", "token": "wrong-token-0123456789"}
     replies, code = asyncio.run(_first_reply(url, json.dumps(hello)))
     assert [r["code"] for r in replies] == ["auth_failed"], replies

@@ -78,6 +78,9 @@ RESTART_BACKOFF_S = 0.5
 RESTART_BACKOFF_MAX_S = 10.0
 STABLE_S = 30.0
 """A worker up this long has its backoff reset."""
+HUNG_S = 30.0
+"""A worker whose socket has not answered for this long (alive but stuck) is killed and
+restarted like one that died."""
 STOP_TIMEOUT_S = 10.0
 """Shutdown: a worker gets this long after SIGTERM before SIGKILL."""
 START_TIMEOUT_S = 60.0
@@ -180,6 +183,8 @@ class Worker:
     started_at: float = 0.0
     backoff_s: float = RESTART_BACKOFF_S
     restart_at: float | None = None
+    last_ok: float = 0.0
+    """When its socket last answered (monotonic s)."""
     lessons: list[dict[str, Any]] = field(default_factory=list)
     """Its lessons from the last poll (``/api/lessons``)."""
     cpu_percent: float | None = None
@@ -357,6 +362,13 @@ class Node:
                 w.backoff_s = min(RESTART_BACKOFF_MAX_S, w.backoff_s * 2)
                 if w.proc.stdin is not None:
                     w.proc.stdin.close()
+            if (w.alive and w.proc is not None
+                    and now - max(w.last_ok, w.started_at) > HUNG_S):
+                logger.error("node: worker %d (pid %d) has not answered for %.0f s: killed",
+                             w.index, w.proc.pid, HUNG_S)
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.kill()
+                w.last_ok = now  # one kill; the exit is handled on a later check
             if w.restart_at is not None and now >= w.restart_at and not self.closing:
                 w.restarts += 1
                 await self._spawn(w)
@@ -377,7 +389,7 @@ class Node:
             return
         if not w.up:
             logger.info("node: worker %d serving", w.index)
-        w.up = True
+        w.up, w.last_ok = True, time.monotonic()
         w.lessons = [x for x in body.get("lessons", []) if isinstance(x, dict)]
         for lesson in w.lessons:
             lid, pairing = lesson.get("lesson_id"), lesson.get("pairing_id")

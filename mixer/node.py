@@ -68,6 +68,7 @@ from .app import CLIENT_HEADER, SCHEME_HEADER, create_app
 from .core import Mixer, reply_error
 from .guard import GuardStats, RedactingAccessLogger, hello_deadline, setup_guard
 from .guard.rates import refuse_unauthenticated
+from .threadcpu import thread_cpu_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -703,6 +704,12 @@ def merge_stats(node: Node, answers: list[tuple[Worker, Any]]) -> dict[str, Any]
         out["sessions"].extend(body.get("sessions", []))
     out["sessions"].sort()
     if any("process" in body for _, body in answers):  # an ops reader
+        # The front's own tasks, threads, descriptors (leak checks), as one process gives.
+        with contextlib.suppress(OSError):
+            out["process"] = {"tasks": len(asyncio.all_tasks()),
+                              "threads": threading.active_count(),
+                              "fds": len(os.listdir("/proc/self/fd")),
+                              "thread_cpu_s": thread_cpu_seconds()}
         out["node"] = node.status()
         if node.guard_stats is not None:
             out["guard"] = dataclasses.asdict(node.guard_stats)

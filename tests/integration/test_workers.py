@@ -120,6 +120,7 @@ def test_two_workers_restart_and_record(dep: LocalDeployment) -> None:
     dep.wait_for(lambda: all(_advances(dep, r, m) >= 30 for m, r in (LESSON_A, LESSON_B)),
                  30, "views decoded in both lessons")
     workers = _workers(dep)
+    assert dep.mixer_stats()["process"]["tasks"] > 0  # the front's own, for leak checks
     assert [w["lessons"] for w in sorted(workers, key=lambda w: w["worker"])] == [
         [ids[m]] for m in sorted(ids, key=lambda m: on[m])]
     metrics = _text(dep.mixer_url + "/metrics")

@@ -17,6 +17,7 @@ import gc
 import getpass
 import json
 import logging
+import pickle
 import re
 import signal
 import sys
@@ -283,8 +284,17 @@ def cmd_mixer_worker(args: argparse.Namespace) -> int:
     from syncclass.liveness import tighten_ice_consent  # optional: media only
     from syncclass.rtc import use_host_addresses  # optional: media only
 
+    if sys.stdin.isatty():
+        print("syncclass mixer-worker: started by 'syncclass mixer' (mixer.workers), which "
+              "passes it its config on stdin", file=sys.stderr)
+        return 2
     limit_malloc_arenas()
-    config, index, socket_path = read_worker_handoff()
+    try:
+        config, index, socket_path = read_worker_handoff()
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError) as exc:
+        print(f"syncclass mixer-worker: no handoff from the front on stdin ({exc!r})",
+              file=sys.stderr)
+        return 2
     switches = Switches.from_environ()
     use_host_addresses(config.mixer.ice_host_addresses)
     _tune_aiortc(config, switches)

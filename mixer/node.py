@@ -141,7 +141,7 @@ async def serve_worker(config: CountyConfig, index: int, socket_path: Path,
 
 def read_worker_handoff() -> tuple[CountyConfig, int, Path]:
     """The config, index and socket the front wrote to this worker's stdin (a pickle from
-    our own parent over a pipe), then a thread that notices the pipe closing."""
+    our own parent over a pipe; the pipe then stays open, see :func:`stop_on_stdin_eof`)."""
     config, index, socket_path = pickle.load(sys.stdin.buffer)
     return config, index, Path(socket_path)
 

@@ -263,6 +263,7 @@ class Node:
         # 0700 whatever the umask: only the mixer's user reaches the workers' sockets.
         private_dir(self.run_dir, own=True)
         await asyncio.gather(*(self._reap_stale(w) for w in self.workers))
+        self._adopt_single_process_lessons()
         for w in self.workers:
             await self._spawn(w)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -282,6 +283,17 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await asyncio.gather(*(self._stop(w) for w in self.workers))
+
+    def _adopt_single_process_lessons(self) -> None:
+        """Live lessons a one-process mixer left in ``<data_dir>/lessons.json`` (before
+        ``mixer.workers`` was set) go to worker 0, which resumes them."""
+        legacy = Path(self.config.mixer.data_dir) / "lessons.json"
+        target = worker_lessons_path(self.config, 0)
+        if legacy.is_file() and not target.exists():
+            private_dir(target.parent)
+            os.replace(legacy, target)
+            logger.info("node: lessons of the one-process mixer (%s) resume on worker 0",
+                        legacy)
 
     def _pid_file(self, w: Worker) -> Path:
         return self.run_dir / f"worker-{w.index}.pid"

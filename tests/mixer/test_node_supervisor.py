@@ -56,3 +56,19 @@ async def test_stuck_and_dead_workers_restarted(tmp_path: Path, county: County,
         await node.aclose()
     # Stopped and reaped (a return code), none left behind.
     assert all(w.proc is not None and w.proc.returncode is not None for w in node.workers)
+
+
+@pytest.mark.timeout(30)
+async def test_lessons_of_one_process_mixer_go_to_worker_0(
+        tmp_path: Path, county: County, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Switching ``mixer.workers`` on keeps the live lessons: worker 0 resumes them."""
+    monkeypatch.setattr(node_mod, "START_TIMEOUT_S", 0.1)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "lessons.json").write_text('{"lessons": []}', encoding="utf-8")
+    county.mixer["data_dir"] = str(data)
+    node = Node(county.config(), 1, STUCK)
+    await node.start()
+    await node.aclose()
+    assert not (data / "lessons.json").exists()
+    assert (data / "workers" / "0" / "lessons.json").read_text() == '{"lessons": []}'

@@ -760,13 +760,21 @@ def merge_snapshot(node: Node, answers: list[tuple[Worker, Any]]) -> dict[str, A
     if not answers:
         return {"county": node.config.county, "classrooms": [], "workers": node.status()}
     out = dict(answers[0][1])
-    out["classrooms"], out["alerts_firing"], out["recent_alerts"] = [], [], []
-    history: dict[str, Any] = {}
-    for _, body in answers:
-        out["classrooms"].extend(body.get("classrooms", []))
+    out["alerts_firing"], out["recent_alerts"] = [], []
+    # Every worker lists every configured classroom (offline where it is not connected):
+    # each classroom's card and history come from the worker that serves it.
+    best: dict[str, tuple[tuple[bool, bool], dict[str, Any], Any]] = {}
+    for w, body in answers:
         out["alerts_firing"].extend(body.get("alerts_firing", []))
         out["recent_alerts"].extend(body.get("recent_alerts", []))
-        history.update(body.get("history", {}))
+        for room in body.get("classrooms", []):
+            cid = str(room.get("classroom_id"))
+            owner = node.placement.assigned.get(node.classroom_group.get(cid, ""))
+            rank = (room.get("state") != "offline", owner == w.index)
+            if cid not in best or rank > best[cid][0]:
+                best[cid] = (rank, room, body.get("history", {}).get(cid))
+    out["classrooms"] = [room for _, room, _ in best.values()]
+    history = {cid: h for cid, (_, _, h) in best.items() if h is not None}
     out["recent_alerts"] = sorted(out["recent_alerts"],
                                   key=lambda a: a.get("ts_ms", 0))[-20:]
     if "history" in out:

@@ -194,9 +194,15 @@ def test_dashboard_over_workers(dep: LocalDeployment) -> None:
     workers = snapshot["node"]["workers"]
     assert [w["worker"] for w in workers] == [0, 1]
     assert all(w["up"] and w["mixer"] is not None and w["rss_bytes"] > 0 for w in workers)
+    # Every worker lists every classroom; each card is the one of the worker serving it.
+    rooms = {r["classroom_id"]: r for r in snapshot["classrooms"]}
+    assert len(rooms) == len(snapshot["classrooms"]), snapshot["classrooms"]
+    for cid in (*LESSON_A, *LESSON_B):
+        assert rooms[cid]["state"] != "offline", rooms[cid]
     assert first.startswith(b"event: init\ndata: ")
     init = json.loads(first.split(b"data: ", 1)[1])
-    assert len(init["node"]["workers"]) == 2 and "history" in init
+    assert len(init["node"]["workers"]) == 2
+    assert all(init["history"][cid] for cid in (*LESSON_A, *LESSON_B)), init["history"]
     # Without the session both are refused, as on one process.
     try:
         _text(dep.mixer_url + "/dashboard/api/snapshot")

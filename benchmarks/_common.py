@@ -40,6 +40,9 @@ def make_config(tmp: Path, rural: int) -> Path:
     data["pairings"] = [dict(data["pairings"][0], receiving=[f"rural-{i}" for i in range(rural)])]
     data["observers"] = []
     data["mixer"]["data_dir"] = str(tmp / "mixer-data")
+    # One mixer process, as these benchmarks have always measured (its threads' split in
+    # /api/stats); benchmarks/workers.py measures nodes with media workers.
+    data["mixer"]["workers"] = 0
     path = tmp / "county.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     return path

@@ -11,8 +11,10 @@ each module adds are listed in its docstring: :mod:`mixer.signaling` (``/ws``, l
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from syncclass.config import CountyConfig
 
@@ -27,13 +29,40 @@ from .signaling import setup_signaling
 logger = logging.getLogger(__name__)
 
 
-def create_app(config: CountyConfig, *, resume_lessons: bool = False) -> web.Application:
+CLIENT_HEADER = "X-Syncclass-Client"
+"""The client's address as the node's front saw it (a media worker only: it serves a unix
+socket in a folder only the mixer's user may enter, so only the front can set it)."""
+
+
+SCHEME_HEADER = "X-Syncclass-Scheme"
+"""``http`` or ``https`` as the client reached the front (same trust as CLIENT_HEADER)."""
+
+
+@web.middleware
+async def _forwarded_client(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The front's client address as ``request.remote`` (rate limits, loopback checks and
+    logs see the real client, not the front) and its scheme (Secure cookies behind TLS)."""
+    client = request.headers.get(CLIENT_HEADER)
+    if client is not None:
+        scheme = request.headers.get(SCHEME_HEADER)
+        request = request.clone(remote=client, scheme="https" if scheme == "https"
+                                else request.scheme)
+    return await handler(request)
+
+
+def create_app(config: CountyConfig, *, resume_lessons: bool = False,
+               lessons_path: Path | None = None, behind_front: bool = False
+               ) -> web.Application:
     """The mixer's app. ``resume_lessons``: reload the live lessons a previous process
-    persisted in ``mixer.data_dir`` (the ``syncclass mixer`` command does)."""
+    persisted in ``mixer.data_dir`` (the ``syncclass mixer`` command does);
+    ``lessons_path``: where they are kept (default ``<data_dir>/lessons.json``);
+    ``behind_front``: a media worker of a node (:mod:`mixer.node`), served only on its
+    private unix socket, that takes the client's address from the front's header."""
     # Access log lines without query strings: no credential ever reaches the log.
     app = web.Application(client_max_size=config.mixer.max_message_bytes,
-                          handler_args={"access_log_class": RedactingAccessLogger})
-    mixer = Mixer(config)
+                          handler_args={"access_log_class": RedactingAccessLogger},
+                          middlewares=[_forwarded_client] if behind_front else [])
+    mixer = Mixer(config, lessons_path)
     app[MIXER_KEY] = mixer
 
     async def on_shutdown(app: web.Application) -> None:

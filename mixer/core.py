@@ -97,7 +97,7 @@ class ClassroomSession:
 class Mixer:
     """Lessons, sessions and media of one mixer process."""
 
-    def __init__(self, config: CountyConfig) -> None:
+    def __init__(self, config: CountyConfig, lessons_path: Path | None = None) -> None:
         self.config = config
         self.lessons = LessonRegistry(config, now_ms)
         self.lessons.on_change.append(self._lesson_changed)
@@ -117,8 +117,9 @@ class Mixer:
         """Hellos and offers per classroom."""
         self.limits = SignalingLimits(config.mixer)
         """Lesson starts/ends, pings, comments; the refusal log (issue 18)."""
-        self.lessons_path = Path(config.mixer.data_dir) / "lessons.json"
-        """Live lessons, rewritten (atomically) on every change; reloaded at start."""
+        self.lessons_path = lessons_path or Path(config.mixer.data_dir) / "lessons.json"
+        """Live lessons, rewritten (atomically) on every change; reloaded at start (a media
+        worker has its own: ``<data_dir>/workers/<n>/lessons.json``)."""
         self._bg: set[asyncio.Task[None]] = set()
         self.errors_sent = 0
         self.events = EventBus()

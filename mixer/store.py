@@ -110,6 +110,10 @@ class ReportStore:
             # SQLite gives its -wal/-journal files the database's mode: owner only.
             create_private(self.path)
             conn = sqlite3.connect(self.path, timeout=10)
+            # Several writers (a node's media workers) and readers (reports) at once: in
+            # WAL mode readers never wait for a writer, writers queue on the 10 s busy
+            # timeout. The mode is stored in the file; setting it again is a no-op.
+            conn.execute("PRAGMA journal_mode=WAL")
         else:
             try:
                 import psycopg

@@ -70,8 +70,12 @@ class _Live:
 
 
 class Recorder:
-    def __init__(self, config: RecorderConfig, name: str | None = None) -> None:
+    def __init__(self, config: RecorderConfig, name: str | None = None,
+                 endpoints: list[str] | None = None) -> None:
         self.cfg = config
+        self.endpoints = endpoints or [config.endpoint]
+        """Where the mixer publishes: ``recorder.endpoint``, or one per media worker of a
+        node (:func:`syncclass.workers.recorder_endpoints`); one XSUB connects to all."""
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.out = Path(config.out_dir)
         self.spool = Spool(Path(config.spool_dir))
@@ -113,12 +117,13 @@ class Recorder:
             sock.curve_secretkey = secret
             sock.curve_publickey = zmq.curve_public(secret)
             sock.curve_serverkey = curve.mixer_public_key.encode()
-        try:
-            sock.connect(self.cfg.endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            raise RecordingError(f"cannot connect to the mixer at {self.cfg.endpoint!r}: "
-                                 f"{exc}") from exc
+        for endpoint in self.endpoints:
+            try:
+                sock.connect(endpoint)
+            except zmq.ZMQError as exc:
+                sock.close(0)
+                raise RecordingError(f"cannot connect to the mixer at {endpoint!r}: "
+                                     f"{exc}") from exc
         await sock.send(b"\x01")  # subscribe to everything
         self._sock = sock
         self.uploader = Uploader(self.spool, make_target(self.cfg), self.cfg.retry_max_s,
@@ -128,7 +133,8 @@ class Recorder:
         self._main = asyncio.create_task(self._run(), name="recorder")
         await self._report("hello", None, endpoint=self.cfg.endpoint)
         logger.info("recorder %s: listening to %s (%s), writing to %s, archive %s", self.name,
-                    self.cfg.endpoint, "CURVE" if curve is not None else "no keys: loopback only",
+                    ", ".join(self.endpoints),
+                    "CURVE" if curve is not None else "no keys: loopback only",
                     self.out, self.uploader.target.describe())
 
     async def aclose(self) -> None:

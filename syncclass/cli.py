@@ -17,6 +17,7 @@ import gc
 import getpass
 import json
 import logging
+import pickle
 import re
 import signal
 import sys
@@ -36,6 +37,7 @@ from .redact import redact_url
 from .sharelinks import sign_share
 from .switches import Switches
 from .tokens import SigningKey, issue_token
+from .workers import recorder_endpoints, resolve_workers
 
 logger = logging.getLogger("syncclass")
 
@@ -204,7 +206,56 @@ def cmd_mixer(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from mixer.app import create_app  # optional: per command
+    from mixer.guard import GuardedAppRunner  # optional: per command
+    from mixer.node import Node, create_front_app  # optional: per command
+    from mixer.tls import server_ssl_context  # optional: per command
+
+    setup = _mixer_setup(args)
+    if setup is None:
+        return 2
+    config, switches = setup
+    host = args.host or config.mixer.host
+    port = config.mixer.port if args.port is None else args.port
+    workers = resolve_workers(config.mixer.workers if args.workers is None else args.workers)
+    if workers and config.recorder.enabled:
+        try:  # every worker's recorder endpoint can be made (before anything starts)
+            recorder_endpoints(config.recorder.endpoint, workers)
+        except ValueError as exc:
+            raise ConfigError(f"recorder.endpoint: {exc}") from None
+    ssl_context = server_ssl_context(config.mixer.tls) if config.mixer.tls else None
+
+    async def main(stop: asyncio.Event) -> None:
+        if workers:
+            # A node: this process is the signaling/HTTP front, lessons run in workers.
+            command = [sys.executable, "-m", "syncclass", "--log-level", args.log_level,
+                       *(["--log-json"] if args.log_json else []), "mixer-worker"]
+            node = Node(config, workers, command)
+            app = create_front_app(node)
+        else:
+            app = create_app(config, resume_lessons=True)
+        # Header deadline and per-address connection cap (slow-loris): mixer.guard.
+        runner = GuardedAppRunner(app, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        await site.start()
+        scheme = "https" if ssl_context else "http"
+        logger.info("mixer listening on %s://%s:%d (county %s, %s)", scheme, host, port,
+                    config.county, f"{workers} media workers" if workers else "one process")
+        try:
+            await stop.wait()
+        finally:
+            logger.info("mixer stopping")
+            await runner.cleanup()
+
+    _run_until_signal(main, switches)
+    return 0
+
+
+def _mixer_setup(args: argparse.Namespace) -> tuple[CountyConfig, Switches] | None:
+    """The mixer's config with command-line and environment overrides, and the process
+    tuning both a mixer and its media workers need; None after a refusal printed."""
     from mixer.memory import limit_malloc_arenas  # optional: per command
+    from syncclass.liveness import tighten_ice_consent  # optional: media only
     from syncclass.rtc import use_host_addresses  # optional: media only
 
     limit_malloc_arenas()  # before any worker thread: lessons' memory goes back to the OS
@@ -213,8 +264,6 @@ def cmd_mixer(args: argparse.Namespace) -> int:
     use_host_addresses(config.mixer.ice_host_addresses)
     _tune_aiortc(config, switches)
     _tune_mixer_aiortc(switches)
-    host = args.host or config.mixer.host
-    port = config.mixer.port if args.port is None else args.port
     config = _with_recorder_args(config, args)
     if args.data_dir:
         config = config.model_copy(update={"mixer": config.mixer.model_copy(
@@ -224,34 +273,60 @@ def cmd_mixer(args: argparse.Namespace) -> int:
         if len(api_token) < 16:
             print("syncclass mixer: SYNCCLASS_OPS_API_TOKEN must have 16+ characters",
                   file=sys.stderr)
-            return 2
+            return None
         config = config.model_copy(update={"ops": config.ops.model_copy(
             update={"api_token": api_token})})
-    from mixer.guard import GuardedAppRunner  # optional: per command
-    from mixer.tls import server_ssl_context  # optional: per command
-    from syncclass.liveness import tighten_ice_consent  # optional: media only
-
     tighten_ice_consent(config.mixer.ice_consent_interval_s, config.mixer.ice_consent_failures)
-    ssl_context = server_ssl_context(config.mixer.tls) if config.mixer.tls else None
+    return config, switches
+
+
+def cmd_mixer_worker(args: argparse.Namespace) -> int:
+    """One media worker of a node (started by ``syncclass mixer``): its config, index and
+    socket come from the front over stdin; it stops when stdin closes."""
+    from mixer.memory import limit_malloc_arenas  # optional: per command
+    from mixer.node import (  # optional: per command
+        read_worker_handoff,
+        serve_worker,
+        stop_on_stdin_eof,
+    )
+    from syncclass.liveness import tighten_ice_consent  # optional: media only
+    from syncclass.rtc import use_host_addresses  # optional: media only
+
+    if sys.stdin.isatty():
+        print("syncclass mixer-worker: started by 'syncclass mixer' (mixer.workers), which "
+              "passes it its config on stdin", file=sys.stderr)
+        return 2
+    limit_malloc_arenas()
+    try:
+        config, index, socket_path = read_worker_handoff()
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError) as exc:
+        print(f"syncclass mixer-worker: no handoff from the front on stdin ({exc!r})",
+              file=sys.stderr)
+        return 2
+    switches = Switches.from_environ()
+    use_host_addresses(config.mixer.ice_host_addresses)
+    _tune_aiortc(config, switches)
+    _tune_mixer_aiortc(switches)
+    tighten_ice_consent(config.mixer.ice_consent_interval_s, config.mixer.ice_consent_failures)
 
     async def main(stop: asyncio.Event) -> None:
-        # Header deadline and per-address connection cap (slow-loris): mixer.guard.
-        runner = GuardedAppRunner(create_app(config, resume_lessons=True),
-                                  handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
-        await site.start()
-        scheme = "https" if ssl_context else "http"
-        logger.info("mixer listening on %s://%s:%d (county %s)", scheme, host, port,
-                    config.county)
-        try:
-            await stop.wait()
-        finally:
-            logger.info("mixer stopping")
-            await runner.cleanup()
+        stop_on_stdin_eof(stop)
+        await serve_worker(config, index, socket_path, stop)
 
     _run_until_signal(main, switches)
     return 0
+
+
+def _workers_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r}: use 0 (one process), 1-64 or 'auto'")
+    return value
 
 
 def _with_recorder_args(config: CountyConfig, args: argparse.Namespace) -> CountyConfig:
@@ -279,8 +354,16 @@ def cmd_recorder(args: argparse.Namespace) -> int:
     config = _with_recorder_args(_config(args), args)
     switches = Switches.from_environ()
 
+    # One endpoint per media worker of the mixer's node ('auto': this host's cores, so a
+    # recorder on another host needs mixer.workers as a number).
+    try:
+        endpoints = recorder_endpoints(config.recorder.endpoint,
+                                       resolve_workers(config.mixer.workers))
+    except ValueError as exc:
+        raise ConfigError(f"recorder.endpoint: {exc}") from None
+
     async def main(stop: asyncio.Event) -> None:
-        rec = Recorder(config.recorder)
+        rec = Recorder(config.recorder, endpoints=endpoints)
         await rec.start()
         try:
             await stop.wait()
@@ -693,7 +776,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recorder-endpoint",
                    help="ZeroMQ endpoint to publish the recording on (default: recorder.endpoint)")
     p.add_argument("--data-dir", help="state and outputs directory (default: mixer.data_dir)")
+    p.add_argument("--workers", type=_workers_arg,
+                   help="media worker processes: a number, 'auto' (one per core) or 0 (one "
+                   "process) (default: mixer.workers)")
     p.set_defaults(func=cmd_mixer)
+
+    p = sub.add_parser("mixer-worker", help="(internal) one media worker of a mixer node; "
+                       "'syncclass mixer' starts them")
+    p.set_defaults(func=cmd_mixer_worker)
 
     p = sub.add_parser("recorder", help="run the lesson recorder (同步录播)",
                        description="Subscribe to the mixer's recorded view and full audio mix, "

@@ -487,6 +487,20 @@ class MixerConfig(_Model):
     send_timeout_s: float = Field(default=5.0, ge=0.1, le=120)
     """A message to a WebSocket that does not read (its buffers full) is given up after
     this many seconds and the connection is dropped; others are never held up by it."""
+    workers: int | Literal["auto"] = 0
+    """Media worker processes of this node (issue 20): each lesson runs in one of them
+    (peers, decode, compose, encode, analytics, recording publisher) while this process
+    keeps the signaling/HTTP front; ``"auto"``: one per core; ``0``: everything in one
+    process (the in-process app of the tests)."""
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
+                               and 0 <= value <= 64):
+            return value
+        raise ValueError(f"{value!r} is not a number of worker processes: use 0 (one "
+                         "process), 1-64, or 'auto' (one per core)")
 
 
 class S3ArchiveConfig(_Model):

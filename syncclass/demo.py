@@ -68,12 +68,16 @@ class Proc:
     ps: psutil.Process | None = None
 
     def cpu_s(self) -> float:
+        """CPU seconds of the process and its live children (a mixer node's workers)."""
         if self.ps is None:
             self.ps = psutil.Process(self.popen.pid)
+        total = 0.0
         with contextlib.suppress(psutil.Error):
-            t = self.ps.cpu_times()
-            return float(t.user + t.system)
-        return 0.0
+            for ps in (self.ps, *self.ps.children(recursive=True)):
+                with contextlib.suppress(psutil.Error):
+                    t = ps.cpu_times()
+                    total += t.user + t.system
+        return total
 
 
 @dataclass

@@ -26,6 +26,9 @@ class County:
         self.tmp = tmp
         """Where :meth:`write` puts the file (the test's temporary folder)."""
         self.data: dict[str, Any] = yaml.safe_load(SAMPLE.read_text(encoding="utf-8"))
+        # One mixer process, as the tests of one service expect (its pid, its lessons.json);
+        # tests of the node (tests/integration/test_workers.py) set workers.
+        self.data["mixer"]["workers"] = 0
 
     @property
     def mixer(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from syncclass.config import CountyConfig
 
 from .analytics import setup_analytics
 from .browser import setup_browser
+from .cluster import Cluster, node_of, setup_cluster
 from .core import MIXER_KEY, Mixer
 from .dashboard import setup_ops
 from .guard import RedactingAccessLogger, setup_guard
@@ -27,14 +28,22 @@ from .signaling import setup_signaling
 logger = logging.getLogger(__name__)
 
 
-def create_app(config: CountyConfig, *, resume_lessons: bool = False) -> web.Application:
+def create_app(config: CountyConfig, *, resume_lessons: bool = False,
+               node_id: str | None = None) -> web.Application:
     """The mixer's app. ``resume_lessons``: reload the live lessons a previous process
-    persisted in ``mixer.data_dir`` (the ``syncclass mixer`` command does)."""
+    persisted in ``mixer.data_dir`` (the ``syncclass mixer`` command does; with
+    ``mixer.cluster`` live lessons resume from Redis instead, on whichever node holds them).
+    ``node_id``: this process's node of ``mixer.cluster`` (else ``mixer.cluster.node_id``)."""
     # Access log lines without query strings: no credential ever reaches the log.
     app = web.Application(client_max_size=config.mixer.max_message_bytes,
                           handler_args={"access_log_class": RedactingAccessLogger})
     mixer = Mixer(config)
     app[MIXER_KEY] = mixer
+    cluster = (Cluster(mixer, config.mixer.cluster, node_of(config, node_id))
+               if config.mixer.cluster is not None else None)
+    if cluster is not None:
+        # Another node may have resumed them meanwhile: Redis decides who holds a lesson.
+        resume_lessons = False
 
     async def on_shutdown(app: web.Application) -> None:
         await mixer.aclose()
@@ -46,6 +55,8 @@ def create_app(config: CountyConfig, *, resume_lessons: bool = False) -> web.App
             logger.info("lesson %s: resumed after a mixer restart", lesson.lesson_id)
 
     app.on_shutdown.append(on_shutdown)
+    if cluster is not None:
+        setup_cluster(app, cluster)
     # Each subsystem adds its routes, event subscribers and media taps.
     ops = setup_ops(app, mixer)  # dashboard, /metrics, /readyz, alerts, webhooks
     observers = setup_browser(app, mixer)  # browser pages + observers
@@ -56,6 +67,9 @@ def create_app(config: CountyConfig, *, resume_lessons: bool = False) -> web.App
     ops.netstats.recorder_state = publisher.summary  # the dashboard's "Recorder" field
     # Attendance, speech, S-T, reports, hand raise; it shares the dashboard's health sampler.
     setup_analytics(app, mixer, netstats=ops.netstats)
-    setup_signaling(app, mixer, guard=guard, observers=observers)
+    setup_signaling(app, mixer, guard=guard, observers=observers,
+                    place=cluster.place if cluster is not None else None)
+    if cluster is not None:
+        ops.cluster_state = cluster.summary  # the dashboard's and /metrics' nodes
     app.on_startup.append(on_startup)
     return app

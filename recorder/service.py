@@ -70,8 +70,12 @@ class _Live:
 
 
 class Recorder:
-    def __init__(self, config: RecorderConfig, name: str | None = None) -> None:
+    def __init__(self, config: RecorderConfig, name: str | None = None,
+                 endpoints: list[str] | None = None) -> None:
         self.cfg = config
+        self.endpoints = endpoints or [config.endpoint]
+        """Mixer endpoints to subscribe to: ``recorder.endpoint``, or every node's with
+        several mixer nodes (a lesson resumed on another node continues in its folder)."""
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.out = Path(config.out_dir)
         self.spool = Spool(Path(config.spool_dir))
@@ -113,12 +117,13 @@ class Recorder:
             sock.curve_secretkey = secret
             sock.curve_publickey = zmq.curve_public(secret)
             sock.curve_serverkey = curve.mixer_public_key.encode()
-        try:
-            sock.connect(self.cfg.endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            raise RecordingError(f"cannot connect to the mixer at {self.cfg.endpoint!r}: "
-                                 f"{exc}") from exc
+        for endpoint in self.endpoints:
+            try:
+                sock.connect(endpoint)
+            except zmq.ZMQError as exc:
+                sock.close(0)
+                raise RecordingError(f"cannot connect to the mixer at {endpoint!r}: "
+                                     f"{exc}") from exc
         await sock.send(b"\x01")  # subscribe to everything
         self._sock = sock
         self.uploader = Uploader(self.spool, make_target(self.cfg), self.cfg.retry_max_s,
@@ -126,9 +131,10 @@ class Recorder:
         self.uploader.start()
         self._resume_unfinished()
         self._main = asyncio.create_task(self._run(), name="recorder")
-        await self._report("hello", None, endpoint=self.cfg.endpoint)
+        await self._report("hello", None, endpoint=" ".join(self.endpoints))
         logger.info("recorder %s: listening to %s (%s), writing to %s, archive %s", self.name,
-                    self.cfg.endpoint, "CURVE" if curve is not None else "no keys: loopback only",
+                    " ".join(self.endpoints),
+                    "CURVE" if curve is not None else "no keys: loopback only",
                     self.out, self.uploader.target.describe())
 
     async def aclose(self) -> None:
@@ -404,7 +410,7 @@ class Recorder:
     def status(self) -> dict[str, Any]:
         return {
             "recorder": self.name,
-            "endpoint": self.cfg.endpoint,
+            "endpoint": " ".join(self.endpoints),
             "live": sorted(self.live),
             "finished": self.finished,
             "messages": self.messages,

@@ -207,6 +207,18 @@ def cmd_mixer(args: argparse.Namespace) -> int:
     _tune_mixer_aiortc(switches)
     host = args.host or config.mixer.host
     port = config.mixer.port if args.port is None else args.port
+    node_id = None
+    if config.mixer.cluster is not None:
+        from mixer.cluster import node_of  # optional: per command
+
+        node = node_of(config, args.node_id)  # ConfigError in words: no or unknown node
+        node_id = node.id
+        if node.recorder_endpoint and not args.recorder_endpoint:
+            args.recorder_endpoint = node.recorder_endpoint
+    elif args.node_id:
+        print("syncclass mixer: --node-id needs a mixer.cluster section in the config",
+              file=sys.stderr)
+        return 2
     config = _with_recorder_args(config, args)
     if args.data_dir:
         config = config.model_copy(update={"mixer": config.mixer.model_copy(
@@ -228,7 +240,7 @@ def cmd_mixer(args: argparse.Namespace) -> int:
 
     async def main(stop: asyncio.Event) -> None:
         # Header deadline and per-address connection cap (slow-loris): mixer.guard.
-        runner = GuardedAppRunner(create_app(config, resume_lessons=True),
+        runner = GuardedAppRunner(create_app(config, resume_lessons=True, node_id=node_id),
                                   handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
@@ -271,8 +283,13 @@ def cmd_recorder(args: argparse.Namespace) -> int:
     config = _with_recorder_args(_config(args), args)
     switches = Switches.from_environ()
 
+    from syncclass.placement import recorder_endpoints
+
+    # An explicit --recorder-endpoint names the one mixer to follow; else every node's.
+    endpoints = None if args.recorder_endpoint else recorder_endpoints(config)
+
     async def main(stop: asyncio.Event) -> None:
-        rec = Recorder(config.recorder)
+        rec = Recorder(config.recorder, endpoints=endpoints)
         await rec.start()
         try:
             await stop.wait()
@@ -685,6 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recorder-endpoint",
                    help="ZeroMQ endpoint to publish the recording on (default: recorder.endpoint)")
     p.add_argument("--data-dir", help="state and outputs directory (default: mixer.data_dir)")
+    p.add_argument("--node-id", help="several nodes: which of mixer.cluster.nodes this process "
+                   "is (default: mixer.cluster.node_id)")
     p.set_defaults(func=cmd_mixer)
 
     p = sub.add_parser("recorder", help="run the lesson recorder (同步录播)",

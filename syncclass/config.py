@@ -381,6 +381,70 @@ class TlsConfig(_Model):
     """PEM private key of the certificate."""
 
 
+class ClusterNodeConfig(_Model):
+    """One mixer node of a county with several (see :class:`ClusterConfig`)."""
+
+    id: Identifier
+    """The node's name in Redis, on the dashboard and in ``/metrics``."""
+    url: str = Field(pattern=r"^https?://[^/?#\s]+$")
+    """Base URL classrooms and browsers reach this node at (``http(s)://host:port``). A
+    ``redirect`` is followed only to a URL listed here."""
+    recorder_endpoint: str | None = None
+    """ZeroMQ endpoint this node publishes the recording on (``None``: ``recorder.endpoint``);
+    recorders subscribe to every node's."""
+
+
+class ClusterConfig(_Model):
+    """Several mixer nodes (LiveKit-style): each pairing's lessons pinned to one node through
+    Redis (node registry, load, leases); classrooms that contact another node are
+    redirected; a dead node's live lessons are resumed by a survivor."""
+
+    redis_url: SecretStr
+    """``redis://[:password@]host:port/db`` (or ``rediss://``); shown redacted."""
+    nodes: list[ClusterNodeConfig] = Field(min_length=1)
+    """Every node of the county: agents try them in turn; redirects go only to these."""
+    node_id: Identifier | None = None
+    """This process's node (``syncclass mixer --node-id`` overrides); one of ``nodes``."""
+    heartbeat_s: float = Field(default=1.0, ge=0.1, le=30)
+    """How often a node writes its registry entry and renews its lessons' leases, s."""
+    lease_ttl_s: float = Field(default=3.0, ge=0.3, le=120)
+    """A node silent this long (s) is dead: its entry and leases expire and a survivor
+    takes its live lessons. At least twice ``heartbeat_s``."""
+    key_prefix: Identifier = "syncclass"
+    """Prefix of every Redis key (several counties may share one Redis)."""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("use redis://[:password@]host:port/db, rediss://... or unix://PATH")
+        return v
+
+    @model_validator(mode="after")
+    def _nodes_fit(self) -> ClusterConfig:
+        _unique("nodes", [n.id for n in self.nodes])
+        _unique("nodes", [n.url.rstrip("/") for n in self.nodes], what="url")
+        if self.node_id is not None and self.node_id not in {n.id for n in self.nodes}:
+            raise ValueError(f"node_id {self.node_id!r} is not one of 'nodes' "
+                             f"({', '.join(n.id for n in self.nodes)})")
+        if self.lease_ttl_s < 2 * self.heartbeat_s:
+            raise ValueError(f"lease_ttl_s ({self.lease_ttl_s:g}) must be at least twice "
+                             f"heartbeat_s ({self.heartbeat_s:g}): one late heartbeat must "
+                             "not give a live node's lessons away")
+        return self
+
+    def node(self, node_id: str) -> ClusterNodeConfig:
+        """The node named ``node_id`` (KeyError if none)."""
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(node_id)
+
+    def vouches_for(self, url: str) -> bool:
+        """Whether ``url`` is one of the county's nodes (a redirect may go there)."""
+        return url.rstrip("/") in {n.url.rstrip("/") for n in self.nodes}
+
+
 class TurnConfig(_Model):
     """TURN relays for classrooms behind NAT or a firewall (coturn with a REST-API shared
     secret, ``scripts/turnserver.sh``). The mixer hands each classroom time-limited
@@ -479,6 +543,8 @@ class MixerConfig(_Model):
     send_timeout_s: float = Field(default=5.0, ge=0.1, le=120)
     """A message to a WebSocket that does not read (its buffers full) is given up after
     this many seconds and the connection is dropped; others are never held up by it."""
+    cluster: ClusterConfig | None = None
+    """Several nodes placed through Redis (``None``: one node, in-process lessons)."""
 
 
 class S3ArchiveConfig(_Model):

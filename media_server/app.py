@@ -32,8 +32,9 @@ from typing import Any
 
 from aiohttp import web
 
-from syncclass.config import CountyConfig
+from syncclass.config import CountyConfig, is_lesson_id
 from syncclass.errors import AuthError
+from syncclass.ratelimit import RateLimiter
 from syncclass.sharelinks import Grants, ShareScope, verify_share
 
 from .access import Viewer, ViewerIndex, ViewLog
@@ -43,7 +44,6 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 SEGMENT_TYPE = "video/mp2t"
-_LESSON_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _SEGMENT_RE = re.compile(r"^seg_[0-9]{6,9}\.ts$")
 LIVE_PLAYLIST_CACHE = "private, no-cache"
 """A live playlist changes every segment: revalidate each time (browsers, proxies)."""
@@ -55,7 +55,9 @@ SHARED_SEGMENT_CACHE = "public, max-age=86400, immutable"
 
 
 def check_lesson_id(lesson_id: str) -> str:
-    if not _LESSON_RE.match(lesson_id) or ".." in lesson_id:
+    """``lesson_id`` if it follows the county's lesson id rule (safe as a folder name);
+    404 otherwise."""
+    if not is_lesson_id(lesson_id):
         raise web.HTTPNotFound(text="no such lesson")
     return lesson_id
 
@@ -128,7 +130,7 @@ class LiveLessons:
             return []
         out = []
         for entry in sorted(self.root.iterdir()):
-            if entry.is_dir() and _LESSON_RE.match(entry.name):
+            if entry.is_dir() and is_lesson_id(entry.name):
                 meta = self.meta(entry.name)
                 if meta is not None:
                     out.append(meta)
@@ -150,6 +152,9 @@ class MediaServer:
         self.live = LiveLessons(live_dir)
         self.views = ViewLog(data_dir / "views.jsonl")
         self.requests = 0
+        per_min = self.cfg.auth_failures_per_min
+        self.auth_failures = RateLimiter(per_min / 60.0, per_min)
+        """Wrong credentials and share links per remote address."""
 
     # -- access ---------------------------------------------------------------------------
     def bearer(self, request: web.Request) -> str | None:
@@ -158,39 +163,66 @@ class MediaServer:
             return auth[7:].strip() or None
         return None
 
-    def _from_credential(self, token: str, pairing_id: str) -> str:
+    def _check_not_blocked(self, request: web.Request) -> None:
+        """429 while ``request``'s address has used up its wrong-credential allowance:
+        checked before any credential is looked at, so a right one guessed after many
+        wrong ones is refused too."""
+        key, now = request.remote or "?", time.monotonic()
+        if self.auth_failures.blocked(key, now):
+            retry = max(1, round(self.auth_failures.retry_after_s(key, now)))
+            raise web.HTTPTooManyRequests(
+                text="too many wrong credentials from this address; try again later",
+                headers={"Retry-After": str(retry)})
+
+    def _refuse(self, request: web.Request, text: str) -> web.HTTPUnauthorized:
+        """Count a wrong credential against ``request``'s address; the 401 to raise."""
+        self.auth_failures.allow(request.remote or "?", time.monotonic())
+        return web.HTTPUnauthorized(text=text)
+
+    def viewer_for(self, request: web.Request, token: str) -> Viewer:
+        """The viewer ``token`` stands for; 401 (counted per address) if none, 429 while
+        the address is blocked."""
+        self._check_not_blocked(request)
         viewer = self.viewers.viewer_for_token(token)
         if viewer is None:
-            raise web.HTTPUnauthorized(text="unknown or expired credential")
-        if not viewer.may_watch(pairing_id):
-            raise web.HTTPForbidden(text="this credential may not watch this lesson")
-        return viewer.who
+            raise self._refuse(request, "unknown or expired credential")
+        return viewer
 
-    def _from_share(self, scope: ShareScope, lesson_id: str, value: str) -> str:
+    def check_share(self, request: web.Request, scope: ShareScope, lesson_id: str,
+                    value: str) -> None:
+        """Verify a share link for ``lesson_id``; 401 (counted per address) if it is not
+        valid, 429 while the address is blocked."""
         if self.share_secret is None:
             raise web.HTTPUnauthorized(text="share links are not enabled on this server")
+        self._check_not_blocked(request)
         try:
             verify_share(self.share_secret, scope, lesson_id, value, time.time())
         except AuthError as exc:
-            raise web.HTTPUnauthorized(text=exc.message) from None
-        return "share"
+            raise self._refuse(request, exc.message) from None
+
+    def _from_credential(self, request: web.Request, token: str, pairing_id: str) -> str:
+        viewer = self.viewer_for(request, token)
+        if not viewer.may_watch(pairing_id):
+            raise web.HTTPForbidden(text="this credential may not watch this lesson")
+        return viewer.who
 
     def authorise(self, request: web.Request, scope: ShareScope, lesson_id: str,
                   pairing_id: str) -> str:
         """Who is asking for ``lesson_id``; 401/403 if nobody allowed."""
         token = self.bearer(request)  # an explicit credential speaks before any cookie
         if token is not None:
-            return self._from_credential(token, pairing_id)
+            return self._from_credential(request, token, pairing_id)
         grant = self.grants.verify(request.cookies.get(grant_cookie(scope, lesson_id)),
                                    f"{scope}:{lesson_id}", time.time())
         if grant is not None:
             return grant.who
         share = request.query.get("share")
         if share:
-            return self._from_share(scope, lesson_id, share)
+            self.check_share(request, scope, lesson_id, share)
+            return "share"
         token = request.query.get("token")
         if token:
-            return self._from_credential(token, pairing_id)
+            return self._from_credential(request, token, pairing_id)
         raise web.HTTPUnauthorized(text="sign in: open the link you were given (with its "
                                         "token or share parameter)")
 
@@ -297,9 +329,9 @@ async def live_list(request: web.Request) -> web.Response:
     """``GET /api/live``: lessons being recorded that the bearer credential may watch."""
     ms = _server(request)
     token = ms.bearer(request)
-    viewer: Viewer | None = ms.viewers.viewer_for_token(token) if token else None
-    if viewer is None:
+    if not token:
         raise web.HTTPUnauthorized(text="a bearer credential is needed")
+    viewer = ms.viewer_for(request, token)
     out = []
     for meta in await asyncio.to_thread(ms.live.lessons):
         if not viewer.may_watch(str(meta.get("pairing_id", ""))):

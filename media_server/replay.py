@@ -34,8 +34,6 @@ from typing import Any
 from aiohttp import web
 
 from syncclass.auth import LoginRateLimiter, verify_password
-from syncclass.errors import AuthError
-from syncclass.sharelinks import verify_share
 
 from .access import Viewer
 from .app import STATIC, MediaServer, check_lesson_id, grant_cookie
@@ -68,10 +66,7 @@ class Replay:
         now = time.time()
         bearer = ms.bearer(request)  # an explicit credential speaks before any cookie
         if bearer:
-            viewer = ms.viewers.viewer_for_token(bearer)
-            if viewer is None:
-                raise web.HTTPUnauthorized(text="unknown or expired credential")
-            return viewer
+            return ms.viewer_for(request, bearer)
         if lesson_id is not None:
             grant = ms.grants.verify(request.cookies.get(grant_cookie("replay", lesson_id)),
                                      f"replay:{lesson_id}", now)
@@ -84,18 +79,10 @@ class Replay:
                 return viewer
         token = request.query.get("token")
         if token:
-            viewer = ms.viewers.viewer_for_token(token)
-            if viewer is None:
-                raise web.HTTPUnauthorized(text="unknown or expired credential")
-            return viewer
+            return ms.viewer_for(request, token)
         share = request.query.get("share")
         if share and lesson_id is not None:
-            if ms.share_secret is None:
-                raise web.HTTPUnauthorized(text="share links are not enabled on this server")
-            try:
-                verify_share(ms.share_secret, "replay", lesson_id, share, now)
-            except AuthError as exc:
-                raise web.HTTPUnauthorized(text=exc.message) from None
+            ms.check_share(request, "replay", lesson_id, share)
             return SHARE
         return None
 

@@ -812,6 +812,10 @@ class MediaServerConfig(_Model):
     """Longest validity of a share link (seconds)."""
     grant_lifetime_s: int = Field(default=4 * 3600, ge=60, le=7 * 86400)
     """A watch page opened with a credential gets a cookie valid this long (seconds)."""
+    auth_failures_per_min: float = Field(default=10.0, gt=0)
+    """Wrong credentials and share links allowed per remote address per minute (burst the
+    same); beyond it that address gets 429 for every credential, the right one included,
+    until its allowance refills (no guessing oracle)."""
 
 
 class TermTargetsConfig(_Model):

@@ -208,6 +208,38 @@ async def test_share_link_expiry_and_tampering_over_http(tmp_path: Path) -> None
         assert r.status == 401
 
 
+async def test_wrong_credentials_are_limited_per_address(tmp_path: Path) -> None:
+    """Guessing tokens or share links is no oracle: after ``auth_failures_per_min`` wrong
+    ones from an address, every credential from it (the right one too) gets 429."""
+    data = _config().model_dump(mode="json")
+    data["media_server"]["auth_failures_per_min"] = 4
+    config = CountyConfig.model_validate(data)
+    _lesson_dir(tmp_path / "live")
+    app = create_app(config, tmp_path / "live", tmp_path / "data")
+    observer = config.observers[0].token
+    base = f"/live/{LESSON}/"
+    async with TestClient(TestServer(app)) as client:
+        r = await client.get(base + "index.m3u8", headers={"Authorization": f"Bearer {observer}"})
+        assert r.status == 200
+        for i in range(2):
+            r = await client.get(base + "index.m3u8", params={"token": f"guess-{i:020d}"})
+            assert r.status == 401
+        for bad in ("1.AAAA", f"{int(time.time()) + 60}.{'A' * 43}"):
+            r = await client.get(base + "index.m3u8", params={"share": bad})
+            assert r.status == 401
+        for path, kwargs in ((base + "index.m3u8",
+                              {"headers": {"Authorization": f"Bearer {observer}"}}),
+                             ("/api/live", {"headers": {"Authorization": f"Bearer {observer}"}}),
+                             (base, {"params": {"token": observer}}),
+                             (base + "index.m3u8", {"params": {
+                                 "share": sign_share(SECRET, "live", LESSON,
+                                                     int(time.time()) + 60)}})):
+            r = await client.get(path, allow_redirects=False, **kwargs)
+            assert r.status == 429, path
+            assert int(r.headers["Retry-After"]) >= 1
+            assert "too many wrong credentials" in await r.text()
+
+
 async def test_api_live_lists_only_allowed_lessons(tmp_path: Path) -> None:
     config = _config()
     _lesson_dir(tmp_path / "live", ended=True)

@@ -283,7 +283,7 @@ def cmd_recorder(args: argparse.Namespace) -> int:
     config = _with_recorder_args(_config(args), args)
     switches = Switches.from_environ()
 
-    from syncclass.placement import recorder_endpoints
+    from syncclass.placement import recorder_endpoints  # lazy: per command
 
     # An explicit --recorder-endpoint names the one mixer to follow; else every node's.
     endpoints = None if args.recorder_endpoint else recorder_endpoints(config)

@@ -386,7 +386,8 @@ class ClusterNodeConfig(_Model):
 
     id: Identifier
     """The node's name in Redis, on the dashboard and in ``/metrics``."""
-    url: str = Field(pattern=r"^https?://[^/?#\s]+$")
+    url: str = worded_pattern(r"^https?://[^/?#\s]+$", "use http://HOST:PORT or "
+                              "https://HOST:PORT (no path), e.g. 'http://10.0.0.11:8700'")
     """Base URL classrooms and browsers reach this node at (``http(s)://host:port``). A
     ``redirect`` is followed only to a URL listed here."""
     recorder_endpoint: str | None = None

@@ -55,6 +55,7 @@ from syncclass.protocol import (
     Offer,
     Pong,
     RaiseHand,
+    Redirect,
     ShareCourseware,
     StartLesson,
     Stats,
@@ -320,9 +321,18 @@ class Agent:
         self.rig = DeviceRig(apply_saved_devices(config.classroom(classroom_id)), self.number)
         """Camera, microphone, screen and speakers; the agent opens and closes them."""
         self.mixer_url = (mixer_url or config.mixer.url).rstrip("/")
+        """The node the agent connects to next (several nodes: follows ``redirect``)."""
+        cluster = config.mixer.cluster
+        self.entry_urls = list(dict.fromkeys(
+            [self.mixer_url, *(n.url.rstrip("/") for n in (cluster.nodes if cluster else []))]))
+        """Where the agent starts: its mixer URL, then every node of ``mixer.cluster``
+        (tried in turn while one is down)."""
+        self._entry = 0
+        self._redirect_url: str | None = None
+        self.redirects = 0
         self.token = token or self.classroom.token
         self._ssl: ssl.SSLContext | bool = True
-        if self.mixer_url.startswith("https"):
+        if any(u.startswith("https") for u in self.entry_urls):
             # Verify the mixer's certificate and host name against mixer.ca_file (a county
             # CA or self-signed certificate), else the system trust store.
             self._ssl = ssl.create_default_context(cafile=config.mixer.ca_file)
@@ -406,10 +416,24 @@ class Agent:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S,
                                             connect=CONNECT_TIMEOUT_S * 2)
             async with aiohttp.ClientSession(timeout=timeout) as http:
+                redirects_in_a_row = 0
                 while not self._stopping.is_set():
                     welcomed = await self._connect_once(http)
                     if self._stopping.is_set():
                         break
+                    if self._redirect_url is not None:
+                        # Several nodes: straight to the lesson's node (a loop of redirects,
+                        # nodes disagreeing during a fail-over, backs off as usual).
+                        self.mixer_url, self._redirect_url = self._redirect_url, None
+                        redirects_in_a_row += 1
+                        if redirects_in_a_row <= 2:
+                            continue
+                    else:
+                        redirects_in_a_row = 0
+                    if not welcomed and len(self.entry_urls) > 1:
+                        # That node is down (or refused us): the next entry node next time.
+                        self._entry = (self._entry + 1) % len(self.entry_urls)
+                        self.mixer_url = self.entry_urls[self._entry]
                     backoff = BACKOFF_INITIAL_S if welcomed else min(backoff * 2, BACKOFF_MAX_S)
                     delay = backoff * random.uniform(0.8, 1.2)
                     self.reconnects += 1
@@ -504,6 +528,8 @@ class Agent:
             "ice": {"turn": self.turn_url,
                     "pair": selected_ice_pair(self._pc) if self._pc else None},
             "reconnects": self.reconnects,
+            "redirects": self.redirects,
+            "mixer_url": self.mixer_url,
             "hands_raised": self.hands_raised,
             "directing": self.directing,
             "courseware": None if self.courseware is None else {
@@ -621,6 +647,25 @@ class Agent:
                 self.stop()
         elif isinstance(message, Pong):
             pass
+        elif isinstance(message, Redirect):
+            await self._redirected(message)
+
+    async def _redirected(self, message: Redirect) -> None:
+        """Several nodes: the lesson is on another node. Followed only to a node the
+        county config lists; any other URL is refused (a forged or stale message must not
+        send the classroom's credential elsewhere)."""
+        cluster = self.config.mixer.cluster
+        if cluster is None or not cluster.vouches_for(message.url):
+            logger.error("classroom %s: redirect to %r refused: not a node of "
+                         "mixer.cluster.nodes", self.classroom.id, message.url)
+            self.errors.append({"code": "bad_redirect", "message": message.url, "ref": None})
+            return
+        logger.info("classroom %s: lesson on node %s (%s); connecting there",
+                    self.classroom.id, message.node_id, message.url)
+        self.redirects += 1
+        self._redirect_url = message.url.rstrip("/")
+        if self._ws is not None:
+            await self._ws.close()
 
     async def _lesson_update(self, lesson: LessonInfo | None) -> None:
         self.lesson = lesson

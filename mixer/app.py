@@ -20,6 +20,7 @@ from syncclass.config import CountyConfig
 
 from .analytics import setup_analytics
 from .browser import setup_browser
+from .cluster import Cluster, node_of, setup_cluster
 from .core import MIXER_KEY, Mixer
 from .dashboard import setup_ops
 from .guard import RedactingAccessLogger, setup_guard
@@ -51,19 +52,27 @@ async def _forwarded_client(request: web.Request, handler: Handler) -> web.Strea
 
 
 def create_app(config: CountyConfig, *, resume_lessons: bool = False,
-               lessons_path: Path | None = None, behind_front: bool = False
-               ) -> web.Application:
+               lessons_path: Path | None = None, behind_front: bool = False,
+               node_id: str | None = None) -> web.Application:
     """The mixer's app. ``resume_lessons``: reload the live lessons a previous process
     persisted in ``mixer.data_dir`` (the ``syncclass mixer`` command does);
     ``lessons_path``: where they are kept (default ``<data_dir>/lessons.json``);
     ``behind_front``: a media worker of a node (:mod:`mixer.node`), served only on its
-    private unix socket, that takes the client's address from the front's header."""
+    private unix socket, that takes the client's address from the front's header;
+    ``node_id``: this process's node of ``mixer.cluster`` (else ``mixer.cluster.node_id``);
+    with ``mixer.cluster`` live lessons resume from Redis instead, on whichever node holds
+    them."""
     # Access log lines without query strings: no credential ever reaches the log.
     app = web.Application(client_max_size=config.mixer.max_message_bytes,
                           handler_args={"access_log_class": RedactingAccessLogger},
                           middlewares=[_forwarded_client] if behind_front else [])
     mixer = Mixer(config, lessons_path)
     app[MIXER_KEY] = mixer
+    cluster = (Cluster(mixer, config.mixer.cluster, node_of(config, node_id))
+               if config.mixer.cluster is not None else None)
+    if cluster is not None:
+        # Another node may have resumed them meanwhile: Redis decides who holds a lesson.
+        resume_lessons = False
 
     async def on_shutdown(app: web.Application) -> None:
         await mixer.aclose()
@@ -75,6 +84,8 @@ def create_app(config: CountyConfig, *, resume_lessons: bool = False,
             logger.info("lesson %s: resumed after a mixer restart", lesson.lesson_id)
 
     app.on_shutdown.append(on_shutdown)
+    if cluster is not None:
+        setup_cluster(app, cluster)
     # Each subsystem adds its routes, event subscribers and media taps.
     ops = setup_ops(app, mixer)  # dashboard, /metrics, /readyz, alerts, webhooks
     observers = setup_browser(app, mixer)  # browser pages + observers
@@ -85,6 +96,9 @@ def create_app(config: CountyConfig, *, resume_lessons: bool = False,
     ops.netstats.recorder_state = publisher.summary  # the dashboard's "Recorder" field
     # Attendance, speech, S-T, reports, hand raise; it shares the dashboard's health sampler.
     setup_analytics(app, mixer, netstats=ops.netstats)
-    setup_signaling(app, mixer, guard=guard, observers=observers)
+    setup_signaling(app, mixer, guard=guard, observers=observers,
+                    place=cluster.place if cluster is not None else None)
+    if cluster is not None:
+        ops.cluster_state = cluster.summary  # the dashboard's and /metrics' nodes
     app.on_startup.append(on_startup)
     return app

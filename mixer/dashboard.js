@@ -172,6 +172,27 @@ function renderAlerts(snap) {
   ul.replaceChildren(...items);
 }
 
+function renderNodes(c) {
+  // Several nodes (Redis): every live node of the registry, as this node last read it.
+  const panel = $("#nodes-panel");
+  panel.hidden = !c;
+  if (!c) return;
+  $("#nodes-redis").textContent = c.redis_up ? "up" : "unreachable";
+  $("#nodes-self").textContent = c.node_id;
+  const rows = c.nodes.map((n) => {
+    const tr = document.createElement("tr");
+    tr.dataset.node = n.node_id;
+    const age = Math.max(0, (c.checked_ms - n.heartbeat_ms) / 1000);
+    for (const v of [n.node_id, n.url, n.lessons, n.sessions, fmt(n.cpu_percent), `${fmt(age)} s ago`]) {
+      const td = document.createElement("td");
+      td.textContent = String(v);
+      tr.appendChild(td);
+    }
+    return tr;
+  });
+  $("#nodes tbody").replaceChildren(...rows);
+}
+
 function apply(snap, withHistory) {
   state.fields = snap.history_fields;
   state.thresholds = snap.thresholds;
@@ -194,6 +215,7 @@ function apply(snap, withHistory) {
   for (const h of snap.classrooms) renderClassroom(h);
   renderMixer(snap.mixer);
   renderAlerts(snap);
+  renderNodes(snap.cluster);
   $("#updated").textContent = new Date(snap.ts_ms).toLocaleTimeString();
   document.body.dataset.samples = String(Number(document.body.dataset.samples || 0) + 1);
 }

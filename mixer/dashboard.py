@@ -29,7 +29,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -117,8 +117,8 @@ class Ops:
         # Checked when the user is unknown, so timing does not tell which names exist.
         self._dummy_hash = hash_password(secrets.token_hex(8), log2n=14)
         self._revoked: dict[str, float] = {}
-        self.registry = make_registry(
-            SyncclassCollector(mixer, self.netstats, self.alerts, self.webhooks))
+        self.collector = SyncclassCollector(mixer, self.netstats, self.alerts, self.webhooks)
+        self.registry = make_registry(self.collector)
         self.broadcaster = Broadcaster()
         self.shutting_down = False
 
@@ -137,6 +137,16 @@ class Ops:
         await self.netstats.aclose()
         for w in self.webhooks:
             await w.aclose()
+
+    @property
+    def cluster_state(self) -> Callable[[], dict[str, Any]] | None:
+        """Several nodes: the registry (``Cluster.summary``), shown on the dashboard and
+        in ``/metrics``; set by the app."""
+        return self.collector.cluster_state
+
+    @cluster_state.setter
+    def cluster_state(self, value: Callable[[], dict[str, Any]] | None) -> None:
+        self.collector.cluster_state = value
 
     # -- alerts -------------------------------------------------------------------------------
     def _emit_alert(self, lesson_id: str | None, classroom_id: str, data: dict[str, Any]) -> None:
@@ -175,6 +185,7 @@ class Ops:
             "recent_alerts": recent,
             "webhooks": [w.stats() for w in self.webhooks],
             "history_fields": list(HISTORY_FIELDS),
+            "cluster": self.cluster_state() if self.cluster_state is not None else None,
         }
         if with_history:
             out["history"] = {

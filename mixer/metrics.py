@@ -8,6 +8,7 @@ mixers in one process (tests) do not clash.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -44,6 +45,8 @@ class SyncclassCollector(Collector):
         self.netstats = netstats
         self.alerts = alerts
         self.webhooks = webhooks or []
+        self.cluster_state: Callable[[], dict[str, Any]] | None = None
+        """Several nodes: the registry as this node last read it (``Cluster.summary``)."""
 
     def collect(self) -> Iterator[Metric]:
         labels = ["lesson", "classroom"]
@@ -159,6 +162,35 @@ class SyncclassCollector(Collector):
                 wh.add_metric([s.shown_url, "failed"], s.failed)
                 wh.add_metric([s.shown_url, "dropped"], s.dropped)
             yield wh
+        if self.cluster_state is not None:
+            yield from _cluster_metrics(self.cluster_state())
+
+
+def _cluster_metrics(state: dict[str, Any]) -> Iterator[Metric]:
+    """Every live node of the registry: lessons, classrooms, CPU, heartbeat age."""
+    up = GaugeMetricFamily("syncclass_cluster_redis_up",
+                           "1 while this node reaches Redis (several nodes).", labels=["node"])
+    up.add_metric([state["node_id"]], 1.0 if state["redis_up"] else 0.0)
+    yield up
+    families = {
+        "lessons": GaugeMetricFamily("syncclass_node_lessons", "Live lessons on the node.",
+                                     labels=["node", "url"]),
+        "sessions": GaugeMetricFamily("syncclass_node_classrooms",
+                                      "Classrooms connected to the node.", labels=["node", "url"]),
+        "cpu_percent": GaugeMetricFamily("syncclass_node_cpu_percent",
+                                         "The node process's CPU, % of one core.",
+                                         labels=["node", "url"]),
+    }
+    beat = GaugeMetricFamily("syncclass_node_heartbeat_age_seconds",
+                             "Time since the node's last heartbeat (by its clock).",
+                             labels=["node", "url"])
+    for node in state["nodes"]:
+        labels = [node["node_id"], node["url"]]
+        for field, family in families.items():
+            family.add_metric(labels, float(node[field]))
+        beat.add_metric(labels, max(0.0, (state["checked_ms"] - node["heartbeat_ms"]) / 1000))
+    yield from families.values()
+    yield beat
 
 
 def make_registry(collector: SyncclassCollector) -> CollectorRegistry:

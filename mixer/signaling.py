@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
@@ -45,11 +46,13 @@ from syncclass.protocol import (
     Ping,
     Pong,
     RaiseHand,
+    Redirect,
     ShareCourseware,
     StartLesson,
     Stats,
     Welcome,
     dumps_strict,
+    encode,
     parse_client_message,
 )
 from syncclass.turn import ice_servers_for
@@ -73,6 +76,9 @@ class Signaling:
     guard: Guard
     observers: ObserverHub
     """Observer connections (an ``observer_hello`` on ``/ws``)."""
+    place: Callable[[str], Awaitable[tuple[str, str] | None]] | None = None
+    """Several nodes (:meth:`mixer.cluster.Cluster.place`): where an authenticated classroom
+    is served: ``None`` here, else ``(node id, node URL)`` it is redirected to."""
 
 
 SIGNALING_KEY = web.AppKey("signaling", Signaling)
@@ -116,7 +122,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 if session is None:
                     if not isinstance(message, Hello):
                         raise AuthError("auth_required", "send 'hello' with your credential first")
-                    session = await _hello(mixer, ws, message, request.remote)
+                    session = await _hello(mixer, ws, message, request.remote,
+                                           signaling.place)
+                    if session is None:  # sent to its lesson's node
+                        break
                     session.transport = request.transport
                     session.send_timeout_s = mixer.config.mixer.send_timeout_s
                     session.guard_stats = guard.stats
@@ -153,9 +162,20 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 
 
 async def _hello(mixer: Mixer, ws: web.WebSocketResponse, hello: Hello,
-                 remote: str | None = None) -> ClassroomSession:
+                 remote: str | None = None,
+                 place: Callable[[str], Awaitable[tuple[str, str] | None]] | None = None,
+                 ) -> ClassroomSession | None:
+    """Welcome an authenticated classroom; ``None`` when it was redirected to another node
+    (several nodes: its lesson is placed there)."""
     room = mixer.authenticate(hello.classroom_id, hello.token, remote)
     mixer.check_join_rate(room.id)
+    target = await place(room.id) if place is not None else None
+    if target is not None:
+        node_id, url = target
+        logger.info("classroom %s: redirected to node %s (%s)", room.id, node_id, url)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_str(encode(Redirect(url=url, node_id=node_id)))
+        return None
     previous = mixer.sessions.get(room.id)
     if previous is not None:
         # The same classroom reconnected (e.g. after a network drop): the new one wins.
@@ -253,6 +273,10 @@ async def _lesson_action(request: web.Request, action: str) -> web.Response:
     try:
         room = mixer.authenticate(classroom_id, token, request.remote)
         mixer.limits.check("lesson_action", room.id)
+        place = request.app[SIGNALING_KEY].place
+        target = await place(room.id) if place is not None else None
+        if target is not None:  # several nodes: the lesson is run by its pairing's node
+            raise web.HTTPTemporaryRedirect(target[1] + request.path)
         if action == "start":
             timetable_id = body.get("timetable_id")
             lesson = mixer.lessons.start(room.id, str(timetable_id) if timetable_id else None)
@@ -315,9 +339,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def setup_signaling(app: web.Application, mixer: Mixer, *, guard: Guard,
-                    observers: ObserverHub) -> Signaling:
-    """Add ``/ws``, the lesson API, ``/api/stats`` and ``/healthz`` to the mixer's app."""
-    signaling = Signaling(mixer, guard, observers)
+                    observers: ObserverHub,
+                    place: Callable[[str], Awaitable[tuple[str, str] | None]] | None = None,
+                    ) -> Signaling:
+    """Add ``/ws``, the lesson API, ``/api/stats`` and ``/healthz`` to the mixer's app.
+    ``place``: several nodes' placement hook (see :attr:`Signaling.place`)."""
+    signaling = Signaling(mixer, guard, observers, place)
     app[SIGNALING_KEY] = signaling
     app.router.add_get("/ws", websocket_handler)
     app.router.add_post("/api/lessons/start", start_lesson)

@@ -74,8 +74,10 @@ class Recorder:
                  endpoints: list[str] | None = None) -> None:
         self.cfg = config
         self.endpoints = endpoints or [config.endpoint]
-        """Where the mixer publishes: ``recorder.endpoint``, or one per media worker of a
-        node (:func:`syncclass.workers.recorder_endpoints`); one XSUB connects to all."""
+        """Where the mixer publishes: ``recorder.endpoint``, one per media worker of a node
+        (:func:`syncclass.workers.recorder_endpoints`), or every node's with several mixer
+        nodes (a lesson resumed on another node continues in its folder); one XSUB
+        connects to all."""
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.out = Path(config.out_dir)
         self.spool = Spool(Path(config.spool_dir))
@@ -131,7 +133,7 @@ class Recorder:
         self.uploader.start()
         self._resume_unfinished()
         self._main = asyncio.create_task(self._run(), name="recorder")
-        await self._report("hello", None, endpoint=self.cfg.endpoint)
+        await self._report("hello", None, endpoint=" ".join(self.endpoints))
         logger.info("recorder %s: listening to %s (%s), writing to %s, archive %s", self.name,
                     ", ".join(self.endpoints),
                     "CURVE" if curve is not None else "no keys: loopback only",
@@ -410,7 +412,7 @@ class Recorder:
     def status(self) -> dict[str, Any]:
         return {
             "recorder": self.name,
-            "endpoint": self.cfg.endpoint,
+            "endpoint": " ".join(self.endpoints),
             "live": sorted(self.live),
             "finished": self.finished,
             "messages": self.messages,

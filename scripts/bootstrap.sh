@@ -23,6 +23,7 @@ APT_PACKAGES=(
   coturn                     # TURN relay for classrooms behind NAT/firewalls (scripts/turnserver.sh)
   openssl                    # scripts/turnserver.sh: a self-signed TLS certificate for turns:
   nftables                   # tests: a school NAT (masquerade) that blocks UDP, in a namespace
+  redis-server               # several mixer nodes: placement and registry (scripts/redisserver.sh)
 )
 
 missing=()

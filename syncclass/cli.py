@@ -217,6 +217,10 @@ def cmd_mixer(args: argparse.Namespace) -> int:
     host = args.host or config.mixer.host
     port = config.mixer.port if args.port is None else args.port
     workers = resolve_workers(config.mixer.workers if args.workers is None else args.workers)
+    if workers and config.mixer.cluster is not None:
+        print("syncclass mixer: --workers: a node of mixer.cluster runs its lessons in one "
+              "process for now; leave --workers out or pass 0", file=sys.stderr)
+        return 2
     if workers and config.recorder.enabled:
         try:  # every worker's recorder endpoint can be made (before anything starts)
             recorder_endpoints(config.recorder.endpoint, workers)
@@ -232,7 +236,7 @@ def cmd_mixer(args: argparse.Namespace) -> int:
             node = Node(config, workers, command)
             app = create_front_app(node)
         else:
-            app = create_app(config, resume_lessons=True)
+            app = create_app(config, resume_lessons=True, node_id=args.node_id)
         # Header deadline and per-address connection cap (slow-loris): mixer.guard.
         runner = GuardedAppRunner(app, handle_signals=False)
         await runner.setup()
@@ -264,6 +268,17 @@ def _mixer_setup(args: argparse.Namespace) -> tuple[CountyConfig, Switches] | No
     use_host_addresses(config.mixer.ice_host_addresses)
     _tune_aiortc(config, switches)
     _tune_mixer_aiortc(switches)
+    if config.mixer.cluster is not None:
+        from mixer.cluster import node_of  # optional: per command
+
+        node = node_of(config, args.node_id)  # ConfigError in words: no or unknown node
+        args.node_id = node.id
+        if node.recorder_endpoint and not args.recorder_endpoint:
+            args.recorder_endpoint = node.recorder_endpoint
+    elif args.node_id:
+        print("syncclass mixer: --node-id needs a mixer.cluster section in the config",
+              file=sys.stderr)
+        return None
     config = _with_recorder_args(config, args)
     if args.data_dir:
         config = config.model_copy(update={"mixer": config.mixer.model_copy(
@@ -354,11 +369,19 @@ def cmd_recorder(args: argparse.Namespace) -> int:
     config = _with_recorder_args(_config(args), args)
     switches = Switches.from_environ()
 
+    from syncclass.placement import (  # lazy: per command
+        recorder_endpoints as node_endpoints,
+    )
+
     # One endpoint per media worker of the mixer's node ('auto': this host's cores, so a
-    # recorder on another host needs mixer.workers as a number).
+    # recorder on another host needs mixer.workers as a number); with several nodes every
+    # node's, unless an explicit --recorder-endpoint names the one mixer to follow.
     try:
-        endpoints = recorder_endpoints(config.recorder.endpoint,
-                                       resolve_workers(config.mixer.workers))
+        if config.mixer.cluster is None:
+            endpoints: list[str] | None = recorder_endpoints(
+                config.recorder.endpoint, resolve_workers(config.mixer.workers))
+        else:
+            endpoints = None if args.recorder_endpoint else node_endpoints(config)
     except ValueError as exc:
         raise ConfigError(f"recorder.endpoint: {exc}") from None
 
@@ -779,6 +802,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_workers_arg,
                    help="media worker processes: a number, 'auto' (one per core) or 0 (one "
                    "process) (default: mixer.workers)")
+    p.add_argument("--node-id", help="several nodes: which of mixer.cluster.nodes this process "
+                   "is (default: mixer.cluster.node_id)")
     p.set_defaults(func=cmd_mixer)
 
     p = sub.add_parser("mixer-worker", help="(internal) one media worker of a mixer node; "

@@ -389,6 +389,71 @@ class TlsConfig(_Model):
     """PEM private key of the certificate."""
 
 
+class ClusterNodeConfig(_Model):
+    """One mixer node of a county with several (see :class:`ClusterConfig`)."""
+
+    id: Identifier
+    """The node's name in Redis, on the dashboard and in ``/metrics``."""
+    url: str = worded_pattern(r"^https?://[^/?#\s]+$", "use http://HOST:PORT or "
+                              "https://HOST:PORT (no path), e.g. 'http://10.0.0.11:8700'")
+    """Base URL classrooms and browsers reach this node at (``http(s)://host:port``). A
+    ``redirect`` is followed only to a URL listed here."""
+    recorder_endpoint: str | None = None
+    """ZeroMQ endpoint this node publishes the recording on (``None``: ``recorder.endpoint``);
+    recorders subscribe to every node's."""
+
+
+class ClusterConfig(_Model):
+    """Several mixer nodes (LiveKit-style): each pairing's lessons pinned to one node through
+    Redis (node registry, load, leases); classrooms that contact another node are
+    redirected; a dead node's live lessons are resumed by a survivor."""
+
+    redis_url: SecretStr
+    """``redis://[:password@]host:port/db`` (or ``rediss://``); shown redacted."""
+    nodes: list[ClusterNodeConfig] = Field(min_length=1)
+    """Every node of the county: agents try them in turn; redirects go only to these."""
+    node_id: Identifier | None = None
+    """This process's node (``syncclass mixer --node-id`` overrides); one of ``nodes``."""
+    heartbeat_s: float = Field(default=1.0, ge=0.1, le=30)
+    """How often a node writes its registry entry and renews its lessons' leases, s."""
+    lease_ttl_s: float = Field(default=3.0, ge=0.3, le=120)
+    """A node silent this long (s) is dead: its entry and leases expire and a survivor
+    takes its live lessons. At least twice ``heartbeat_s``."""
+    key_prefix: Identifier = "syncclass"
+    """Prefix of every Redis key (several counties may share one Redis)."""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("use redis://[:password@]host:port/db, rediss://... or unix://PATH")
+        return v
+
+    @model_validator(mode="after")
+    def _nodes_fit(self) -> ClusterConfig:
+        _unique("nodes", [n.id for n in self.nodes])
+        _unique("nodes", [n.url.rstrip("/") for n in self.nodes], what="url")
+        if self.node_id is not None and self.node_id not in {n.id for n in self.nodes}:
+            raise ValueError(f"node_id {self.node_id!r} is not one of 'nodes' "
+                             f"({', '.join(n.id for n in self.nodes)})")
+        if self.lease_ttl_s < 2 * self.heartbeat_s:
+            raise ValueError(f"lease_ttl_s ({self.lease_ttl_s:g}) must be at least twice "
+                             f"heartbeat_s ({self.heartbeat_s:g}): one late heartbeat must "
+                             "not give a live node's lessons away")
+        return self
+
+    def node(self, node_id: str) -> ClusterNodeConfig:
+        """The node named ``node_id`` (KeyError if none)."""
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(node_id)
+
+    def vouches_for(self, url: str) -> bool:
+        """Whether ``url`` is one of the county's nodes (a redirect may go there)."""
+        return url.rstrip("/") in {n.url.rstrip("/") for n in self.nodes}
+
+
 class TurnConfig(_Model):
     """TURN relays for classrooms behind NAT or a firewall (coturn with a REST-API shared
     secret, ``scripts/turnserver.sh``). The mixer hands each classroom time-limited
@@ -501,6 +566,16 @@ class MixerConfig(_Model):
             return value
         raise ValueError(f"{value!r} is not a number of worker processes: use 0 (one "
                          "process), 1-64, or 'auto' (one per core)")
+    cluster: ClusterConfig | None = None
+    """Several nodes placed through Redis (``None``: one node, in-process lessons)."""
+
+    @model_validator(mode="after")
+    def _cluster_in_one_process(self) -> MixerConfig:
+        if self.cluster is not None and self.workers != 0:
+            raise ValueError("mixer.cluster: a node of several runs its lessons in one "
+                             "process for now (placement and fail-over live beside the "
+                             "lessons); set mixer.workers: 0")
+        return self
 
 
 class S3ArchiveConfig(_Model):

@@ -103,6 +103,10 @@ class LessonRegistry:
                     return lesson
         return None
 
+    def lesson_of_pairing(self, pairing_id: str) -> Lesson | None:
+        """The pairing's current (live, else most recent) lesson."""
+        return self._lessons.get(pairing_id)
+
     def live_lessons(self) -> list[Lesson]:
         return [x for x in self._lessons.values() if x.state == "live"]
 

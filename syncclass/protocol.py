@@ -278,8 +278,20 @@ class Pong(_Msg):
     server_time_ms: int
 
 
+class Redirect(_Msg):
+    """This classroom's lesson is on another mixer node (several nodes, Redis): connect to
+    ``url`` instead. The mixer closes the socket after sending it; a client follows it only
+    to a node its county config lists (``mixer.cluster.nodes``)."""
+
+    type: Literal["redirect"] = "redirect"
+    url: str = Field(min_length=1, max_length=512)
+    """Base URL of the node (``http(s)://host:port``)."""
+    node_id: str = Field(min_length=1, max_length=64)
+
+
 ServerMessage = Annotated[
-    Welcome | ObserverWelcome | LessonState | Answer | Layout | Error | Pong | CommentRecord,
+    Welcome | ObserverWelcome | LessonState | Answer | Layout | Error | Pong | CommentRecord
+    | Redirect,
     Field(discriminator="type"),
 ]
 _server_adapter: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)

@@ -165,6 +165,19 @@ export class Signaling {
         this.log(`mixer: ${msg.code}: ${msg.message}`, "error");
         if (msg.code === "auth_failed") this.refused = true;
       }
+      if (msg.type === "redirect") {
+        // Several nodes: this lesson runs on another node of the county (the node that
+        // served this page names it from its config). Same page there, same credential.
+        const target = new URL(msg.url);
+        if (target.protocol !== "http:" && target.protocol !== "https:") {
+          this.log(`redirect to ${msg.url} refused`, "error");
+          return;
+        }
+        this.closed = true;
+        this.log(`lesson on node ${msg.node_id}; going to ${target.origin}`, "info");
+        location.assign(target.origin + location.pathname + location.search + location.hash);
+        return;
+      }
       const h = this.handlers[msg.type];
       if (h) {
         try { await h(msg); } catch (e) { this.log(`error handling ${msg.type}: ${e}`, "error"); }

@@ -96,7 +96,7 @@ def test_config_errors_in_words(tmp_path: Path) -> None:
     county.mixer["workers"] = 2
     county.mixer["cluster"] = {"redis_url": "redis://127.0.0.1:1/0", "nodes": [
         {"id": n, "url": f"http://127.0.0.1:{p}"} for n, p in ports.items()]}
-    with pytest.raises(ConfigError, match="set mixer.workers: 0"):
+    with pytest.raises(ConfigError, match=r"set mixer\.workers: 0"):
         county.config()
     cfg = _cluster_config(tmp_path, "redis://:pw@127.0.0.1:1/0", ports)
     assert "pw" not in repr(cfg.mixer.cluster)

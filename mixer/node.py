@@ -415,6 +415,12 @@ class Node:
                     self.placement.pin(group, w.index)
 
     # -- placement ------------------------------------------------------------------------------
+    def metrics_owner(self, classroom_id: str) -> int:
+        """The worker whose figures of ``classroom_id`` the node shows: the one its group is
+        placed on, worker 0 for a classroom no worker serves (every worker lists it)."""
+        owner = self.placement.assigned.get(self.classroom_group.get(classroom_id, ""))
+        return 0 if owner is None else owner
+
     def worker_of_group(self, group: str | None) -> Worker:
         alive = {w.index: w.alive for w in self.workers}
         index = self.placement.worker_for(group, alive) if group is not None else None
@@ -830,6 +836,9 @@ async def metrics(request: web.Request) -> web.StreamResponse:
             merged = families.setdefault(fam.name, Metric(fam.name, fam.documentation,
                                                           fam.type, fam.unit))
             for s in fam.samples:
+                cid = s.labels.get("classroom")
+                if cid is not None and node.metrics_owner(cid) != w.index:
+                    continue  # every worker lists every classroom: its serving worker's
                 merged.add_sample(s.name, {**s.labels, "worker": str(w.index)}, s.value,
                                   s.timestamp, s.exemplar)
     for name, doc, typ, value_of in (

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from syncclass.demo import LocalDeployment
 from tests.county import County
@@ -127,6 +128,15 @@ def test_two_workers_restart_and_record(dep: LocalDeployment) -> None:
     for i in (0, 1):
         assert f'syncclass_node_worker_live_lessons{{worker="{i}"}} 1.0' in metrics, metrics
         assert f'worker="{i}"' in metrics.replace("syncclass_node_", "")
+    # Every worker lists every classroom: /metrics shows each once, from its own worker.
+    fams = {f.name: f for f in text_string_to_metric_families(metrics)}
+    up = [(s.labels["classroom"], s.labels["state"], s.labels["worker"])
+          for s in fams["syncclass_classroom_up"].samples
+          if s.labels["classroom"] in {*LESSON_A, *LESSON_B}]
+    assert sorted(c for c, _, _ in up) == sorted((*LESSON_A, *LESSON_B)), up
+    assert all(state == "in_lesson" for _, state, _ in up), up
+    assert {c: int(w) for c, _, w in up} == {c: on[m] for m, r in (LESSON_A, LESSON_B)
+                                             for c in (m, r)}, up
 
     # A worker dies: the front restarts it and lesson B resumes there.
     victim = on[LESSON_B[0]]

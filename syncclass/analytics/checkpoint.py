@@ -26,6 +26,10 @@ CHECKPOINT_SCHEMA = "syncclass.analytics_checkpoint"
 CHECKPOINT_VERSION = 1
 MAX_CHECKPOINT_BYTES = 1 << 20
 """A checkpoint larger than this (bytes of UTF-8 JSON) is thinned, or refused when read."""
+MAX_NETWORK_ROWS = 300
+"""Network samples per classroom a checkpoint keeps at most (evenly spaced, the last one
+kept): a 45-minute lesson has 1350 at the default 2 s interval, which would make the
+document ~5 times larger and its encoding on the event loop as much slower."""
 NETWORK_FIELDS = ("ts_ms", "rtt_ms", "jitter_ms", "loss_percent", "bitrate_kbps", "fps",
                   "freezes", "latency_ms")
 """A network sample's fields, in the order a checkpoint row lists them."""
@@ -105,11 +109,14 @@ class AnalyticsCheckpoint:
             "thinned": self.thinned,
         }
 
-    def to_json(self, max_bytes: int = MAX_CHECKPOINT_BYTES) -> str:
-        """The document, at most ``max_bytes``: network samples thinned to fit (and
-        ``thinned`` counted). ``ValueError`` if even without them it is too large."""
-        network = {c: list(rows) for c, rows in self.network.items()}
-        thinned = self.thinned
+    def to_json(self, max_bytes: int = MAX_CHECKPOINT_BYTES,
+                max_network_rows: int = MAX_NETWORK_ROWS) -> str:
+        """The document, at most ``max_bytes``, at most ``max_network_rows`` network
+        samples per classroom: samples thinned to fit (and ``thinned`` counted).
+        ``ValueError`` if even without them it is too large."""
+        network = {c: _evenly(rows, max_network_rows) for c, rows in self.network.items()}
+        thinned = self.thinned + sum(len(rows) - len(network[c])
+                                     for c, rows in self.network.items())
         while True:
             text = json.dumps(self._doc(network) | {"thinned": thinned}, ensure_ascii=False,
                               separators=(",", ":"), allow_nan=False)
@@ -158,6 +165,14 @@ class AnalyticsCheckpoint:
             directing=[d.model_dump() for d in doc.directing],
             gaps=[Gap(g.start_ms, g.end_ms, g.reason, g.checkpoint) for g in doc.gaps],
             thinned=doc.thinned)
+
+
+def _evenly(rows: list[dict[str, Any]], most: int) -> list[dict[str, Any]]:
+    """At most ``most`` of ``rows``, evenly spaced, ending with the last one."""
+    if len(rows) <= most:
+        return list(rows)
+    step = -(-len(rows) // max(1, most))
+    return rows[len(rows) - 1::-step][::-1]
 
 
 class _Strict(BaseModel):

@@ -3,6 +3,7 @@ and bad documents refused in words."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -76,3 +77,12 @@ def test_bad_documents_refused_in_words(doc: object, words: str) -> None:
 def test_oversized_document_refused_before_parsing() -> None:
     with pytest.raises(ValueError, match="of 2000 bytes exceeds 1000"):
         AnalyticsCheckpoint.parse("x" * 2000, max_bytes=1000)
+
+
+def test_network_rows_per_classroom_bounded_evenly() -> None:
+    cp = _checkpoint(samples=1350)  # 45 minutes at one sample per 2 s
+    back = AnalyticsCheckpoint.parse(cp.to_json(max_network_rows=300))
+    kept = back.network["hetou-3"]
+    assert len(kept) == 270 and back.thinned == 1350 - 270  # every 5th sample
+    assert kept[-1] == _sample(1_000 + 2_000 * 1349)
+    assert {b["ts_ms"] - a["ts_ms"] for a, b in itertools.pairwise(kept)} == {10_000}

@@ -147,6 +147,8 @@ class Cluster:
         """Lesson id -> monotonic time of its last checkpoint written to Redis."""
         self._ended_checkpoints: dict[str, str] = {}
         """Pairing -> lesson id of an ended lesson whose checkpoint is still to delete."""
+        self._held: set[str] = set()
+        """Pairings whose lease the last heartbeat held."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -183,6 +185,9 @@ class Cluster:
                 await self._task
             self._task = None
         with contextlib.suppress(Exception):  # Redis down: the leases expire by themselves
+            # A last checkpoint while the leases are still ours: a node stopped on purpose
+            # (a rolling restart) loses no analytics, only the gap until a survivor resumes.
+            await self._write_checkpoints(self._held, force=True)
             pipe = self.redis.pipeline(transaction=False)
             pipe.delete(self._key("node", self.node.id))
             for pairing in self._my_pairings():
@@ -263,6 +268,7 @@ class Cluster:
                 await self._delete_checkpoint(keys=[self._key("analytics", pairing)],
                                               args=[lesson_id])
                 self._ended_checkpoints.pop(pairing, None)
+            self._held = held
             await self._write_checkpoints(held)
             self.nodes = await self._read_nodes()
         except Exception as exc:  # redis.RedisError, OSError: Redis down or unreachable
@@ -270,18 +276,18 @@ class Cluster:
             return
         self._redis_ok()
 
-    async def _write_checkpoints(self, held: set[str]) -> None:
+    async def _write_checkpoints(self, held: set[str], *, force: bool = False) -> None:
         """Write the analytics of each live lesson whose pairing this node holds, if its
-        last checkpoint is ``checkpoint_s`` old (a node that lost the lease never
-        overwrites the survivor's). Redis errors propagate (the heartbeat logs them; the
-        checkpoints are written again when Redis is back)."""
+        last checkpoint is ``checkpoint_s`` old (``force``: whatever its age; a node that
+        lost the lease never overwrites the survivor's). Redis errors propagate (the
+        heartbeat logs them; the checkpoints are written again when Redis is back)."""
         if self.checkpoints is None:
             return
         now = time.monotonic()
         pipe = self.redis.pipeline(transaction=True)  # a reader sees the old or the new one
         written = []
         for lesson in self.mixer.lessons.live_lessons():
-            if lesson.pairing_id not in held or (
+            if lesson.pairing_id not in held or not force and (
                     now - self._checkpointed.get(lesson.lesson_id, -1e9)
                     < self.cfg.checkpoint_s - 0.05):
                 continue

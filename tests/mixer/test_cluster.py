@@ -348,3 +348,29 @@ async def test_report_covers_the_lesson_before_and_after_a_fail_over(
         await ws_rural.close()
         await cluster1.redis.aclose()
     client.close()
+
+
+async def test_a_node_stopped_on_purpose_checkpoints_last(tmp_path: Path,
+                                                          redis_server: RedisServer) -> None:
+    """A node leaving the cluster (rolling restart) writes its lessons' analytics once
+    more as it leaves, however recent its last checkpoint: nothing since is lost."""
+    port = free_port()
+    config = _cluster_config(tmp_path, redis_server.url, {"n1": port}, analytics=True,
+                             checkpoint_s=60)
+    token = {"Authorization": f"Bearer {config.classroom(MAIN).token}"}
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+    key = f"syncclass:analytics:{PAIRING}"
+    async with _node(config, "n1", port) as n1:
+        ws_main, _ = await _hello(n1, config, MAIN)
+        resp = await n1.post("/api/lessons/start", json={"classroom_id": MAIN}, headers=token)
+        lesson_id = (await resp.json())["lesson_id"]
+        await asyncio.sleep(0.5)  # heartbeats: the first checkpoint, then none for 60 s
+        first = json.loads(client.hget(key, "doc") or "{}")
+        assert first["lesson_id"] == lesson_id and first["hands"] == {}
+        await _hand(n1, config, RURAL)
+        await _cluster_of(n1).aclose()  # the goodbye (the app's shutdown calls it)
+        last = json.loads(client.hget(key, "doc") or "{}")
+        assert len(last["hands"][RURAL]) == 1
+        assert client.get(f"syncclass:place:{PAIRING}") is None  # leases released
+        await ws_main.close()
+    client.close()

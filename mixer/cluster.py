@@ -287,9 +287,9 @@ class Cluster:
         pipe = self.redis.pipeline(transaction=True)  # a reader sees the old or the new one
         written = []
         for lesson in self.mixer.lessons.live_lessons():
-            if lesson.pairing_id not in held or not force and (
-                    now - self._checkpointed.get(lesson.lesson_id, -1e9)
-                    < self.cfg.checkpoint_s - 0.05):
+            recent = (now - self._checkpointed.get(lesson.lesson_id, -1e9)
+                      < self.cfg.checkpoint_s - 0.05)
+            if lesson.pairing_id not in held or (recent and not force):
                 continue
             try:
                 doc = self.checkpoints.checkpoint(lesson, now_ms(), self.node.id)

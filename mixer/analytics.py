@@ -25,7 +25,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,8 @@ import numpy as np
 import webrtcvad  # type: ignore[import-untyped]
 from aiohttp import web
 
-from syncclass.analytics.attendance import AttendanceTracker
+from syncclass.analytics.attendance import AttendanceSession, AttendanceTracker
+from syncclass.analytics.checkpoint import AnalyticsCheckpoint, Gap
 from syncclass.analytics.speech import VadSmoother
 from syncclass.config import CountyConfig, RecorderConfig, is_lesson_id
 from syncclass.directing import COURSEWARE
@@ -133,6 +134,12 @@ class LessonAnalytics:
     report_paths: dict[str, str] | None = None
     recording_dir: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    gaps: list[Gap] = field(default_factory=list)
+    """Fail-overs of the lesson (a node holding it died): what the analytics missed."""
+    prior_directing: list[dict[str, Any]] = field(default_factory=list)
+    """Directing switches of the nodes that held the lesson before (from checkpoints)."""
+    thinned: int = 0
+    """Network samples of the part before a fail-over dropped to bound its checkpoint."""
 
     def release(self) -> None:
         """Drop the lesson's media and analytics state once its report is written: a
@@ -145,6 +152,7 @@ class LessonAnalytics:
         self.heads.clear()
         self.network.clear()
         self.next_head_s.clear()
+        self.prior_directing.clear()
 
     def data(self) -> LessonData:
         return LessonData(
@@ -157,15 +165,68 @@ class LessonAnalytics:
             contacts=dict(self.contacts),
             recording_dir=self.recording_dir,
             directing=self.directing(),
+            gaps=[g.to_dict() for g in self.gaps],
+            network_thinned=self.thinned,
         )
 
     def directing(self) -> list[dict[str, Any]]:
-        """The automatic directing's switches, each with its epoch time ``ts_ms``."""
+        """The automatic directing's switches, each with its epoch time ``ts_ms`` (those
+        of earlier nodes of a failed-over lesson first)."""
         if self.media is None:
-            return []
+            return list(self.prior_directing)
         t0 = self.media.t0_epoch_ms
-        return [{**sw, "ts_ms": round(t0 + float(str(sw["t_s"])) * 1000)}
-                for sw in self.media.directing_log()]
+        return [*self.prior_directing,
+                *({**sw, "ts_ms": round(t0 + float(str(sw["t_s"])) * 1000)}
+                  for sw in self.media.directing_log())]
+
+    def checkpoint(self, ts_ms: int, node_id: str) -> AnalyticsCheckpoint:
+        """What has been observed up to ``ts_ms`` (the fail-over checkpoint's content)."""
+        speech = {}
+        for cid, voice in self.voices.items():
+            segs = list(voice.smoother.segments)
+            start = voice.smoother.start_ms
+            if start is not None:  # still speaking: up to the last voiced frame so far
+                segs.append((start, max(start, voice.smoother.last_voiced_end_ms)))
+            speech[cid] = segs
+        return AnalyticsCheckpoint(
+            lesson_id=self.lesson.lesson_id, ts_ms=ts_ms, node_id=node_id,
+            sessions={c: [(x.join_ms, x.leave_ms, x.reason) for x in ss]
+                      for c, ss in self.attendance.sessions.items() if ss},
+            open=self.attendance.open_sessions(), speech=speech,
+            hands={c: list(v) for c, v in self.hands.items()},
+            heads={c: list(v) for c, v in self.heads.items()},
+            network={c: list(v) for c, v in self.network.items()},
+            contacts=dict(self.contacts), directing=self.directing(), gaps=list(self.gaps),
+            thinned=self.thinned)
+
+    def merge(self, cp: AnalyticsCheckpoint, voice: Callable[[], SiteVoice]) -> None:
+        """Add what a checkpoint of this lesson holds (an earlier node's part) to what
+        is observed here; what both hold counts once. ``voice`` makes a classroom's
+        voice state (its speech segments go there)."""
+        for cid, rows in cp.closed_sessions().items():
+            mine = self.attendance.sessions.setdefault(cid, [])
+            mine[:] = sorted({*mine, *(AttendanceSession(*r) for r in rows)},
+                             key=lambda x: (x.join_ms, x.leave_ms))
+        for cid, segs in cp.speech.items():
+            smoother = (self.voices.get(cid) or self.voices.setdefault(cid, voice())).smoother
+            smoother.segments[:] = sorted({*smoother.segments, *segs})
+        for cid, hands in cp.hands.items():
+            self.hands[cid] = sorted({*self.hands.get(cid, []), *hands})
+        for cid, heads in cp.heads.items():
+            self.heads[cid] = sorted({*self.heads.get(cid, []), *heads})
+        for cid, samples in cp.network.items():
+            by_ts = {int(x["ts_ms"]): x for x in samples}
+            by_ts.update((int(x["ts_ms"]), x) for x in self.network.get(cid, []))
+            self.network[cid] = [by_ts[t] for t in sorted(by_ts)]
+        for cid, ms in cp.contacts.items():
+            self.contacts[cid] = min(ms, self.contacts.get(cid, ms))
+        seen = {(x["ts_ms"], x["active"]) for x in self.prior_directing}
+        self.prior_directing = sorted(
+            [*self.prior_directing, *(x for x in cp.directing
+                                      if (x["ts_ms"], x["active"]) not in seen)],
+            key=lambda x: int(x["ts_ms"]))
+        self.gaps = sorted({*self.gaps, *cp.gaps}, key=lambda g: (g.start_ms, g.end_ms))
+        self.thinned = max(self.thinned, cp.thinned)
 
 
 @dataclass(frozen=True)
@@ -313,6 +374,47 @@ class Analytics:
                     "loss_percent": h.loss_percent, "bitrate_kbps": bitrate,
                     "fps": h.fps_in, "freezes": h.freezes, "latency_ms": h.latency_ms,
                 })
+
+    # -- fail-over (several nodes: mixer.cluster) ---------------------------------------------
+    def checkpoint(self, lesson: Lesson, ts_ms: int, node_id: str) -> str | None:
+        """The lesson's analytics up to ``ts_ms`` as a checkpoint document (at most
+        :data:`~syncclass.analytics.checkpoint.MAX_CHECKPOINT_BYTES`), which
+        :meth:`resume` on another node reads back; ``None`` if there is nothing of it
+        here (or it cannot be bounded: logged)."""
+        la = self.lessons.get(lesson.lesson_id)
+        if la is None or la.done.is_set() or la.lesson.state != "live":
+            return None
+        try:
+            return la.checkpoint(ts_ms, node_id).to_json()
+        except ValueError as exc:
+            logger.error("lesson %s: analytics not checkpointed (a fail-over would lose "
+                         "them): %s", lesson.lesson_id, exc)
+            return None
+
+    def resume(self, lesson: Lesson, doc: str | None, resumed_ms: int) -> None:
+        """A live lesson another node held was just resumed here (before any of its
+        classrooms rejoined): add the analytics of its checkpoint ``doc`` (``None``: the
+        node wrote none), and a gap from the checkpoint to ``resumed_ms``. A malformed,
+        oversized or foreign checkpoint is logged and left out; the lesson goes on."""
+        la = self.lessons.setdefault(lesson.lesson_id, LessonAnalytics(lesson))
+        cp: AnalyticsCheckpoint | None = None
+        if doc is not None:
+            try:
+                cp = AnalyticsCheckpoint.parse(doc)
+                if cp.lesson_id != lesson.lesson_id:
+                    raise ValueError(f"it is of lesson {cp.lesson_id!r}")
+            except ValueError as exc:
+                cp = None
+                logger.error("lesson %s: analytics checkpoint unusable (%s); the report "
+                             "covers the lesson from its resumption on", lesson.lesson_id, exc)
+        if cp is None:
+            la.gaps.append(Gap(min(resumed_ms, lesson.started_ms or resumed_ms), resumed_ms,
+                               checkpoint=False))
+            return
+        la.merge(cp, lambda: SiteVoice(self.cfg.vad_aggressiveness, self.cfg.vad_hangover_ms))
+        la.gaps.append(Gap(min(cp.ts_ms, resumed_ms), resumed_ms))
+        logger.warning("lesson %s: analytics of node %s restored (up to %d ms before the "
+                       "resumption)", lesson.lesson_id, cp.node_id or "?", resumed_ms - cp.ts_ms)
 
     # -- events -------------------------------------------------------------------------------
     def _on_event(self, event: Event) -> None:

@@ -95,10 +95,11 @@ def create_app(config: CountyConfig, *, resume_lessons: bool = False,
     publisher = setup_recording(app, mixer)  # 同步录播: ZeroMQ to recorders, /api/recorder
     ops.netstats.recorder_state = publisher.summary  # the dashboard's "Recorder" field
     # Attendance, speech, S-T, reports, hand raise; it shares the dashboard's health sampler.
-    setup_analytics(app, mixer, netstats=ops.netstats)
+    analytics = setup_analytics(app, mixer, netstats=ops.netstats)
     setup_signaling(app, mixer, guard=guard, observers=observers,
                     place=cluster.place if cluster is not None else None)
     if cluster is not None:
         ops.cluster_state = cluster.summary  # the dashboard's and /metrics' nodes
+        cluster.checkpoints = analytics  # the report survives a fail-over
     app.on_startup.append(on_startup)
     return app

@@ -9,7 +9,12 @@ keys (prefix ``mixer.cluster.key_prefix``):
   renewed by that node's heartbeat while it has the pairing's live lesson or classrooms;
 - ``{p}:lesson:{pairing}`` — the pairing's live lesson (the ``lessons.json`` document of
   :mod:`syncclass.lesson`), written by its node, deleted when the lesson ends: the state
-  a survivor resumes the lesson from (same ``lesson_id``, same start time).
+  a survivor resumes the lesson from (same ``lesson_id``, same start time);
+- ``{p}:analytics:{pairing}`` — the live lesson's analytics checkpoint (a hash:
+  ``lesson_id``, ``doc``: :class:`~syncclass.analytics.checkpoint.AnalyticsCheckpoint`),
+  written by the node holding the pairing's lease every ``checkpoint_s`` with its
+  heartbeat, deleted when the lesson ends (and expiring after a school day regardless): the
+  survivor adds it to the lesson's analytics, so the report covers both parts.
 
 :meth:`Cluster.place` is the one hook signaling calls before it welcomes a classroom: it
 answers ``None`` (serve here) or the node to redirect to. A pairing placed on a live node
@@ -26,7 +31,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 from aiohttp import web
@@ -67,6 +72,31 @@ _DELETE_IF = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+# Delete a lesson's analytics checkpoint (a hash) only while it is of lesson ARGV[1].
+_DELETE_CHECKPOINT = """
+if redis.call('TYPE', KEYS[1]).ok == 'hash' and
+   redis.call('HGET', KEYS[1], 'lesson_id') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+CHECKPOINT_TTL_MS = 12 * 3600 * 1000
+"""A checkpoint no node renews or deletes (every node of its lesson died, and no survivor
+resumed it) leaves Redis after this long, ms."""
+
+
+class LessonCheckpoints(Protocol):
+    """What a node keeps of a live lesson beyond its lesson document (the analytics),
+    checkpointed to Redis and added back by the survivor that resumes the lesson."""
+
+    def checkpoint(self, lesson: Lesson, ts_ms: int, node_id: str) -> str | None:
+        """The lesson's state up to ``ts_ms`` as a bounded document; ``None``: none."""
+
+    def resume(self, lesson: Lesson, doc: str | None, resumed_ms: int) -> None:
+        """``lesson`` was just resumed here: add ``doc`` (``None``: no checkpoint found),
+        logging (never raising) if it is unusable."""
 
 
 def node_of(config: CountyConfig, node_id: str | None) -> ClusterNodeConfig:
@@ -111,6 +141,14 @@ class Cluster:
         """Lesson ids this node resumed from a dead node (fail-over), oldest first."""
         self._ended: dict[str, str] = {}
         """Pairing -> lesson document of an ended lesson still to delete from Redis."""
+        self.checkpoints: LessonCheckpoints | None = None
+        """The analytics of live lessons, checkpointed with the heartbeat (set by the app)."""
+        self._checkpointed: dict[str, float] = {}
+        """Lesson id -> monotonic time of its last checkpoint written to Redis."""
+        self._ended_checkpoints: dict[str, str] = {}
+        """Pairing -> lesson id of an ended lesson whose checkpoint is still to delete."""
+        self._held: set[str] = set()
+        """Pairings whose lease the last heartbeat held."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -119,6 +157,7 @@ class Cluster:
         self._claim = self.redis.register_script(_CLAIM)
         self._take_over = self.redis.register_script(_TAKE_OVER)
         self._delete_if = self.redis.register_script(_DELETE_IF)
+        self._delete_checkpoint = self.redis.register_script(_DELETE_CHECKPOINT)
         mixer.lessons.on_change.append(self._lesson_changed)
 
     # -- keys ---------------------------------------------------------------------------------
@@ -146,6 +185,9 @@ class Cluster:
                 await self._task
             self._task = None
         with contextlib.suppress(Exception):  # Redis down: the leases expire by themselves
+            # A last checkpoint while the leases are still ours: a node stopped on purpose
+            # (a rolling restart) loses no analytics, only the gap until a survivor resumes.
+            await self._write_checkpoints(self._held, force=True)
             pipe = self.redis.pipeline(transaction=False)
             pipe.delete(self._key("node", self.node.id))
             for pairing in self._my_pairings():
@@ -209,6 +251,7 @@ class Cluster:
             for lesson in self.mixer.lessons.live_lessons():
                 pipe.set(self._key("lesson", lesson.pairing_id), lessons_to_json([lesson]))
             await pipe.execute()
+            held = set()
             for pairing in self._my_pairings():
                 holder = await self._claim(keys=[self._key("place", pairing)],
                                            args=[self.node.id, self.ttl_ms])
@@ -216,14 +259,68 @@ class Cluster:
                     logger.error("node %s: pairing %s is placed on node %s; its classrooms "
                                  "here are sent there when they reconnect", self.node.id,
                                  pairing, holder)
+                else:
+                    held.add(pairing)
             for pairing, doc in list(self._ended.items()):
                 await self._delete_if(keys=[self._key("lesson", pairing)], args=[doc])
                 self._ended.pop(pairing, None)
+            for pairing, lesson_id in list(self._ended_checkpoints.items()):
+                await self._delete_checkpoint(keys=[self._key("analytics", pairing)],
+                                              args=[lesson_id])
+                self._ended_checkpoints.pop(pairing, None)
+            self._held = held
+            await self._write_checkpoints(held)
             self.nodes = await self._read_nodes()
         except Exception as exc:  # redis.RedisError, OSError: Redis down or unreachable
             self._redis_failed("heartbeat", exc)
             return
         self._redis_ok()
+
+    async def _write_checkpoints(self, held: set[str], *, force: bool = False) -> None:
+        """Write the analytics of each live lesson whose pairing this node holds, if its
+        last checkpoint is ``checkpoint_s`` old (``force``: whatever its age; a node that
+        lost the lease never overwrites the survivor's). Redis errors propagate (the
+        heartbeat logs them; the checkpoints are written again when Redis is back)."""
+        if self.checkpoints is None:
+            return
+        now = time.monotonic()
+        pipe = self.redis.pipeline(transaction=True)  # a reader sees the old or the new one
+        written = []
+        for lesson in self.mixer.lessons.live_lessons():
+            recent = (now - self._checkpointed.get(lesson.lesson_id, -1e9)
+                      < self.cfg.checkpoint_s - 0.05)
+            if lesson.pairing_id not in held or (recent and not force):
+                continue
+            try:
+                doc = self.checkpoints.checkpoint(lesson, now_ms(), self.node.id)
+            except Exception:  # a bug there must not stop the heartbeat
+                logger.exception("lesson %s: analytics checkpoint failed", lesson.lesson_id)
+                continue
+            if doc is None:
+                continue
+            key = self._key("analytics", lesson.pairing_id)
+            pipe.delete(key)  # whatever was there, even of another type
+            pipe.hset(key, mapping={"lesson_id": lesson.lesson_id, "doc": doc})
+            pipe.pexpire(key, CHECKPOINT_TTL_MS)
+            written.append(lesson.lesson_id)
+        if written:
+            await pipe.execute()
+            for lesson_id in written:
+                self._checkpointed[lesson_id] = now
+
+    async def _read_checkpoint(self, pairing: str) -> str | None:
+        """The analytics checkpoint of ``pairing``'s lesson (``None``: none); one that
+        cannot be read is logged and skipped: the lesson resumes with fresh analytics."""
+        try:
+            fields = await self.redis.hgetall(self._key("analytics", pairing))
+        except Exception as exc:  # redis.ResponseError: not a hash; or Redis just went down
+            logger.error("node %s: pairing %s: analytics checkpoint in Redis unreadable "
+                         "(%s); the report covers the lesson from its resumption on",
+                         self.node.id, pairing, redact_text(str(exc)) or type(exc).__name__)
+            return None
+        if not fields:
+            return None
+        return str(fields.get("doc", ""))  # no doc field: refused as malformed when parsed
 
     async def _read_nodes(self) -> dict[str, NodeLoad]:
         pipe = self.redis.pipeline(transaction=False)
@@ -242,7 +339,10 @@ class Cluster:
     def _lesson_changed(self, lesson: Lesson) -> None:
         if lesson.state == "live":
             self._ended.pop(lesson.pairing_id, None)
+            self._ended_checkpoints.pop(lesson.pairing_id, None)
         else:
+            self._checkpointed.pop(lesson.lesson_id, None)
+            self._ended_checkpoints[lesson.pairing_id] = lesson.lesson_id
             # The document as the heartbeat wrote it while live: deleted only if no
             # survivor has rewritten it meanwhile.
             live = Lesson(**{**lesson.__dict__, "state": "live", "ended_ms": None})
@@ -310,12 +410,20 @@ class Cluster:
             logger.error("node %s: pairing %s: lesson state in Redis is malformed (%s); "
                          "not resumed", self.node.id, pairing, exc)
             return
+        checkpoint = await self._read_checkpoint(pairing) if self.checkpoints else None
         for lesson in lessons:
             try:
                 self.mixer.lessons.restore(lesson)
             except InvalidStateError as exc:
                 logger.error("lesson %s: not resumed: %s", lesson.lesson_id, exc)
                 continue
+            if self.checkpoints is not None:
+                # Now, with no await since the restore: no classroom has rejoined yet.
+                try:
+                    self.checkpoints.resume(lesson, checkpoint, now_ms())
+                except Exception:
+                    logger.exception("lesson %s: analytics of its previous node not "
+                                     "restored", lesson.lesson_id)
             self.resumed.append(lesson.lesson_id)
             logger.warning("lesson %s: resumed on node %s (its node stopped; started %d ms "
                            "ago)", lesson.lesson_id, self.node.id,

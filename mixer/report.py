@@ -70,6 +70,12 @@ class LessonData:
     directing: list[dict[str, Any]] = field(default_factory=list)
     """Automatic directing's switches (``ts_ms``, ``active``, ``courseware``, ``reason``,
     ...; see :class:`syncclass.directing.Switch`)."""
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+    """Stretches the analytics did not see: a node that held the lesson died
+    (``start_ms``, ``end_ms``, ``duration_s``, ``reason``, ``checkpoint``; see
+    :class:`syncclass.analytics.checkpoint.Gap`)."""
+    network_thinned: int = 0
+    """Network samples of the part before a fail-over dropped to bound the checkpoint."""
 
 
 def scheduled_start_ms(config: CountyConfig, lesson: Lesson) -> tuple[int | None, bool]:
@@ -198,6 +204,11 @@ def build_report(config: CountyConfig, data: LessonData, generated_ms: int) -> d
         "attendance_rule": ATTENDANCE_RULE,
         "recording_dir": data.recording_dir,
         "directing": _directing_summary(data.directing, start, end),
+        # Fail-overs: what the analytics missed (the classrooms' absence shows in
+        # attendance; the recording has its own gap entry).
+        "gaps": [{**g, "lesson_s": round((g["start_ms"] - start) / 1000, 3)}
+                 for g in data.gaps],
+        "network_samples_thinned": data.network_thinned,
     }
 
 
@@ -505,6 +516,19 @@ def _directing_section(report: dict[str, Any], start: int, end: int) -> str:
 {lines}</table>"""
 
 
+def _gaps_section(report: dict[str, Any], start: int) -> str:
+    """The fail-overs the analytics missed (none: nothing)."""
+    gaps = report.get("gaps") or []
+    if not gaps:
+        return ""
+    items = "".join(
+        f"<li>{(g['start_ms'] - start) / 1000:.1f}–{(g['end_ms'] - start) / 1000:.1f} s "
+        f"({_e(g['reason'])}{'' if g['checkpoint'] else ', analytics before it lost'})</li>"
+        for g in gaps)
+    return f"""<h2>中断 <span class="en">Gaps (a mixer node stopped; the lesson resumed on
+ another)</span></h2><ul class="gaps">{items}</ul>"""
+
+
 def render_html(report: dict[str, Any]) -> str:
     """A self-contained page (inline SVG charts, no scripts)."""
     les = report["lesson"]
@@ -579,6 +603,7 @@ svg.chart {{ display: block; max-width: 100%; height: auto; }}
 <h2>往返时延 <span class="en">RTT over time</span></h2>
 {rtt}
 {_directing_section(report, start, end)}
+{_gaps_section(report, start)}
 </body></html>
 """
 

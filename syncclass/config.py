@@ -421,6 +421,10 @@ class ClusterConfig(_Model):
     takes its live lessons. At least twice ``heartbeat_s``."""
     key_prefix: Identifier = "syncclass"
     """Prefix of every Redis key (several counties may share one Redis)."""
+    checkpoint_s: float = Field(default=2.0, ge=0.1, le=60)
+    """How often (s, with the heartbeat) a node writes each live lesson's analytics to
+    Redis, for the survivor that resumes the lesson if the node dies: a fail-over loses
+    the analytics of at most this long before the node's last checkpoint."""
 
     @field_validator("redis_url")
     @classmethod

@@ -78,6 +78,10 @@ class AttendanceTracker:
     def is_present(self, classroom_id: str) -> bool:
         return classroom_id in self._open
 
+    def open_sessions(self) -> dict[str, int]:
+        """Join time (epoch ms) of each classroom whose session is still open."""
+        return dict(self._open)
+
     def close(self, ts_ms: int, reason: str = "lesson_ended") -> None:
         """End every open session at ``ts_ms`` (the lesson ended)."""
         for cid in list(self._open):

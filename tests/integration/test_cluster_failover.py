@@ -2,7 +2,8 @@
 Redis on loopback. A classroom that contacts the wrong node is redirected to its lesson's
 node and gets decoded frames; ``kill -9`` of that node puts every classroom back in the
 same lesson on the survivor within 10 s; the recorder (subscribed to both nodes) keeps
-the lesson in one recording with a gap."""
+the lesson in one recording with a gap, and the survivor's report covers the lesson
+before the kill too (from n1's analytics checkpoint in Redis) with the gap."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ def test_redirect_then_kill_the_lessons_node(cluster: ClusterDeployment, tmp_pat
     cluster.dep.wait_for(lambda: (tmp_path / "rec" / "lessons" / lesson_id).is_dir(), 20,
                          "the recording started")
     time.sleep(4.0)
+    t_kill_ms = int(time.time() * 1000)
     cluster.kill_node("n1")
     back_s = cluster.wait_for(  # from the kill until every classroom has frames again
         lambda: all(cluster.in_lesson_with_frames(c, lesson_id, "n2", 5) for c in (MAIN, RURAL)),
@@ -100,3 +102,18 @@ def test_redirect_then_kill_the_lessons_node(cluster: ClusterDeployment, tmp_pat
     with av.open(recording["locations"]["lesson.mp4"]) as container:
         times = [float(f.time) for f in container.decode(video=0)]
     assert times[-1] - times[0] > gap["start_s"] + gap["duration_s"], (times[0], times[-1])
+    # The report (written by n2) has both classrooms from n1's part: present until n1's
+    # last checkpoint, absent during the gap, present again on n2.
+    report_path = tmp_path / "mixer-n2" / "reports" / lesson_id / "report.json"
+    cluster.dep.wait_for(report_path.is_file, 20, "n2's report")
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    [gap] = report["gaps"]
+    assert gap["checkpoint"] is True and gap["start_ms"] <= t_kill_ms < gap["end_ms"], gap
+    assert t_kill_ms - gap["start_ms"] <= 2500, gap  # checkpoint_s 2 s (+ a heartbeat)
+    for room in report["classrooms"]:
+        if room["classroom_id"] not in (MAIN, RURAL):
+            continue
+        reasons = [x["reason"] for x in room["sessions"]]
+        assert reasons[0] == "node_lost" and reasons[-1] == "lesson_ended", room["sessions"]
+        assert room["sessions"][0]["join_ms"] < t_kill_ms - 4000, room["sessions"]
+        assert room["sessions"][-1]["join_ms"] >= gap["end_ms"], (room["sessions"], gap)

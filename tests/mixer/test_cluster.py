@@ -5,6 +5,7 @@ redirect, fail-over of a live lesson, Redis down and back. Two nodes run in this
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -12,12 +13,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
 
 from mixer.app import create_app
 from mixer.cluster import CLUSTER_KEY, Cluster
+from mixer.core import MIXER_KEY, Mixer
+from syncclass.analytics.checkpoint import MAX_CHECKPOINT_BYTES
 from syncclass.config import CountyConfig
 from syncclass.demo import free_port
 from syncclass.errors import ConfigError
@@ -26,7 +30,7 @@ from syncclass.protocol import Redirect, parse_server_message
 from syncclass.testing.redis_support import RedisServer
 from tests.county import County
 
-MAIN, RURAL, PAIRING = "main-3-1", "hetou-3", "shiyan-rural-math"
+MAIN, RURAL, RURAL2, PAIRING = "main-3-1", "hetou-3", "shanping-3", "shiyan-rural-math"
 
 
 @pytest.fixture
@@ -35,9 +39,11 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-def _cluster_config(tmp: Path, redis_url: str, ports: dict[str, int], **extra: Any
-                    ) -> CountyConfig:
+def _cluster_config(tmp: Path, redis_url: str, ports: dict[str, int], *,
+                    analytics: bool = False, **extra: Any) -> CountyConfig:
     county = County(tmp).without_services()
+    if analytics:  # speech detection on; no head count (no video here)
+        county.data["analytics"] = {"head_count_interval_s": 0}
     county.mixer["data_dir"] = str(tmp / "mixer-data")
     county.mixer["cluster"] = {
         "redis_url": redis_url, "heartbeat_s": 0.2, "lease_ttl_s": 0.6,
@@ -169,7 +175,8 @@ async def _noop() -> None:
 async def test_redis_down_lesson_goes_on_and_catches_up(
         tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
-    config = _cluster_config(tmp_path, redis_server.url, {"n1": port})
+    config = _cluster_config(tmp_path, redis_server.url, {"n1": port}, analytics=True,
+                             checkpoint_s=0.2)
     token = {"Authorization": f"Bearer {config.classroom(MAIN).token}"}
     async with _node(config, "n1", port) as n1:
         ws_main, _ = await _hello(n1, config, MAIN)
@@ -196,12 +203,174 @@ async def test_redis_down_lesson_goes_on_and_catches_up(
             assert client.get(f"syncclass:place:{PAIRING}") == "n1"
             doc = client.get(f"syncclass:lesson:{PAIRING}")
             assert doc is not None and lesson_id in doc
+            # ... and the lesson's analytics checkpoint (Redis came back empty).
+            assert client.hget(f"syncclass:analytics:{PAIRING}", "lesson_id") == lesson_id
             # The lesson ends: its state leaves Redis (no survivor would resume it).
             resp = await n1.post("/api/lessons/end", json={"classroom_id": MAIN}, headers=token)
             assert resp.status == 200
             await asyncio.sleep(0.5)
             assert client.get(f"syncclass:lesson:{PAIRING}") is None
+            assert client.exists(f"syncclass:analytics:{PAIRING}") == 0
         finally:
             client.close()
         await ws_main.close()
         await ws_rural.close()
+
+
+# -- the report survives a fail-over ------------------------------------------------------------
+def _mixer_of(client: TestClient[Any, Any]) -> Mixer:
+    assert client.app is not None
+    return client.app[MIXER_KEY]
+
+
+async def _speak(mixer: Mixer, lesson_id: str, cid: str, seconds: float) -> None:
+    """``seconds`` of a voice-like sound (140 Hz harmonics, syllable-rate envelope) and
+    0.5 s of silence from ``cid``, fed to the lesson's decoded-audio taps as the media
+    pipeline feeds them: in real time (speech is placed by arrival), 100 ms blocks, 48 kHz
+    pts."""
+    rate, n = 48000, 4800
+    t = np.arange(int(seconds * rate)) / rate
+    voice = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 30))
+    voice *= 0.6 + 0.4 * np.sin(2 * np.pi * 4 * t)
+    pcm = np.concatenate([voice / np.abs(voice).max() * 12000, np.zeros(rate // 2)])
+    pcm = pcm.astype(np.int16)
+    media = mixer.media[lesson_id]
+    for i in range(0, len(pcm) - n + 1, n):
+        for tap in list(media.audio_pts_taps):
+            tap(cid, pcm[i:i + n], i)
+        await asyncio.sleep(n / rate)
+
+
+def _read(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
+async def _hand(client: TestClient[Any, Any], config: CountyConfig, cid: str) -> None:
+    resp = await client.post("/api/hand", json={"classroom_id": cid}, headers={
+        "Authorization": f"Bearer {config.classroom(cid).token}"})
+    assert resp.status == 200, await resp.text()
+
+
+@pytest.mark.parametrize("checkpoint", ["written", "garbage", "oversized"])
+async def test_report_covers_the_lesson_before_and_after_a_fail_over(
+        tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture,
+        checkpoint: str) -> None:
+    ports = {"n1": free_port(), "n2": free_port()}
+    config = _cluster_config(tmp_path, redis_server.url, ports, analytics=True,
+                             checkpoint_s=0.2)
+    # Each node its own data folder: n2's report is n2's work only.
+    config2 = config.model_copy(update={"mixer": config.mixer.model_copy(
+        update={"data_dir": str(tmp_path / "n2-data")})})
+    token = {"Authorization": f"Bearer {config.classroom(MAIN).token}"}
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+    key = f"syncclass:analytics:{PAIRING}"
+    async with _node(config2, "n2", ports["n2"]) as n2, _node(config, "n1", ports["n1"]) as n1:
+        await asyncio.sleep(0.3)
+        ws_main, _ = await _hello(n1, config, MAIN)
+        resp = await n1.post("/api/lessons/start", json={"classroom_id": MAIN}, headers=token)
+        lesson = await resp.json()
+        lesson_id = lesson["lesson_id"]
+        # On n1: both classrooms' media arrive (the bus events the media layer emits), a
+        # hand is raised, the teacher speaks.
+        m1 = _mixer_of(n1)
+        m1.emit("classroom_joined", lesson_id, MAIN)
+        m1.emit("classroom_joined", lesson_id, RURAL)
+        await _hand(n1, config, RURAL)
+        await _speak(m1, lesson_id, MAIN, 1.0)
+        await asyncio.sleep(0.3)  # another checkpoint (checkpoint_s = 0.2)
+        assert client.hget(key, "lesson_id") == lesson_id
+        # n1 dies without a goodbye.
+        cluster1 = _cluster_of(n1)
+        assert cluster1._task is not None
+        cluster1._stopping = True
+        cluster1._task.cancel()
+        cluster1.aclose = _noop  # type: ignore[method-assign]
+        t_dead_ms = int(time.time() * 1000)
+        await ws_main.close()
+        if checkpoint == "garbage":
+            client.set(key, "not a hash")
+        elif checkpoint == "oversized":
+            client.hset(key, "doc", "x" * (MAX_CHECKPOINT_BYTES + 1))
+        await asyncio.sleep(0.8)  # lease_ttl_s = 0.6: n1 is dead now
+        with caplog.at_level(logging.ERROR):
+            ws_rural, welcome = await _hello(n2, config, RURAL)
+        assert welcome.type == "welcome" and welcome.lesson.lesson_id == lesson_id
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        if checkpoint == "written":
+            assert errors == []
+        else:  # one clear line; the lesson goes on with fresh analytics
+            assert len(errors) == 1 and "analytics checkpoint" in errors[0], errors
+            assert "report covers the lesson from its resumption on" in errors[0]
+        # On n2: the classrooms rejoin, another hand (another classroom: no debounce), the
+        # rural classroom speaks; then the lesson ends there.
+        m2 = _mixer_of(n2)
+        m2.emit("classroom_joined", lesson_id, RURAL)
+        m2.emit("classroom_joined", lesson_id, MAIN)
+        await _hand(n2, config, RURAL2)
+        await _speak(m2, lesson_id, RURAL, 0.6)
+        resp = await n2.post("/api/lessons/end", json={"classroom_id": MAIN}, headers=token)
+        assert resp.status == 200
+        for _ in range(200):
+            ready = [e for e in m2.events.history if e.name == "report_ready"]
+            if ready:
+                break
+            await asyncio.sleep(0.05)
+        assert ready, "no report from n2"
+        report = json.loads(_read(ready[0].data["json"]))
+        rooms = {c["classroom_id"]: c for c in report["classrooms"]}
+        assert rooms[RURAL2]["hand_raises"]["count"] == 1  # n2's part, in every case
+        assert rooms[RURAL]["speech"]["turns"] == 1
+        if checkpoint == "written":  # n1's part is in the report: its hand, the speech
+            assert rooms[RURAL]["hand_raises"]["count"] == 1
+            assert rooms[MAIN]["speech"]["turns"] == 1
+            assert rooms[MAIN]["speech"]["talk_s"] >= 0.8
+        [gap] = report["gaps"]
+        assert gap["reason"] == "node_lost"
+        resumed_ms = gap["end_ms"]
+        assert t_dead_ms < resumed_ms < rooms[RURAL]["sessions"][-1]["join_ms"] + 1
+        if checkpoint == "written":
+            # Attendance until n1's last checkpoint; absent during the gap; present on n2.
+            assert gap["checkpoint"] is True and gap["start_ms"] <= t_dead_ms
+            for cid in (MAIN, RURAL):
+                sessions = rooms[cid]["sessions"]
+                assert [x["reason"] for x in sessions] == ["node_lost", "lesson_ended"]
+                assert sessions[0]["leave_ms"] == gap["start_ms"]
+                assert sessions[1]["join_ms"] >= gap["end_ms"]
+                [first, second] = rooms[cid]["present_intervals"]
+                assert first[1] == gap["start_ms"] and second[0] >= gap["end_ms"]
+            assert "Gaps (a mixer node stopped" in _read(ready[0].data["html"])
+        else:  # the part before is lost, and the report says so
+            assert gap["checkpoint"] is False and gap["start_ms"] == lesson["started_ms"]
+            assert rooms[RURAL]["hand_raises"]["count"] == 0
+            assert rooms[MAIN]["speech"]["turns"] == 0
+        await asyncio.sleep(0.5)  # the heartbeat deletes the ended lesson's checkpoint
+        assert client.exists(key) == 0
+        await ws_rural.close()
+        await cluster1.redis.aclose()
+    client.close()
+
+
+async def test_a_node_stopped_on_purpose_checkpoints_last(tmp_path: Path,
+                                                          redis_server: RedisServer) -> None:
+    """A node leaving the cluster (rolling restart) writes its lessons' analytics once
+    more as it leaves, however recent its last checkpoint: nothing since is lost."""
+    port = free_port()
+    config = _cluster_config(tmp_path, redis_server.url, {"n1": port}, analytics=True,
+                             checkpoint_s=60)
+    token = {"Authorization": f"Bearer {config.classroom(MAIN).token}"}
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+    key = f"syncclass:analytics:{PAIRING}"
+    async with _node(config, "n1", port) as n1:
+        ws_main, _ = await _hello(n1, config, MAIN)
+        resp = await n1.post("/api/lessons/start", json={"classroom_id": MAIN}, headers=token)
+        lesson_id = (await resp.json())["lesson_id"]
+        await asyncio.sleep(0.5)  # heartbeats: the first checkpoint, then none for 60 s
+        first = json.loads(client.hget(key, "doc") or "{}")
+        assert first["lesson_id"] == lesson_id and first["hands"] == {}
+        await _hand(n1, config, RURAL)
+        await _cluster_of(n1).aclose()  # the goodbye (the app's shutdown calls it)
+        last = json.loads(client.hget(key, "doc") or "{}")
+        assert len(last["hands"][RURAL]) == 1
+        assert client.get(f"syncclass:place:{PAIRING}") is None  # leases released
+        await ws_main.close()
+    client.close()

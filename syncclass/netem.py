@@ -135,11 +135,12 @@ class NamespaceLink(Protocol):
     def call_in_ns(self, fn: Callable[[], T], timeout: float = 30.0) -> T: ...
 
 
-def _free_subnet() -> int:
+def _free_subnet(prefix: str = "10.99") -> int:
+    """A free X of ``<prefix>.X.0/24`` (no address of this namespace in it)."""
     used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
-    candidates = [x for x in range(1, 255) if f" 10.99.{x}." not in used]
+    candidates = [x for x in range(1, 255) if f" {prefix}.{x}." not in used]
     if not candidates:
-        raise RuntimeError("no free 10.99.X.0 test subnet")
+        raise RuntimeError(f"no free {prefix}.X.0 test subnet")
     return random.choice(candidates)
 
 
@@ -428,6 +429,111 @@ table ip school {{
         self._made.clear()
 
     def __enter__(self) -> NattedSchool:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class LanHost:
+    """One host of a :class:`BridgedLan`: its own network namespace, one address."""
+
+    netns: str
+    ns_addr: str
+    """The host's address on the LAN."""
+    host_addr: str
+    """This (root) namespace's address on the LAN (the bridge's)."""
+
+    def ns_command(self, argv: list[str]) -> list[str]:
+        """``argv`` run inside the host's namespace."""
+        return ["ip", "netns", "exec", self.netns, *argv]
+
+    def call_in_ns(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
+        """Run ``fn`` on a thread inside the host's namespace (e.g. to reach its loopback)."""
+        return call_in_netns(self.netns, fn, timeout)
+
+
+class BridgedLan:
+    """Hosts on one switched /24, each in its own network namespace (a server room)::
+
+        namespace <tag>-<name>  10.20.X.2 ─veth─┐
+        namespace <tag>-<name>  10.20.X.3 ─veth─┼─ bridge <tag>br 10.20.X.1 (this namespace)
+        ...                                     ┘
+
+    Packets between hosts cross two veth pairs and the bridge, unimpaired (this kernel has
+    no ``netem``); this namespace reaches every host at its address, for a test to watch.
+    Each host has its loopback up. Needs root. :meth:`close` (or the context manager)
+    removes the namespaces, veth pairs and the bridge; stop the processes in them first.
+    """
+
+    def __init__(self, name: str = "lan", prefix: str = "10.20") -> None:
+        self.subnet = _free_subnet(prefix)
+        self.tag = f"{name[:3]}{os.getpid() % 100000}{self.subnet}"[:10]
+        self.prefix = f"{prefix}.{self.subnet}"
+        self.bridge = f"{self.tag}br"
+        self.bridge_addr = f"{self.prefix}.1"
+        self.hosts: dict[str, LanHost] = {}
+        self._devs: list[str] = []
+        self._namespaces: list[str] = []
+        self._bridge_made = False
+
+    def start(self) -> BridgedLan:
+        try:
+            _run("ip", "link", "add", self.bridge, "type", "bridge")
+            self._bridge_made = True
+            _run("ip", "addr", "add", f"{self.bridge_addr}/24", "dev", self.bridge)
+            _run("ip", "link", "set", self.bridge, "up")
+        except BaseException:
+            self.close()
+            raise
+        logger.info("LAN %s.0/24 on bridge %s up", self.prefix, self.bridge)
+        return self
+
+    def add_host(self, name: str) -> LanHost:
+        """A new namespace ``<tag>-<name>`` on the LAN at the next free address."""
+        if name in self.hosts:
+            raise ValueError(f"LAN host {name!r} exists")
+        index = len(self.hosts) + 2
+        if index > 254:
+            raise ValueError("a /24 LAN holds at most 253 hosts")
+        host = LanHost(f"{self.tag}-{name}", f"{self.prefix}.{index}", self.bridge_addr)
+        dev, peer = f"{self.tag}h{index}", f"{self.tag}p{index}"
+        try:
+            _run("ip", "netns", "add", host.netns)
+            self._namespaces.append(host.netns)
+            _run("ip", "link", "add", dev, "type", "veth", "peer", "name", peer, "netns",
+                 host.netns)
+            self._devs.append(dev)
+            _run("ip", "link", "set", dev, "master", self.bridge)
+            _run("ip", "link", "set", dev, "up")
+            n = ("ip", "-n", host.netns)
+            _run(*n, "addr", "add", f"{host.ns_addr}/24", "dev", peer)
+            _run(*n, "link", "set", peer, "up")
+            _run(*n, "link", "set", "lo", "up")
+        except BaseException:
+            self.close()
+            raise
+        self.hosts[name] = host
+        logger.info("LAN host %s: %s in namespace %s", name, host.ns_addr, host.netns)
+        return host
+
+    def close(self) -> None:
+        for dev in self._devs:
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                _run("ip", "link", "del", dev)  # its peer in the namespace goes with it
+        self._devs.clear()
+        for ns in self._namespaces:
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                _run("ip", "netns", "del", ns)
+        self._namespaces.clear()
+        self.hosts.clear()
+        if self._bridge_made:
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                _run("ip", "link", "del", self.bridge)
+            self._bridge_made = False
+
+    def __enter__(self) -> BridgedLan:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

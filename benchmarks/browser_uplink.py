@@ -36,7 +36,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -200,8 +199,7 @@ def run_browser_lesson(tmp: Path, cap_kbps: float, estimator: str, loss_percent:
                 status, body = dep.agent_command(MAIN, "end")
                 assert status == 200, body
         except BaseException:
-            for proc in list(dep.procs.values()):
-                sys.stderr.write(f"--- {proc.name} log ---\n{dep.tail(proc, 40)}\n")
+            dep.write_logs(40)
             raise
         finally:
             dep.stop_all()

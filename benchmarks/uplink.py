@@ -28,7 +28,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,8 +163,7 @@ def run_capped_lesson(tmp: Path, cap_kbps: float, adapt: bool, lesson_s: float =
             dep.wait_for(summary_file.exists, 20, "the rural classroom's reception summary")
             rx_summary = json.loads(summary_file.read_text())
         except BaseException:
-            for proc in list(dep.procs.values()):
-                sys.stderr.write(f"--- {proc.name} log ---\n{dep.tail(proc, 40)}\n")
+            dep.write_logs(40)
             raise
         finally:
             dep.stop_all()

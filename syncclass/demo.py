@@ -249,6 +249,11 @@ class LocalDeployment:
             return "\n".join(proc.log.read_text(errors="replace").splitlines()[-lines:])
         return ""
 
+    def write_logs(self, lines: int = 40) -> None:
+        """The last ``lines`` of every process's log on stderr (a failed test or run)."""
+        for proc in list(self.procs.values()):
+            sys.stderr.write(f"--- {proc.name} log ---\n{self.tail(proc, lines)}\n")
+
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         proc = self.procs.pop(name, None)
         if proc is None:

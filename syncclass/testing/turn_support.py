@@ -139,8 +139,7 @@ def turn_nat_deployment(tmp: Path) -> Iterator[Net]:
             yield n
         except BaseException:
             if dep is not None:
-                for proc in list(dep.procs.values()):
-                    sys.stderr.write(f"--- {proc.name} log ---\n{dep.tail(proc, 40)}\n")
+                dep.write_logs(40)
             sys.stderr.write(f"--- coturn log ---\n{coturn.tail()}\n")
             raise
         finally:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,8 +156,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             }))
             yield r
     except BaseException:
-        for proc in list(dep.procs.values()):
-            sys.stderr.write(f"--- {proc.name} log ---\n{dep.tail(proc, 60)}\n")
+        dep.write_logs(60)
         raise
     finally:
         dep.stop_all()

@@ -6,7 +6,6 @@ choice (kept across restarts), End lesson; cross-site requests are refused."""
 from __future__ import annotations
 
 import json
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -43,8 +42,7 @@ def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
                    "agents connected")
         yield d
     except BaseException:
-        for proc in list(d.procs.values()):
-            sys.stderr.write(f"--- {proc.name} log ---\n{d.tail(proc, 40)}\n")
+        d.write_logs(40)
         raise
     finally:
         d.stop_all()

@@ -8,7 +8,6 @@ before the kill too (from n1's analytics checkpoint in Redis) with the gap."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +35,7 @@ def cluster(tmp_path: Path, county: County) -> Iterator[ClusterDeployment]:
     try:
         yield c
     except BaseException:
-        for proc in list(c.dep.procs.values()):
-            sys.stderr.write(f"--- {proc.name} log ---\n{c.dep.tail(proc, 40)}\n")
+        c.dep.write_logs(40)
         raise
     finally:
         c.close()

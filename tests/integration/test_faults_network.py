@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,8 +93,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
                          "agents connected")
             yield n
         except BaseException:
-            for proc in list(dep.procs.values()):
-                sys.stderr.write(f"--- {proc.name} log ---\n{dep.tail(proc, 40)}\n")
+            dep.write_logs(40)
             raise
         finally:
             dep.stop_all()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,8 +32,7 @@ def dep(tmp_path: Path, county: County) -> Iterator[LocalDeployment]:
     try:
         yield d
     except BaseException:
-        for proc in list(d.procs.values()):
-            sys.stderr.write(f"--- {proc.name} log ---\n{d.tail(proc, 40)}\n")
+        d.write_logs(40)
         raise
     finally:
         d.stop_all()

@@ -98,8 +98,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         r.stats = dep.mixer_stats()
         yield r
     except BaseException:
-        for proc in list(dep.procs.values()):
-            sys.stderr.write(f"--- {proc.name} log ---\n{dep.tail(proc, 60)}\n")
+        dep.write_logs(60)
         raise
     finally:
         dep.stop_all()

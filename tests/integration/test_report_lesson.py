@@ -232,8 +232,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         r.main_png = png
         yield r
     except BaseException:
-        for proc in list(dep.procs.values()):
-            sys.stderr.write(f"--- {proc.name} log ---\n{dep.tail(proc, 60)}\n")
+        dep.write_logs(60)
         raise
     finally:
         dep.stop_all()

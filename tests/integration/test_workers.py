@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -67,8 +66,7 @@ def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
             d.start_agent(cid, out_dir=tmp / "classrooms")
         yield d
     except BaseException:
-        for proc in list(d.procs.values()):
-            sys.stderr.write(f"--- {proc.name} log ---\n{d.tail(proc, 40)}\n")
+        d.write_logs(40)
         raise
     finally:
         d.stop_all()

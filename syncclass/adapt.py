@@ -450,10 +450,13 @@ class RenditionSelector:
         ``now_s`` (s), the high rendition sending ``high_sent_kbps`` kbit/s."""
         p = self.policy
         target = controller.target_kbps(now_s)
-        too_low = target < high_sent_kbps * p.switch_down_ratio
+        # ``room``: the estimate has room for the high rendition (what moves one *up*).
+        room = target >= high_sent_kbps * p.switch_down_ratio
+        too_low = not room
         if too_low and controller.has_estimate(now_s) and controller.estimate_probing:
             # A sender-side estimate in its fast start grows from 300 kbit/s on any link:
             # only congestion it sees (its first overuse or loss) says the link is thin.
+            # This holds a subscriber *on* the high rendition; it never moves one up.
             too_low = False
         if not too_low:
             self.low_since_s = None
@@ -467,7 +470,7 @@ class RenditionSelector:
                 return self._switch("low", now_s)
             return "high"
         clean = controller.last_loss < p.low_loss
-        if controller.has_estimate(now_s) and not too_low and clean:
+        if controller.has_estimate(now_s) and room and clean:
             # A sender-side estimate is bounded by 1.5x what arrived: when it reaches the
             # high rendition's rate the link has shown room for it, no need to wait for
             # the periodic probe (a subscriber starts on low with ``estimator: gcc``).
@@ -479,7 +482,13 @@ class RenditionSelector:
                 return self._switch("high", now_s)
         else:
             self.high_ok_since_s = None
-        if not clean:
+        if controller.has_estimate(now_s):
+            # A sender-side estimate is the probe: it grows with what the low rendition
+            # carries (which follows it up to ``low_max_ratio`` of the high one) and shows
+            # room for the high rendition above. A blind switch to the high one would only
+            # fill a link the estimate already measured (a freeze every probe).
+            self.since_s = now_s
+        elif not clean:
             # Loss on the low rendition: the next probe waits for a clean stretch.
             self.since_s = max(self.since_s, now_s - self.probe_interval_s / 2)
         elif now_s - self.since_s >= self.probe_interval_s:

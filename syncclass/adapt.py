@@ -146,6 +146,15 @@ GCC_DOWN_HOLD_S = 0.5
 """``AdaptPolicy.down_hold_s`` with a sender-side estimate: its cuts come from a growing
 queue or loss, not from a busy machine's noise, and every second on a rendition the link
 cannot carry fills its queue."""
+def estimate_ceiling_kbps(*stream_kbps: float) -> float:
+    """Ceiling of a sender-side link estimate (``GccConfig.max_kbps``), kbit/s: twice the
+    largest configured stream, at least libwebrtc's 2500. A subscriber on a view's low
+    rendition moves up once its estimate exceeds ``up_room_ratio`` x what the high one
+    sends: a ceiling at a 720p view's own 2500 kbit/s kept every subscriber of a LAN on
+    the low rendition (measured, ``benchmarks/capacity.py --estimators remb,gcc``)."""
+    return max(2500.0, 2.0 * max(stream_kbps, default=0.0))
+
+
 GCC_LOW_MAX_RATIO = 0.85
 """``AdaptPolicy.low_max_ratio`` with a sender-side estimate: the estimate is bounded by
 1.5x what arrives, so what the low rendition carries is how far it can see; at 0.85 of

@@ -113,10 +113,14 @@ def _tune_aiortc(config: CountyConfig, switches: Switches) -> None:
         use_bounded_nacks()
     adaptation = config.media.adaptation
     if adaptation.enabled and adaptation.estimator == "gcc":
+        from syncclass.adapt import estimate_ceiling_kbps
         from syncclass.gcc import GccConfig  # optional: media only
         from syncclass.transportcc import install_transport_cc  # optional: media only
 
-        install_transport_cc(GccConfig(start_kbps=float(adaptation.start_kbps)))
+        install_transport_cc(GccConfig(start_kbps=float(adaptation.start_kbps),
+                                       max_kbps=estimate_ceiling_kbps(
+                                           config.media.bitrate_kbps,
+                                           config.media.uplink_bitrate_kbps)))
 
 
 def _tune_mixer_aiortc(switches: Switches) -> None:

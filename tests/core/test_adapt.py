@@ -16,6 +16,7 @@ from syncclass.adapt import (
     RateMeter,
     RenditionSelector,
     choose_rung,
+    estimate_ceiling_kbps,
     low_rendition_target,
     rung_size,
 )
@@ -273,3 +274,19 @@ def test_a_sender_side_estimate_replaces_the_blind_probe() -> None:
         r.on_feedback(LinkFeedback(remb_kbps=400.0), t)
         chosen.append(sr.choose(r, 1160.0, t))
     assert "high" in chosen  # the periodic probe (probe_interval_s) of REMB
+
+
+def test_the_estimate_ceiling_leaves_room_to_move_up() -> None:
+    """A 720p view at its default 2500 kbit/s: an estimate at its ceiling has room for
+    the high rendition (before: the ceiling was 2500, below 1.1 x 2500, and every
+    subscriber of a LAN stayed on the low rendition)."""
+    policy = AdaptPolicy(up_hold_s=0.5)
+    ceiling = estimate_ceiling_kbps(2500, 1500)
+    assert ceiling == 5000
+    assert estimate_ceiling_kbps(300, 200) == 2500
+    c, s = RateController(2500, policy), RenditionSelector(policy, rendition="low")
+    chosen = []
+    for i in range(10):
+        c.on_feedback(LinkFeedback(estimate_kbps=ceiling), i * 0.1)
+        chosen.append(s.choose(c, 2500.0, i * 0.1))
+    assert chosen[-1] == "high"

@@ -199,8 +199,9 @@ class Cluster:
         self._proc.cpu_percent(None)  # the first call starts the measurement
         await self.beat()
         self._task = asyncio.create_task(self._run(), name=f"cluster-{self.node.id}")
-        logger.info("node %s: in cluster at %s (Redis %s)", self.node.id, self.node.url,
-                    self.shown_url)
+        logger.info("node %s%s: in cluster at %s (Redis %s)", self.node.id,
+                    "" if self.worker is None else f" (media worker {self.worker})",
+                    self.node.url, self.shown_url)
 
     async def aclose(self) -> None:
         """Stop beating; leave the registry and release this node's leases, so survivors
@@ -473,8 +474,8 @@ class Cluster:
                     logger.exception("lesson %s: analytics of its previous node not "
                                      "restored", lesson.lesson_id)
             self.resumed.append(lesson.lesson_id)
-            logger.warning("lesson %s: resumed on node %s (its node stopped; started %d ms "
-                           "ago)", lesson.lesson_id, self.node.id,
+            logger.warning("lesson %s: resumed on node %s (its node or worker stopped; "
+                           "started %d ms ago)", lesson.lesson_id, self.node.id,
                            now_ms() - (lesson.started_ms or now_ms()))
 
     # -- views --------------------------------------------------------------------------------

@@ -30,6 +30,13 @@ doubling to :data:`RESTART_BACKOFF_MAX_S`), and stops them on shutdown (SIGTERM,
 SIGKILL after :data:`STOP_TIMEOUT_S`). A worker also stops when the front's pipe to it
 closes (the front died). Its classrooms' sockets close with code 1012 and the agents
 reconnect by themselves.
+
+With ``mixer.cluster`` each worker also runs the node's part in the cluster
+(:class:`mixer.cluster.Cluster` with its worker index): it beats for the node with its own
+lessons, answers a classroom of a pairing placed on another node with the ``redirect``
+(relayed to the client like any message), and a restarted worker resumes its lessons from
+Redis. The front shows the cluster registry once (:func:`merge_cluster`,
+:func:`merge_metrics`).
 """
 
 from __future__ import annotations

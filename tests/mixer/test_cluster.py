@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -514,3 +516,18 @@ async def test_a_node_of_media_workers(tmp_path: Path, redis_server: RedisServer
             await ws_rural.close()
         await _cluster_of(w1).redis.aclose()
     client.close()
+
+
+def test_cli_refuses_another_worker_count_than_the_clusters(tmp_path: Path) -> None:
+    """Recorders follow mixer.workers endpoints of every node: one node started with
+    another --workers would publish where no recorder listens; refused in words."""
+    county = County(tmp_path).without_services()
+    county.mixer["workers"] = 2
+    county.mixer["cluster"] = {"redis_url": "redis://127.0.0.1:1/0", "nodes": [
+        {"id": "n1", "url": f"http://127.0.0.1:{free_port()}"}]}
+    path = county.write()
+    done = subprocess.run([sys.executable, "-m", "syncclass", "mixer", "--config", str(path),
+                           "--node-id", "n1", "--workers", "3"], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done.stderr
+    assert "--workers 3: every node of mixer.cluster runs mixer.workers (2)" in done.stderr

@@ -49,7 +49,8 @@ def make_config(tmp: Path, rural: int) -> Path:
 
 
 def county_config(work: Path, rural: int, light_size: tuple[int, int] | None = None,
-                  light_keep: int = 1, adaptation: bool | None = None) -> Path:
+                  light_keep: int = 1, adaptation: bool | None = None,
+                  estimator: str | None = None) -> Path:
     """The sample county with 1 main + ``rural`` receiving classrooms (:func:`make_config`),
     with ``ops.api_token`` = :data:`API_TOKEN` (the mixer's read APIs need a credential).
 
@@ -57,7 +58,7 @@ def county_config(work: Path, rural: int, light_size: tuple[int, int] | None = N
     ``light_keep`` sends a synthetic camera of that size instead of 1280x720 (same fps):
     cheaper agents, so that a 2-core machine can host more of them. The main classroom
     always sends 1280x720. ``adaptation`` sets ``media.adaptation.enabled`` (None: the
-    default).
+    default); ``estimator`` its ``estimator`` (``gcc``/``remb``; None: the default).
     """
     work.mkdir(parents=True, exist_ok=True)
     path = make_config(work, rural)
@@ -66,6 +67,9 @@ def county_config(work: Path, rural: int, light_size: tuple[int, int] | None = N
     if adaptation is not None:
         media = data.setdefault("media", {})
         media["adaptation"] = {**(media.get("adaptation") or {}), "enabled": adaptation}
+    if estimator is not None:
+        media = data.setdefault("media", {})
+        media["adaptation"] = {**(media.get("adaptation") or {}), "estimator": estimator}
     if light_size is not None:
         rurals = [c for c in data["classrooms"] if c["role"] == "receiving"]
         for room in rurals[light_keep:]:

@@ -37,6 +37,7 @@ per N so machine noise hits them alike.
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import sys
 import time
@@ -81,11 +82,12 @@ def adaptation_summary(adaptation: dict[str, Any]) -> str:
             f"(changes, target kbit/s); views (low encoders created, on low) {views}")
 
 
-def one_run(rural: int, setup: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def one_run(rural: int, setup: str, args: argparse.Namespace, work: Path,
+            estimator: str | None = None) -> dict[str, Any]:
     light = parse_size(args.light_size) if setup == "light" else None
     adaptation = None if args.adaptation == "default" else args.adaptation == "on"
     config = county_config(work, rural, light_size=light, light_keep=args.light_keep,
-                           adaptation=adaptation)
+                           adaptation=adaptation, estimator=estimator)
     with LocalDeployment(config, work, log_level="warning") as dep:
         pairing = dep.config.pairings[0]
         members = [pairing.main, *pairing.receiving]
@@ -117,6 +119,7 @@ def one_run(rural: int, setup: str, args: argparse.Namespace, work: Path) -> dic
                    for v in views.values()) and len(views) == 2
     return {
         "setup": setup,
+        "estimator": dep.config.media.adaptation.estimator,
         "rural": rural,
         "lesson_id": lesson.get("lesson_id"),
         "camera_sizes": (f"all 1280x720, {len(prerecorded)} rural encoded ahead of time"
@@ -217,6 +220,10 @@ def main() -> int:
                          "all the CPU it asks for, the agents the rest")
     ap.add_argument("--adaptation", choices=("default", "on", "off"), default="default",
                     help="media.adaptation.enabled of the county (default: the county's)")
+    ap.add_argument("--estimators", default="",
+                    help="comma-separated media.adaptation.estimator values to alternate "
+                         "per N and setup (e.g. remb,gcc: the sender-side estimator's cost "
+                         "on a clean link, side by side); default: the county's")
     ap.add_argument("--work", type=Path, default=Path("/tmp/syncclass-bench-capacity"))
     ap.add_argument("--out", type=Path, default=RESULTS / "capacity.json")
     args = ap.parse_args()
@@ -231,27 +238,32 @@ def main() -> int:
         ap.error(str(exc))
     if any(n < 1 for n in counts):
         ap.error("--rural counts must be >= 1")
+    estimators: list[str | None] = [e for e in args.estimators.split(",") if e] or [None]
+    for e in estimators:
+        if e not in ("gcc", "remb", None):
+            ap.error(f"unknown estimator {e!r} (gcc, remb)")
     env_start = environment()
-    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in setups}
-    for n in counts:
-        for setup in setups:
-            work = args.work / f"{setup}-{n}"
-            shutil.rmtree(work, ignore_errors=True)
-            res = one_run(n, setup, args, work)
-            runs[setup].append(res)
-            print(f"N={n} {setup}: mixer {res['mixer_cpu_percent']} %, agents "
-                  f"{res['agents_cpu_percent_total']} %, recorder {res['recorder_cpu_percent']} %"
-                  f", composed {res['composite_frames_composed']} skipped "
-                  f"{res['composite_frames_skipped']} "
-                  f"{'' if res['valid'] else 'INVALID (an agent exited or sent < 95 % fps) '}"
-                  f"inputs >= {res['mixer_input_fps_min']} fps "
-                  f"({ {k: v['composed_fps'] for k, v in res['views'].items()} } fps), "
-                  f"p50 {res['latency_p50_ms_median']} p95 {res['latency_p95_ms_median']} ms, "
-                  f"load {env_start['load_avg'][0]}→{environment()['load_avg'][0]}", flush=True)
-            print(f"  mixer threads (% of a core): {res['mixer_threads_cpu_percent']}",
-                  flush=True)
-            print(f"  adaptation: {adaptation_summary(res['window']['adaptation'])}",
-                  flush=True)
+    keys = [s if e is None else f"{s}-{e}" for s in setups for e in estimators]
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
+    for n, setup, estimator in itertools.product(counts, setups, estimators):
+        key = setup if estimator is None else f"{setup}-{estimator}"
+        work = args.work / f"{key}-{n}"
+        shutil.rmtree(work, ignore_errors=True)
+        res = one_run(n, setup, args, work, estimator)
+        runs[key].append(res)
+        print(f"N={n} {key}: mixer {res['mixer_cpu_percent']} %, agents "
+              f"{res['agents_cpu_percent_total']} %, recorder {res['recorder_cpu_percent']} %"
+              f", composed {res['composite_frames_composed']} skipped "
+              f"{res['composite_frames_skipped']} "
+              f"{'' if res['valid'] else 'INVALID (an agent exited or sent < 95 % fps) '}"
+              f"inputs >= {res['mixer_input_fps_min']} fps "
+              f"({ {k: v['composed_fps'] for k, v in res['views'].items()} } fps), "
+              f"p50 {res['latency_p50_ms_median']} p95 {res['latency_p95_ms_median']} ms, "
+              f"load {env_start['load_avg'][0]}→{environment()['load_avg'][0]}", flush=True)
+        print(f"  mixer threads (% of a core): {res['mixer_threads_cpu_percent']}",
+              flush=True)
+        print(f"  adaptation: {adaptation_summary(res['window']['adaptation'])}",
+              flush=True)
     summaries = {s: summarise(rs) for s, rs in runs.items()}
     result = {
         "benchmark": "capacity",
@@ -260,7 +272,8 @@ def main() -> int:
         "args": {"rural": counts, "seconds": args.seconds, "settle": args.settle,
                  "agents_idle": args.agents_idle, "prerecord_main": args.prerecord_main,
                  "setups": setups, "light_size": args.light_size,
-                 "light_keep": args.light_keep, "adaptation": args.adaptation},
+                 "light_keep": args.light_keep, "adaptation": args.adaptation,
+                 "estimators": [e for e in estimators if e is not None]},
         "note": "views: students_view + teacher_view, 1280x720 @ county fps, each encoded "
                 "once; recorder process subscribed. CPU in % of one core.",
         "summary": summaries,

@@ -189,6 +189,16 @@ def timeline(samples: list[Sample]) -> list[dict[str, Any]]:
             "cap_kbps": b.cap_kbps,
             "uplink_estimate_kbps": (b.uplink_cc or {}).get("estimate_kbps"),
         }
+        sub = (b.view.get("subscribers") or {}).get(RURAL) or {}
+        low_a, low_b = a.view.get("low") or {}, b.view.get("low") or {}
+        row |= {
+            "view_route": sub.get("route"), "view_pending": sub.get("pending"),
+            "view_estimate_kbps": sub.get("estimate_kbps"),
+            "view_target_kbps": sub.get("target_kbps"),
+            "view_low_bitrate_kbps": low_b.get("bitrate_kbps"),
+            "view_low_kbps": (round((low_b["bytes_out"] - low_a["bytes_out"]) * 8 / 1000 / dt,
+                                    1) if low_a and low_b else None),
+        }
         for way in ("uplink", "downlink"):
             sa, sb = a.link.get(way, {}), b.link.get(way, {})
             row[f"{way}_dropped"] = (sb.get("dropped_queue", 0) - sa.get("dropped_queue", 0)

@@ -32,7 +32,13 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from syncclass import switches
-from syncclass.adapt import GCC_DOWN_HOLD_S, GCC_UP_HOLD_S, AdaptPolicy, LinkFeedback
+from syncclass.adapt import (
+    GCC_DOWN_HOLD_S,
+    GCC_LOW_MAX_RATIO,
+    GCC_UP_HOLD_S,
+    AdaptPolicy,
+    LinkFeedback,
+)
 from syncclass.audio import level_dbov, mix_n_minus_1
 from syncclass.codec import H264Encoder
 from syncclass.config import CountyConfig, ViewConfig
@@ -256,7 +262,8 @@ class LessonMedia:
             policy = AdaptPolicy(min_bitrate_kbps=adapt.min_bitrate_kbps)
             if adapt.estimator == "gcc":
                 policy = dataclasses.replace(policy, up_hold_s=GCC_UP_HOLD_S,
-                                             down_hold_s=GCC_DOWN_HOLD_S)
+                                             down_hold_s=GCC_DOWN_HOLD_S,
+                                             low_max_ratio=GCC_LOW_MAX_RATIO)
             v.renditions = ViewRenditions(
                 v.name, self.media, v.encoder, policy,
                 start_kbps=float(adapt.start_kbps) if adapt.estimator == "gcc" else None,

@@ -229,3 +229,47 @@ def test_a_fast_starting_estimate_does_not_move_a_subscriber_down() -> None:
     c.on_feedback(LinkFeedback(estimate_kbps=320.0, estimate_probing=False), t)
     assert s.choose(c, 1200.0, t) == "high"
     assert s.choose(c, 1200.0, t + 0.6) == "low"
+
+
+def test_a_fast_starting_estimate_moves_a_subscriber_up_only_with_room() -> None:
+    """On the low rendition, a fast start that has not reached the high rendition's rate
+    keeps the subscriber low (measured before the fix: an estimate of 487-558 kbit/s on a
+    512 kbit/s link moved it to a 1160 kbit/s high rendition, and the link's queue dropped
+    ~300 packets: 3 s without picture)."""
+    policy = AdaptPolicy(up_hold_s=0.5)
+    c, s = RateController(1200, policy), RenditionSelector(policy, rendition="low")
+    t = 0.0
+    for i in range(60):
+        t = i * 0.1
+        c.on_feedback(LinkFeedback(estimate_kbps=min(300.0 + 20 * i, 558.0),
+                                   estimate_probing=True), t)
+        assert s.choose(c, 1160.0, t) == "low", f"moved up at {t:.1f} s"
+    # 0.75 of what the high one sends is not room for it (measured before the fix: a
+    # 1 Mbit/s link sent 1.2 Mbit/s, ~200 packets dropped, a 3 s freeze).
+    for _ in range(20):
+        c.on_feedback(LinkFeedback(estimate_kbps=1000.0, estimate_probing=False), t)
+        assert s.choose(c, 1160.0, t) == "low", f"moved up at {t:.1f} s"
+        t += 0.1
+    # Room for the high rendition (>= up_room_ratio of what it sends), held up_hold_s: up.
+    c.on_feedback(LinkFeedback(estimate_kbps=1280.0, estimate_probing=True), t)
+    assert s.choose(c, 1160.0, t) == "low"
+    c.on_feedback(LinkFeedback(estimate_kbps=1290.0, estimate_probing=True), t + 0.6)
+    assert s.choose(c, 1160.0, t + 0.6) == "high"
+
+
+def test_a_sender_side_estimate_replaces_the_blind_probe() -> None:
+    """With a fresh sender-side estimate that has no room for the high rendition, the
+    periodic probe never sends the high one into the link; REMB alone still probes."""
+    policy = AdaptPolicy(probe_interval_s=5.0)
+    c, s = RateController(1200, policy), RenditionSelector(policy, rendition="low")
+    for i in range(200):
+        t = i * 0.1
+        c.on_feedback(LinkFeedback(estimate_kbps=400.0), t)
+        assert s.choose(c, 1160.0, t) == "low", f"probed at {t:.1f} s"
+    r, sr = RateController(1200, policy), RenditionSelector(policy, rendition="low")
+    chosen = []
+    for i in range(80):
+        t = i * 0.1
+        r.on_feedback(LinkFeedback(remb_kbps=400.0), t)
+        chosen.append(sr.choose(r, 1160.0, t))
+    assert "high" in chosen  # the periodic probe (probe_interval_s) of REMB

@@ -22,6 +22,15 @@ lesson on the survivor and checks that the recording stayed one lesson folder wi
     nice -n 5 .venv/bin/python -m benchmarks.failover --netns --nodes 3 --trials 10 \
         --out benchmarks/results/failover_netns.json
 
+``--workers N``: every node runs its lessons in N media workers (``mixer.workers``). Each
+trial then first kills (``kill -9``) the lesson's worker and times until every classroom
+is back in the same lesson on the same node (its front restarts the worker, which resumes
+the lesson from Redis: ``worker_back_s``), then kills the whole node (front and workers)
+as above::
+
+    nice -n 5 .venv/bin/python -m benchmarks.failover --nodes 2 --workers 2 --trials 5 \
+        --out benchmarks/results/failover_workers.json
+
 Namespaces, the bridge and every process are removed on exit, Ctrl-C and SIGTERM.
 """
 
@@ -55,17 +64,33 @@ AFTER_S = 4.0
 """Lesson time on the survivor after every classroom is back, before it ends, s."""
 
 
-def trial(work: Path) -> dict[str, Any]:
+def kill_lessons_worker(c: ClusterDeployment, owner: str, lid: str) -> dict[str, Any]:
+    """``kill -9`` of the media worker running lesson ``lid`` on node ``owner``: seconds
+    until both classrooms rejoined it there (a reconnect, then decoded frames)."""
+    [worker] = [x["worker"] for x in c.node_status(owner)["lessons"] if x["lesson_id"] == lid]
+    pid = next(w["pid"] for w in c.node_stats(owner)["node"]["workers"]
+               if w["worker"] == worker)
+    seen = {x: c.agent_status(x)["reconnects"] for x in (MAIN, RURAL)}
+    os.kill(pid, signal.SIGKILL)
+    back_s = c.wait_for(lambda: all(c.agent_status(x)["reconnects"] > seen[x]
+                                    and c.in_lesson_with_frames(x, lid, owner, 5)
+                                    for x in (MAIN, RURAL)), 30, "back on the restarted worker")
+    live = [(x["lesson_id"], x["worker"]) for x in c.node_status(owner)["lessons"]
+            if x["state"] == "live"]
+    return {"worker_back_s": round(back_s, 3), "worker_same_lesson": live == [(lid, worker)]}
+
+
+def trial(work: Path, nodes: int = 2, workers: int = 0) -> dict[str, Any]:
     county = County(work)
     county.mixer["ice_host_addresses"] = ["127.0.0.1"]
     county.data["media"].update(width=640, height=360, bitrate_kbps=800, uplink_bitrate_kbps=500)
     county.synthetic_cameras(width=320, height=180, fps=15)
     county.data["analytics"] = {"enabled": False}
     county.data["recorder"] = {"enabled": False}
-    c = ClusterDeployment(county.data, work)
+    c = ClusterDeployment(county.data, work, nodes=nodes, workers=workers)
     try:
-        c.start_node("n1")
-        c.start_node("n2")
+        for n in c.ports:
+            c.start_node(n)
         for cid in (MAIN, RURAL):
             c.start_agent(cid, "n1")
         c.dep.wait_for(lambda: all(c.dep.agent_status(x)["state"] == "connected"
@@ -75,23 +100,34 @@ def trial(work: Path) -> dict[str, Any]:
             raise RuntimeError(f"start: {status} {lesson}")
         lid = lesson["lesson_id"]
         owner = c.node_of_agent(MAIN) or "n1"
-        survivor = "n2" if owner == "n1" else "n1"
         c.wait_for(lambda: all(c.in_lesson_with_frames(x, lid, owner, 15)
                                for x in (MAIN, RURAL)), 30, "lesson running")
         time.sleep(2.0)
+        out: dict[str, Any] = kill_lessons_worker(c, owner, lid) if workers else {}
+        if workers:
+            time.sleep(2.0)
         c.kill_node(owner)
-        back_s = c.wait_for(lambda: all(c.in_lesson_with_frames(x, lid, survivor, 5)
-                                        for x in (MAIN, RURAL)), 30, "back on the survivor")
-        lessons = c.node_status(survivor)["lessons"]
+        survivors = [n for n in c.ports if n != owner]
+        found: list[str] = []
+
+        def back() -> bool:
+            for s in survivors:
+                if all(c.in_lesson_with_frames(x, lid, s, 5) for x in (MAIN, RURAL)):
+                    found.append(s)
+                    return True
+            return False
+
+        back_s = c.wait_for(back, 30, "back on the survivor")
+        lessons = c.node_status(found[0])["lessons"]
         same = [(x["lesson_id"], x["started_ms"]) for x in lessons
                 if x["state"] == "live"] == [(lid, lesson["started_ms"])]
-        return {"back_s": round(back_s, 3), "same_lesson": same}
+        return {**out, "back_s": round(back_s, 3), "same_lesson": same}
     finally:
         c.close()
 
 
 def netns_trial(work: Path, hosts: dict[str, LanHost], pg: PostgresServer,
-                nodes: int) -> dict[str, Any]:
+                nodes: int, workers: int = 0) -> dict[str, Any]:
     """One kill -9 of the lesson's node with every process on its own LAN host."""
     county = County(work)
     county.data["media"].update(width=640, height=360, bitrate_kbps=800, uplink_bitrate_kbps=500)
@@ -104,7 +140,7 @@ def netns_trial(work: Path, hosts: dict[str, LanHost], pg: PostgresServer,
         "mixer_public_key": mixer_public.decode(), "mixer_secret_key": mixer_secret.decode(),
         "recorders": [{"name": "recorder-1", "public_key": rec_public.decode()}],
         "recorder_secret_key": rec_secret.decode()}
-    c = ClusterDeployment(county.data, work, nodes=nodes, hosts=hosts)
+    c = ClusterDeployment(county.data, work, nodes=nodes, hosts=hosts, workers=workers)
     rec = work / "rec"
     try:
         for n in c.ports:
@@ -125,6 +161,9 @@ def netns_trial(work: Path, hosts: dict[str, LanHost], pg: PostgresServer,
                                for x in (MAIN, RURAL)), 30, "lesson running")
         c.dep.wait_for(lambda: (rec / "lessons" / lid).is_dir(), 20, "the recording started")
         time.sleep(MID_LESSON_S)
+        worker_kill = kill_lessons_worker(c, owner, lid) if workers else {}
+        if workers:
+            time.sleep(MID_LESSON_S)
         c.kill_node(owner)
         survivors = [n for n in c.ports if n != owner]
         found: list[str] = []
@@ -158,8 +197,8 @@ def netns_trial(work: Path, hosts: dict[str, LanHost], pg: PostgresServer,
         gaps = meta.get("gaps", [])
         folders = sorted(p.name for p in (rec / "lessons").iterdir() if p.is_dir())
         before = after = 0.0
-        if len(gaps) == 1:
-            g = gaps[0]
+        if gaps:
+            g = gaps[-1]  # the node's
             before = sum(x["duration_s"] for x in meta["segments"] if x["start_s"] < g["start_s"])
             after = sum(x["duration_s"] for x in meta["segments"]
                         if x["start_s"] >= g["start_s"] + g["duration_s"])
@@ -168,7 +207,10 @@ def netns_trial(work: Path, hosts: dict[str, LanHost], pg: PostgresServer,
                        "the report in PostgreSQL")
         row = next(x for x in store.lessons() if x["lesson_id"] == lid)
         rooms = {r["classroom_id"]: r["present_s"] for r in store.classrooms([lid])}
+        # With a worker killed first the recording has two gaps (each a mixer restart).
+        want_gaps = ["mixer_restart"] * (2 if workers else 1)
         return {
+            **worker_kill,
             "back_s": round(back_s, 3), "owner": owner, "survivor": survivor,
             "same_lesson": same,
             "recording": {"lesson_folders": folders, "same_folder": folders == [lid],
@@ -178,14 +220,14 @@ def netns_trial(work: Path, hosts: dict[str, LanHost], pg: PostgresServer,
             "report": {"in_postgresql": True, "started_ms_after_lesson_start":
                        int(row["started_ms"]) - int(lesson["started_ms"]),
                        "duration_s": row["duration_s"], "present_s": rooms},
-            "ok": (same and folders == [lid] and [g["reason"] for g in gaps] == ["mixer_restart"]
+            "ok": (same and folders == [lid] and [g["reason"] for g in gaps] == want_gaps
                    and before > 0 and after > 0),
         }
     finally:
         c.close()
 
 
-def run_netns(trials: int, nodes: int) -> dict[str, Any]:
+def run_netns(trials: int, nodes: int, workers: int = 0) -> dict[str, Any]:
     """``trials`` fail-overs on one bridged LAN with one PostgreSQL; removes both after."""
     def stop(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
@@ -203,12 +245,13 @@ def run_netns(trials: int, nodes: int) -> dict[str, Any]:
         for i in range(trials):
             with tempfile.TemporaryDirectory(prefix="syncclass-failover-") as tmp:
                 t = netns_trial(Path(tmp), {n: h for n, h in hosts.items() if n != "pg"}, pg,
-                                nodes)
+                                nodes, workers)
             t["load_1min"] = round(os.getloadavg()[0], 2)
             results.append(t)
             print(f"trial {i + 1}: {json.dumps(t)}", flush=True)
         back = [t["back_s"] for t in results]
-        return {"benchmark": "failover_netns", "nodes": nodes, "classrooms": 2,
+        return {"benchmark": "failover_netns", "nodes": nodes, "workers": workers,
+                **_worker_figures(results), "classrooms": 2,
                 "heartbeat_s": 0.5, "lease_ttl_s": 2.0,
                 "network": f"bridge {lan.prefix}.0/24, one network namespace per node, Redis, "
                            "PostgreSQL, recorder and agent",
@@ -225,6 +268,16 @@ def run_netns(trials: int, nodes: int) -> dict[str, Any]:
         lan.close()
 
 
+def _worker_figures(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """The worker kills' figures over the trials (none without ``--workers``)."""
+    back = [t["worker_back_s"] for t in trials if "worker_back_s" in t]
+    if not back:
+        return {}
+    return {"worker_back_s": {"p50": round(percentile(back, 50), 3),
+                              "p95": round(percentile(back, 95), 3), "max": max(back)},
+            "all_worker_same_lesson": all(t["worker_same_lesson"] for t in trials)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=10)
@@ -232,31 +285,41 @@ def main() -> None:
                     "with --netns failover_netns.json")
     ap.add_argument("--netns", action="store_true",
                     help="every process in its own network namespace on a bridge (root)")
-    ap.add_argument("--nodes", type=int, default=3, help="mixer nodes with --netns (2 or 3+)")
+    ap.add_argument("--nodes", type=int, default=None,
+                    help="mixer nodes (default 2, with --netns 3)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="media workers per node (mixer.workers; default 0: one process)")
     args = ap.parse_args()
+    nodes = args.nodes if args.nodes is not None else (3 if args.netns else 2)
+    if nodes < 2:
+        ap.error("--nodes: a fail-over needs at least 2 nodes")
+    if not 0 <= args.workers <= 64:
+        ap.error("--workers: 0-64")
+    suffix = "_workers" if args.workers else ""
     if args.netns:
-        if args.nodes < 2:
-            ap.error("--nodes: a fail-over needs at least 2 nodes")
-        result = run_netns(args.trials, args.nodes)
-        write_result(args.out or "benchmarks/results/failover_netns.json", result)
-        print(result["back_s"], "same lesson:", result["all_same_lesson"],
-              "one folder, one gap:", result["all_recordings_one_folder_one_gap"])
+        result = run_netns(args.trials, nodes, args.workers)
+        write_result(args.out or f"benchmarks/results/failover_netns{suffix}.json", result)
+        print(result.get("worker_back_s"), result["back_s"], "same lesson:",
+              result["all_same_lesson"], "one folder, its gaps:",
+              result["all_recordings_one_folder_one_gap"])
         return
     trials = []
     for i in range(args.trials):
         with tempfile.TemporaryDirectory(prefix="syncclass-failover-") as tmp:
-            t = trial(Path(tmp))
+            t = trial(Path(tmp), nodes, args.workers)
         t["load_1min"] = round(os.getloadavg()[0], 2)
         trials.append(t)
         print(f"trial {i + 1}: {t}", flush=True)
     back = [t["back_s"] for t in trials]
-    result = {"benchmark": "failover", "nodes": 2, "classrooms": 2, "heartbeat_s": 0.5,
+    result = {"benchmark": "failover", "nodes": nodes, "workers": args.workers,
+              **_worker_figures(trials), "classrooms": 2, "heartbeat_s": 0.5,
               "lease_ttl_s": 2.0, "trials": trials,
               "back_s": {"p50": round(percentile(back, 50), 3),
                          "p95": round(percentile(back, 95), 3), "max": max(back)},
               "all_same_lesson": all(t["same_lesson"] for t in trials)}
-    write_result(args.out or "benchmarks/results/failover.json", result)
-    print(result["back_s"], "same lesson:", result["all_same_lesson"])
+    write_result(args.out or f"benchmarks/results/failover{suffix}.json", result)
+    print(result.get("worker_back_s"), result["back_s"], "same lesson:",
+          result["all_same_lesson"])
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ async def _forwarded_client(request: web.Request, handler: Handler) -> web.Strea
 
 def create_app(config: CountyConfig, *, resume_lessons: bool = False,
                lessons_path: Path | None = None, behind_front: bool = False,
-               node_id: str | None = None) -> web.Application:
+               node_id: str | None = None, worker: int | None = None) -> web.Application:
     """The mixer's app. ``resume_lessons``: reload the live lessons a previous process
     persisted in ``mixer.data_dir`` (the ``syncclass mixer`` command does);
     ``lessons_path``: where they are kept (default ``<data_dir>/lessons.json``);
@@ -61,14 +61,15 @@ def create_app(config: CountyConfig, *, resume_lessons: bool = False,
     private unix socket, that takes the client's address from the front's header;
     ``node_id``: this process's node of ``mixer.cluster`` (else ``mixer.cluster.node_id``);
     with ``mixer.cluster`` live lessons resume from Redis instead, on whichever node holds
-    them."""
+    them; ``worker``: this app is media worker ``worker`` of its node (with
+    ``mixer.cluster`` it beats for the node with its part, :class:`~mixer.cluster.Cluster`)."""
     # Access log lines without query strings: no credential ever reaches the log.
     app = web.Application(client_max_size=config.mixer.max_message_bytes,
                           handler_args={"access_log_class": RedactingAccessLogger},
                           middlewares=[_forwarded_client] if behind_front else [])
     mixer = Mixer(config, lessons_path)
     app[MIXER_KEY] = mixer
-    cluster = (Cluster(mixer, config.mixer.cluster, node_of(config, node_id))
+    cluster = (Cluster(mixer, config.mixer.cluster, node_of(config, node_id), worker=worker)
                if config.mixer.cluster is not None else None)
     if cluster is not None:
         # Another node may have resumed them meanwhile: Redis decides who holds a lesson.

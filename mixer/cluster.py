@@ -4,9 +4,15 @@ With ``mixer.cluster`` configured every ``syncclass mixer`` process is one node.
 keys (prefix ``mixer.cluster.key_prefix``):
 
 - ``{p}:node:{id}`` — the node's :class:`~syncclass.placement.NodeLoad` (hash), expiring
-  ``lease_ttl_s`` after its last heartbeat (every ``heartbeat_s``);
+  ``lease_ttl_s`` after its last heartbeat (every ``heartbeat_s``); a node with media
+  workers (``mixer.workers``) has a :class:`Cluster` in each worker, each writing its own
+  fields of the hash (:func:`~syncclass.placement.slot_fields`), and readers sum the live
+  ones (:func:`~syncclass.placement.node_load_of`);
 - ``{p}:place:{pairing}`` — the node a pairing's classrooms go to (a lease, same expiry),
-  renewed by that node's heartbeat while it has the pairing's live lesson or classrooms;
+  renewed by that node's heartbeat while it has the pairing's live lesson or classrooms
+  (every worker of the node holds leases as the node; a worker also renews its node's
+  leases of live lessons a sibling worker runs, so a worker the front restarts after a
+  crash finds its lessons still placed on its node and resumes them from Redis);
 - ``{p}:lesson:{pairing}`` — the pairing's live lesson (the ``lessons.json`` document of
   :mod:`syncclass.lesson`), written by its node, deleted when the lesson ends: the state
   a survivor resumes the lesson from (same ``lesson_id``, same start time);
@@ -39,7 +45,14 @@ from aiohttp import web
 from syncclass.config import ClusterConfig, ClusterNodeConfig, CountyConfig
 from syncclass.errors import ConfigError, InvalidStateError
 from syncclass.lesson import Lesson, lessons_from_json, lessons_to_json
-from syncclass.placement import NodeLoad, pairing_of_classroom, pick_node
+from syncclass.placement import (
+    NodeLoad,
+    node_load_of,
+    pairing_of_classroom,
+    pick_node,
+    slot_field_names,
+    slot_fields,
+)
 from syncclass.redact import redact_text, redact_url
 
 from .core import Mixer, now_ms
@@ -66,6 +79,17 @@ if (not cur) or cur == ARGV[2] then
   return ARGV[1]
 end
 return cur
+"""
+# Renew the leases KEYS[1..n] held by node ARGV[1] whose lesson KEYS[n+1..2n] is still in
+# Redis (a sibling worker's live lessons, while that worker restarts).
+_RENEW_NODE = """
+local n = #KEYS / 2
+for i = 1, n do
+  if redis.call('GET', KEYS[i]) == ARGV[1] and redis.call('EXISTS', KEYS[n + i]) == 1 then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  end
+end
+return 0
 """
 # Delete a key only while it holds ARGV[1] (a lease we own; a lesson document of ours).
 _DELETE_IF = """
@@ -119,14 +143,18 @@ def node_of(config: CountyConfig, node_id: str | None) -> ClusterNodeConfig:
 class Cluster:
     """This node's part in the registry: heartbeat, leases, placement, lesson state.
 
+    ``worker``: this process is media worker ``worker`` of the node (``None``: the node is
+    one process); it beats for the node with its own lessons and classrooms.
     ``start()`` then ``aclose()``; the heartbeat task is owned here."""
 
-    def __init__(self, mixer: Mixer, cluster: ClusterConfig, node: ClusterNodeConfig) -> None:
+    def __init__(self, mixer: Mixer, cluster: ClusterConfig, node: ClusterNodeConfig,
+                 worker: int | None = None) -> None:
         import redis.asyncio as aioredis  # optional: only with mixer.cluster
 
         self.mixer = mixer
         self.cfg = cluster
         self.node = node
+        self.worker = worker
         self.shown_url = redact_url(cluster.redis_url.get_secret_value())
         self.redis: Any = aioredis.from_url(
             cluster.redis_url.get_secret_value(), decode_responses=True,
@@ -157,6 +185,7 @@ class Cluster:
         self._claim = self.redis.register_script(_CLAIM)
         self._take_over = self.redis.register_script(_TAKE_OVER)
         self._delete_if = self.redis.register_script(_DELETE_IF)
+        self._renew_node = self.redis.register_script(_RENEW_NODE)
         self._delete_checkpoint = self.redis.register_script(_DELETE_CHECKPOINT)
         mixer.lessons.on_change.append(self._lesson_changed)
 
@@ -170,12 +199,15 @@ class Cluster:
         self._proc.cpu_percent(None)  # the first call starts the measurement
         await self.beat()
         self._task = asyncio.create_task(self._run(), name=f"cluster-{self.node.id}")
-        logger.info("node %s: in cluster at %s (Redis %s)", self.node.id, self.node.url,
-                    self.shown_url)
+        logger.info("node %s%s: in cluster at %s (Redis %s)", self.node.id,
+                    "" if self.worker is None else f" (media worker {self.worker})",
+                    self.node.url, self.shown_url)
 
     async def aclose(self) -> None:
         """Stop beating; leave the registry and release this node's leases, so survivors
-        take its lessons at once rather than after ``lease_ttl_s``."""
+        take its lessons at once rather than after ``lease_ttl_s``. A media worker removes
+        only its own part of the node's entry and the leases of its own lessons and
+        classrooms (its siblings' stay placed; a node stopping stops every worker)."""
         if self._task is not None:
             # The flag too: redis-py may swallow a cancel that lands inside one of its
             # calls, and the loop must end anyway (within heartbeat_s).
@@ -189,7 +221,10 @@ class Cluster:
             # (a rolling restart) loses no analytics, only the gap until a survivor resumes.
             await self._write_checkpoints(self._held, force=True)
             pipe = self.redis.pipeline(transaction=False)
-            pipe.delete(self._key("node", self.node.id))
+            if self.worker is None:
+                pipe.delete(self._key("node", self.node.id))
+            else:  # the last worker to go leaves an empty hash, which Redis deletes
+                pipe.hdel(self._key("node", self.node.id), *slot_field_names(self.worker))
             for pairing in self._my_pairings():
                 await self._delete_if(keys=[self._key("place", pairing)], args=[self.node.id])
             await pipe.execute()
@@ -246,7 +281,7 @@ class Cluster:
             load = self.load()
             node_key = self._key("node", self.node.id)
             pipe = self.redis.pipeline(transaction=False)
-            pipe.hset(node_key, mapping=load.to_fields())
+            pipe.hset(node_key, mapping=slot_fields(load, self.worker))
             pipe.pexpire(node_key, self.ttl_ms)
             for lesson in self.mixer.lessons.live_lessons():
                 pipe.set(self._key("lesson", lesson.pairing_id), lessons_to_json([lesson]))
@@ -261,6 +296,8 @@ class Cluster:
                                  pairing, holder)
                 else:
                     held.add(pairing)
+            if self.worker is not None:
+                await self._renew_siblings(held)
             for pairing, doc in list(self._ended.items()):
                 await self._delete_if(keys=[self._key("lesson", pairing)], args=[doc])
                 self._ended.pop(pairing, None)
@@ -275,6 +312,17 @@ class Cluster:
             self._redis_failed("heartbeat", exc)
             return
         self._redis_ok()
+
+    async def _renew_siblings(self, mine: set[str]) -> None:
+        """Renew this node's leases of the county's other pairings that have a live lesson
+        in Redis: a sibling worker's (or one that crashed and is restarting: its lessons
+        stay on this node, where it resumes them, instead of going to another node)."""
+        others = [p.id for p in self.mixer.config.pairings if p.id not in mine]
+        if not others:
+            return
+        keys = ([self._key("place", p) for p in others]
+                + [self._key("lesson", p) for p in others])
+        await self._renew_node(keys=keys, args=[self.node.id, self.ttl_ms])
 
     async def _write_checkpoints(self, held: set[str], *, force: bool = False) -> None:
         """Write the analytics of each live lesson whose pairing this node holds, if its
@@ -328,12 +376,13 @@ class Cluster:
             pipe.hgetall(self._key("node", n.id))
         out: dict[str, NodeLoad] = {}
         for n, fields in zip(self.cfg.nodes, await pipe.execute(), strict=True):
-            if not fields:
-                continue  # expired: the node is dead (or not started)
             try:
-                out[n.id] = NodeLoad.from_fields(n.id, fields)
+                load = node_load_of(n.id, fields, self.ttl_ms)
             except ValueError as exc:
                 logger.warning("node %s: %s", self.node.id, exc)
+                continue
+            if load is not None:  # else expired: the node is dead (or not started)
+                out[n.id] = load
         return out
 
     def _lesson_changed(self, lesson: Lesson) -> None:
@@ -425,14 +474,15 @@ class Cluster:
                     logger.exception("lesson %s: analytics of its previous node not "
                                      "restored", lesson.lesson_id)
             self.resumed.append(lesson.lesson_id)
-            logger.warning("lesson %s: resumed on node %s (its node stopped; started %d ms "
-                           "ago)", lesson.lesson_id, self.node.id,
+            logger.warning("lesson %s: resumed on node %s (its node or worker stopped; "
+                           "started %d ms ago)", lesson.lesson_id, self.node.id,
                            now_ms() - (lesson.started_ms or now_ms()))
 
     # -- views --------------------------------------------------------------------------------
     def summary(self) -> dict[str, object]:
         """This node, Redis's state and every live node (dashboard, ``/api/cluster``)."""
-        return {"node_id": self.node.id, "url": self.node.url, "redis": self.shown_url,
+        return {"node_id": self.node.id, "worker": self.worker, "url": self.node.url,
+                "redis": self.shown_url,
                 "redis_up": self.redis_up, "resumed": list(self.resumed),
                 "nodes": [n.to_dict() for n in sorted(self.nodes.values(),
                                                        key=lambda n: n.node_id)],

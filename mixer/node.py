@@ -18,7 +18,7 @@ The front (:func:`create_front_app`) serves the public port:
   against the address here too, so N workers do not mean N times the attempts.
 - lesson routes (start/end, hand raise, reports, comments) go to that lesson's worker;
   pages, static files and the dashboard login to worker 0 (every worker shares one session
-  secret, so a session is valid on all);
+  secret, so a session is valid on all; a logout goes to every worker);
 - ``/api/lessons``, ``/api/stats``, ``/metrics``, ``/healthz``, ``/readyz``,
   ``/api/recorder``, ``/api/observers`` and the dashboard's snapshot and events merge every
   worker's answer (each worker still checks the credential: the front forwards it) and add
@@ -30,6 +30,13 @@ doubling to :data:`RESTART_BACKOFF_MAX_S`), and stops them on shutdown (SIGTERM,
 SIGKILL after :data:`STOP_TIMEOUT_S`). A worker also stops when the front's pipe to it
 closes (the front died). Its classrooms' sockets close with code 1012 and the agents
 reconnect by themselves.
+
+With ``mixer.cluster`` each worker also runs the node's part in the cluster
+(:class:`mixer.cluster.Cluster` with its worker index): it beats for the node with its own
+lessons, answers a classroom of a pairing placed on another node with the ``redirect``
+(relayed to the client like any message), and a restarted worker resumes its lessons from
+Redis. The front shows the cluster registry once (:func:`merge_cluster`,
+:func:`merge_metrics`).
 """
 
 from __future__ import annotations
@@ -122,7 +129,8 @@ async def serve_worker(config: CountyConfig, index: int, socket_path: Path,
     """Run media worker ``index`` on ``socket_path`` until ``stop`` (the front closes our
     stdin, or SIGTERM)."""
     app = create_app(config, resume_lessons=True,
-                     lessons_path=worker_lessons_path(config, index), behind_front=True)
+                     lessons_path=worker_lessons_path(config, index), behind_front=True,
+                     worker=index)
     # A plain runner: the front guards the public port (slow clients, connections per
     # address) and writes the access log; here every connection comes from the front
     # (and its checks twice a second would flood a log).
@@ -655,6 +663,30 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         raise web.HTTPBadGateway(text="media worker unavailable; retry\n") from None
 
 
+async def logout(request: web.Request) -> web.StreamResponse:
+    """``POST /dashboard/logout``: every worker revokes the session (each keeps its own
+    list of revoked sessions, and one login is valid on all); the answer is the one of the
+    worker that serves pages."""
+    node = request.app[NODE_KEY]
+    body = await request.read()
+    first = node.workers[node._first_up()]
+    headers = _forward_headers(request)
+
+    async def revoke(w: Worker) -> None:
+        if w.session is None or not w.alive:
+            return  # restarting: it starts with no session revoked (as a restarted mixer)
+        try:
+            async with asyncio.timeout(WORKER_REQUEST_TIMEOUT_S):
+                async with w.session.post(f"http://worker{request.rel_url}", headers=headers,
+                                          data=body, allow_redirects=False) as resp:
+                    await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            logger.warning("logout: worker %d did not revoke the session: %s", w.index, exc)
+
+    await asyncio.gather(*(revoke(w) for w in node.workers if w is not first))
+    return await proxy(request)
+
+
 def _route(node: Node, request: web.Request, body: bytes) -> Worker:
     parts = [p for p in request.path.split("/") if p]
     if request.path in ("/api/lessons/start", "/api/lessons/end", "/api/hand"):
@@ -760,6 +792,21 @@ def merge_by_worker(node: Node, answers: list[tuple[Worker, Any]]) -> dict[str, 
     return out
 
 
+def merge_cluster(views: list[Any]) -> dict[str, Any] | None:
+    """The cluster view of a node from its workers' (:meth:`mixer.cluster.Cluster.summary`;
+    ``None`` without a cluster): the registry as the first worker read it (every worker
+    reads the same one), Redis up only if every worker reaches it, the lessons each
+    resumed."""
+    parts = [v for v in views if isinstance(v, dict)]
+    if not parts:
+        return None
+    out = {k: v for k, v in parts[0].items() if k != "worker"}
+    ups = [p.get("redis_up") for p in parts]
+    out["redis_up"] = False if False in ups else None if None in ups else True
+    out["resumed"] = [x for p in parts for x in p.get("resumed", [])]
+    return out
+
+
 def merge_snapshot(node: Node, answers: list[tuple[Worker, Any]]) -> dict[str, Any]:
     """The dashboard's snapshot over every worker: classrooms, alerts and history of all;
     ``mixer`` is worker 0's health, ``workers`` each one's with the node's figures."""
@@ -780,6 +827,7 @@ def merge_snapshot(node: Node, answers: list[tuple[Worker, Any]]) -> dict[str, A
             if cid not in best or rank > best[cid][0]:
                 best[cid] = (rank, room, body.get("history", {}).get(cid))
     out["classrooms"] = [room for _, room, _ in best.values()]
+    out["cluster"] = merge_cluster([body.get("cluster") for _, body in answers])
     history = {cid: h for cid, (_, _, h) in best.items() if h is not None}
     out["recent_alerts"] = sorted(out["recent_alerts"],
                                   key=lambda a: a.get("ts_ms", 0))[-20:]
@@ -821,18 +869,46 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {text}\n\n".encode()
 
 
+CLUSTER_VIEW_METRICS = ("syncclass_node_lessons", "syncclass_node_classrooms",
+                        "syncclass_node_cpu_percent", "syncclass_node_heartbeat_age_seconds")
+"""Families of the cluster registry (every node's load, :mod:`mixer.cluster`): every worker
+of a node reads the same registry, so the front shows them once, from one worker."""
+
+
 async def metrics(request: web.Request) -> web.StreamResponse:
     """Every worker's metrics with a ``worker`` label, and the node's own
     (``syncclass_node_worker_*``). Each worker checks the credential as before."""
-    node = request.app[NODE_KEY]
     answers = await _fan_out(request, "/metrics")
     if isinstance(answers, web.Response):
         return answers
+    families = merge_metrics(request.app[NODE_KEY], answers)
+
+    class _Collector:
+        def collect(self) -> list[Metric]:
+            return list(families.values())
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector())
+    return web.Response(body=generate_latest(registry),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def merge_metrics(node: Node, answers: list[tuple[Worker, Any]]) -> dict[str, Metric]:
+    """The workers' ``/metrics`` texts as one node's families: each sample with its
+    ``worker`` label (a classroom's from the worker serving it), the cluster registry's
+    once (:data:`CLUSTER_VIEW_METRICS`, from the first worker that answered), and the
+    node's own ``syncclass_node_worker_*``."""
     families: dict[str, Metric] = {}
+    viewed: set[str] = set()
     for w, text in answers:
         if not isinstance(text, str):
             continue
         for fam in text_string_to_metric_families(text):
+            if fam.name in CLUSTER_VIEW_METRICS:
+                if fam.name not in viewed:
+                    viewed.add(fam.name)
+                    families[fam.name] = fam
+                continue
             merged = families.setdefault(fam.name, Metric(fam.name, fam.documentation,
                                                           fam.type, fam.unit))
             for s in fam.samples:
@@ -858,15 +934,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         for w in node.workers:
             fam.add_sample(name + suffix, {"worker": str(w.index)}, value_of(w))
         families[name] = fam
-
-    class _Collector:
-        def collect(self) -> list[Metric]:
-            return list(families.values())
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector())
-    return web.Response(body=generate_latest(registry),
-                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return families
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -917,6 +985,7 @@ def create_front_app(node: Node) -> web.Application:
     r.add_get("/api/observers", _merged("/api/observers", merge_by_worker))
     r.add_get("/dashboard/api/snapshot", _merged("", merge_snapshot))
     r.add_get("/dashboard/events", dashboard_events)
+    r.add_post("/dashboard/logout", logout)
     r.add_route("*", "/{tail:.*}", proxy)
     return app
 

@@ -220,11 +220,16 @@ def cmd_mixer(args: argparse.Namespace) -> int:
     config, switches = setup
     host = args.host or config.mixer.host
     port = config.mixer.port if args.port is None else args.port
-    workers = resolve_workers(config.mixer.workers if args.workers is None else args.workers)
-    if workers and config.mixer.cluster is not None:
-        print("syncclass mixer: --workers: a node of mixer.cluster runs its lessons in one "
-              "process for now; leave --workers out or pass 0", file=sys.stderr)
+    if (config.mixer.cluster is not None and args.workers is not None
+            and args.workers != config.mixer.workers):
+        # Recorders subscribe to mixer.workers endpoints of every node: another count here
+        # would publish lessons on endpoints no recorder follows (or follow dead ones).
+        print(f"syncclass mixer: --workers {args.workers}: every node of mixer.cluster runs "
+              f"mixer.workers ({config.mixer.workers}) media workers, the count recorders "
+              "subscribe to; change mixer.workers in the config for every node instead",
+              file=sys.stderr)
         return 2
+    workers = resolve_workers(config.mixer.workers if args.workers is None else args.workers)
     if workers and config.recorder.enabled:
         try:  # every worker's recorder endpoint can be made (before anything starts)
             recorder_endpoints(config.recorder.endpoint, workers)
@@ -277,6 +282,9 @@ def _mixer_setup(args: argparse.Namespace) -> tuple[CountyConfig, Switches] | No
 
         node = node_of(config, args.node_id)  # ConfigError in words: no or unknown node
         args.node_id = node.id
+        # In the config too: media workers get the config, and beat for this node.
+        config = config.model_copy(update={"mixer": config.mixer.model_copy(update={
+            "cluster": config.mixer.cluster.model_copy(update={"node_id": node.id})})})
         if node.recorder_endpoint and not args.recorder_endpoint:
             args.recorder_endpoint = node.recorder_endpoint
     elif args.node_id:

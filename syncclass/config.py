@@ -560,7 +560,8 @@ class MixerConfig(_Model):
     """Media worker processes of this node (issue 20): each lesson runs in one of them
     (peers, decode, compose, encode, analytics, recording publisher) while this process
     keeps the signaling/HTTP front; ``"auto"``: one per core; ``0``: everything in one
-    process (the in-process app of the tests)."""
+    process (the in-process app of the tests). With ``cluster`` every node runs this many
+    (a number: recorders subscribe to each worker of every node)."""
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -574,11 +575,15 @@ class MixerConfig(_Model):
     """Several nodes placed through Redis (``None``: one node, in-process lessons)."""
 
     @model_validator(mode="after")
-    def _cluster_in_one_process(self) -> MixerConfig:
-        if self.cluster is not None and self.workers != 0:
-            raise ValueError("mixer.cluster: a node of several runs its lessons in one "
-                             "process for now (placement and fail-over live beside the "
-                             "lessons); set mixer.workers: 0")
+    def _cluster_workers_fixed(self) -> MixerConfig:
+        # Recorders subscribe to every worker endpoint of every node (workers.py derives
+        # them from the count): "auto" would make that count each node's core count, which
+        # a recorder on another host cannot know.
+        if self.cluster is not None and self.workers == "auto":
+            raise ValueError("mixer.cluster: give mixer.workers as a number (0: lessons in "
+                             "the node process, 1-64: media workers per node), not 'auto': "
+                             "recorders subscribe to each worker of every node, so every "
+                             "node must run the same known number")
         return self
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import signal
+import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from syncclass.demo import LocalDeployment, Proc, free_port, http_json
@@ -24,17 +26,35 @@ from syncclass.netem import NamespaceLink
 from .redis_support import RedisServer
 
 
+def free_port_block(count: int) -> int:
+    """A loopback TCP port free with the ``count - 1`` after it (a node's media workers
+    publish the recording on its endpoint's port + worker index)."""
+    while True:
+        base = free_port()
+        if base + count - 1 > 65535:
+            continue
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base + 1, base + count):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+
+
 class ClusterDeployment:
     """Nodes ``n1``, ``n2``, ... of one county, Redis, agents and a recorder.
 
     ``county_data``: the county YAML as data (``tests.county.County.data``); its
     ``mixer.cluster`` section is written here. ``hosts``: process name (``redis``, ``n1``,
     ..., ``recorder``, a classroom id) -> the namespace it runs in; the others run here on
-    loopback. This namespace must reach every host's address (as a bridge's does)."""
+    loopback. This namespace must reach every host's address (as a bridge's does).
+    ``workers``: ``mixer.workers`` of every node (0: lessons in the node process)."""
 
     def __init__(self, county_data: dict[str, Any], work_dir: Path, nodes: int = 2,
                  heartbeat_s: float = 0.5, lease_ttl_s: float = 2.0,
-                 hosts: Mapping[str, NamespaceLink] | None = None) -> None:
+                 hosts: Mapping[str, NamespaceLink] | None = None, workers: int = 0) -> None:
         self.work_dir = work_dir
         self.hosts = dict(hosts or {})
         redis_host = self.hosts.get("redis")
@@ -46,7 +66,9 @@ class ClusterDeployment:
             self.redis.close()
             raise
         self.ports = {f"n{i + 1}": free_port() for i in range(nodes)}
-        self.endpoints = {n: f"tcp://{self.addr(n)}:{free_port()}" for n in self.ports}
+        self.endpoints = {n: f"tcp://{self.addr(n)}:{free_port_block(max(1, workers))}"
+                          for n in self.ports}
+        county_data["mixer"]["workers"] = workers
         county_data["mixer"]["cluster"] = {
             "redis_url": self.redis.url, "heartbeat_s": heartbeat_s, "lease_ttl_s": lease_ttl_s,
             "nodes": [{"id": n, "url": self.url(n), "recorder_endpoint": self.endpoints[n]}
@@ -91,8 +113,22 @@ class ClusterDeployment:
                           == 200, timeout, f"node {node_id} /healthz", proc)
         return proc
 
+    def node_stats(self, node_id: str) -> dict[str, Any]:
+        """The node's ``/api/stats`` as the ops token reads it (with media workers:
+        ``node.workers``, each with its pid)."""
+        return dict(http_json(self.url(node_id) + "/api/stats", token=self.dep.ops_token,
+                              timeout=2.0)[1])
+
     def kill_node(self, node_id: str) -> None:
-        """``kill -9``: no goodbye, leases left to expire."""
+        """``kill -9`` of the node and its media workers at once (the machine died): no
+        goodbye, leases left to expire. (Killing the front alone, its workers would stop
+        cleanly as their pipe closes, and release the lessons at once.)"""
+        proc = self.dep.procs.get(f"mixer-{node_id}")
+        if proc is not None:
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(proc.popen.pid).children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        child.send_signal(signal.SIGKILL)
         self.dep.stop(f"mixer-{node_id}", signal.SIGKILL)
 
     def start_recorder(self, out: Path) -> Proc:

@@ -3,11 +3,16 @@ Redis on loopback. A classroom that contacts the wrong node is redirected to its
 node and gets decoded frames; ``kill -9`` of that node puts every classroom back in the
 same lesson on the survivor within 10 s; the recorder (subscribed to both nodes) keeps
 the lesson in one recording with a gap, and the survivor's report covers the lesson
-before the kill too (from n1's analytics checkpoint in Redis) with the gap."""
+before the kill too (from n1's analytics checkpoint in Redis) with the gap. With media
+workers (``mixer.workers: 2`` on each node): ``kill -9`` of the lesson's worker puts the
+classrooms back in the same lesson on the same node (its front restarts the worker, which
+resumes the lesson from Redis); ``kill -9`` of that node then moves it to the other."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +120,67 @@ def test_redirect_then_kill_the_lessons_node(cluster: ClusterDeployment, tmp_pat
         assert reasons[0] == "node_lost" and reasons[-1] == "lesson_ended", room["sessions"]
         assert room["sessions"][0]["join_ms"] < t_kill_ms - 4000, room["sessions"]
         assert room["sessions"][-1]["join_ms"] >= gap["end_ms"], (room["sessions"], gap)
+
+
+@pytest.fixture
+def cluster_of_workers(tmp_path: Path, county: County) -> Iterator[ClusterDeployment]:
+    county.mixer["ice_host_addresses"] = ["127.0.0.1"]
+    # Light media: two nodes of a front and two workers each, two agents, on two cores.
+    county.data["media"].update(width=320, height=180, bitrate_kbps=300, uplink_bitrate_kbps=200)
+    county.synthetic_cameras(width=160, height=90, fps=15)
+    county.data["analytics"] = {"enabled": False}
+    county.data["recorder"] = {"enabled": False}
+    c = ClusterDeployment(county.data, tmp_path, workers=2)
+    try:
+        yield c
+    except BaseException:
+        c.dep.write_logs(40)
+        raise
+    finally:
+        c.close()
+
+
+@pytest.mark.timeout(120)
+def test_kill_the_lessons_worker_then_its_node(cluster_of_workers: ClusterDeployment) -> None:
+    c = cluster_of_workers
+    c.start_node("n1")
+    c.start_node("n2")
+    for cid in (MAIN, RURAL):
+        c.start_agent(cid, "n1")
+    c.dep.wait_for(lambda: all(c.dep.agent_status(x)["state"] == "connected"
+                               for x in (MAIN, RURAL)), 30, "agents connected")
+    status, lesson = c.dep.agent_command(MAIN, "start")
+    assert status == 200, lesson
+    lesson_id = lesson["lesson_id"]
+    c.wait_for(lambda: all(c.in_lesson_with_frames(x, lesson_id, "n1", 15)
+                           for x in (MAIN, RURAL)), 30, "the lesson running on n1")
+    [worker] = [x["worker"] for x in c.node_status("n1")["lessons"]
+                if x["lesson_id"] == lesson_id]
+    workers = {w["worker"]: w for w in c.node_stats("n1")["node"]["workers"]}
+    reconnects = {x: c.dep.agent_status(x)["reconnects"] for x in (MAIN, RURAL)}
+    os.kill(workers[worker]["pid"], signal.SIGKILL)
+
+    def back_on(node_id: str, seen: dict[str, int]) -> bool:
+        return all(c.dep.agent_status(x)["reconnects"] > seen[x]
+                   and c.in_lesson_with_frames(x, lesson_id, node_id, 5) for x in (MAIN, RURAL))
+
+    worker_back_s = c.wait_for(lambda: back_on("n1", reconnects), 30,
+                               "every classroom back in the lesson on n1")
+    [resumed] = [x for x in c.node_status("n1")["lessons"] if x["state"] == "live"]
+    assert (resumed["lesson_id"], resumed["started_ms"], resumed["worker"]) == (
+        lesson_id, lesson["started_ms"], worker)
+    after = {w["worker"]: w for w in c.node_stats("n1")["node"]["workers"]}
+    assert after[worker]["restarts"] == 1 and after[worker]["pid"] != workers[worker]["pid"]
+    assert after[1 - worker]["pid"] == workers[1 - worker]["pid"]  # its sibling untouched
+    assert c.node_status("n2")["lessons"] == []
+    # The whole node dies: the other node resumes the lesson (its workers beat no more).
+    reconnects = {x: c.dep.agent_status(x)["reconnects"] for x in (MAIN, RURAL)}
+    c.kill_node("n1")
+    node_back_s = c.wait_for(lambda: back_on("n2", reconnects), 30,
+                             "every classroom back in the lesson on n2")
+    lessons = c.node_status("n2")["lessons"]
+    assert [(x["lesson_id"], x["state"], x["started_ms"]) for x in lessons] == [
+        (lesson_id, "live", lesson["started_ms"])]
+    print("\nfail-over with workers:", json.dumps({"worker_back_s": round(worker_back_s, 2),
+                                                   "node_back_s": round(node_back_s, 2)}))
+    assert worker_back_s < 20.0 and node_back_s < 15.0

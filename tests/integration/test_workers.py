@@ -219,6 +219,38 @@ def test_dashboard_over_workers(dep: LocalDeployment) -> None:
         assert exc.code == 401
 
 
+async def _logout_then_ask_each_worker(base: str, sockets: list[Path]) -> list[int]:
+    """Log in and out through the front; then the status each worker itself answers the
+    (logged out) session's snapshot with, asked on its own unix socket."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.post(base + "/dashboard/login", allow_redirects=False,
+                                data={"user": "ops", "password": "syncclass-demo"},
+                                headers={"Origin": base}) as r:
+            assert r.status == 303, await r.text()
+        cookie = next(c.value for c in session.cookie_jar if c.key == "syncclass_ops")
+        async with session.get(base + "/dashboard/api/snapshot") as r:
+            assert r.status == 200
+        async with session.post(base + "/dashboard/logout", allow_redirects=False,
+                                headers={"Origin": base}) as r:
+            assert r.status == 303, await r.text()
+    statuses = []
+    for sock in sockets:
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as s:
+            async with s.get("http://worker/dashboard/api/snapshot",
+                             headers={"Cookie": f"syncclass_ops={cookie}"}) as r:
+                statuses.append(r.status)
+    return statuses
+
+
+@pytest.mark.timeout(60)
+def test_logout_reaches_every_worker(dep: LocalDeployment) -> None:
+    """A logout through the front revokes the session on every worker (one login is valid
+    on all), not only on the worker that serves the dashboard's pages."""
+    run = Path(dep.config.mixer.data_dir) / "run"
+    sockets = [run / f"worker-{i}.sock" for i in (0, 1)]
+    assert asyncio.run(_logout_then_ask_each_worker(dep.mixer_url, sockets)) == [401, 401]
+
+
 @pytest.mark.timeout(90)
 def test_front_killed_lessons_resume(dep: LocalDeployment) -> None:
     """``syncclass mixer`` (the front) dies by SIGKILL: its workers stop as their pipe

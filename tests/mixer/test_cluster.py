@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -21,11 +23,19 @@ from aiohttp.test_utils import TestClient, TestServer
 from mixer.app import create_app
 from mixer.cluster import CLUSTER_KEY, Cluster
 from mixer.core import MIXER_KEY, Mixer
+from mixer.node import Node, merge_cluster, merge_metrics
 from syncclass.analytics.checkpoint import MAX_CHECKPOINT_BYTES
 from syncclass.config import CountyConfig
 from syncclass.demo import free_port
 from syncclass.errors import ConfigError
-from syncclass.placement import NodeLoad, pick_node, recorder_endpoints
+from syncclass.placement import (
+    NodeLoad,
+    node_load_of,
+    pick_node,
+    recorder_endpoints,
+    slot_field_names,
+    slot_fields,
+)
 from syncclass.protocol import Redirect, parse_server_message
 from syncclass.testing.redis_support import RedisServer
 from tests.county import County
@@ -99,16 +109,49 @@ def test_config_errors_in_words(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="use redis://"):
         _cluster_config(tmp_path, "http://127.0.0.1:1/0", ports)
     county = County(tmp_path).without_services()
-    county.mixer["workers"] = 2
+    county.mixer["workers"] = "auto"
     county.mixer["cluster"] = {"redis_url": "redis://127.0.0.1:1/0", "nodes": [
         {"id": n, "url": f"http://127.0.0.1:{p}"} for n, p in ports.items()]}
-    with pytest.raises(ConfigError, match=r"set mixer\.workers: 0"):
+    with pytest.raises(ConfigError, match=r"give mixer\.workers as a number .* not 'auto'"):
         county.config()
     cfg = _cluster_config(tmp_path, "redis://:pw@127.0.0.1:1/0", ports)
     assert "pw" not in repr(cfg.mixer.cluster)
     assert cfg.mixer.cluster is not None and cfg.mixer.cluster.vouches_for("http://127.0.0.1:2/")
     assert not cfg.mixer.cluster.vouches_for("http://evil.example:2")
     assert recorder_endpoints(cfg) == [cfg.recorder.endpoint]
+
+
+def test_nodes_with_media_workers_config_and_recorder_endpoints(tmp_path: Path) -> None:
+    """A node of a cluster may run its lessons in media workers; recorders then follow
+    every worker of every node (worker i publishes on the node's endpoint + i)."""
+    county = County(tmp_path)
+    county.mixer["workers"] = 2
+    county.data.setdefault("recorder", {})["endpoint"] = "tcp://127.0.0.1:5600"
+    county.mixer["cluster"] = {"redis_url": "redis://127.0.0.1:1/0", "nodes": [
+        {"id": "n1", "url": "http://10.0.0.11:8700",
+         "recorder_endpoint": "tcp://10.0.0.11:5700"},
+        {"id": "n2", "url": "http://10.0.0.12:8700"}]}
+    cfg = county.config()
+    assert cfg.mixer.workers == 2
+    assert recorder_endpoints(cfg) == ["tcp://10.0.0.11:5700", "tcp://10.0.0.11:5701",
+                                       "tcp://127.0.0.1:5600", "tcp://127.0.0.1:5601"]
+
+
+def test_node_load_sums_its_live_workers() -> None:
+    """Each worker writes its part of the node's hash; a reader sums the parts whose
+    heartbeat is recent beside the newest (a crashed worker's part stops counting)."""
+    w0 = NodeLoad("n1", "http://a:1", 1, 2, 40.0, 10_000, ("l1",))
+    w1 = NodeLoad("n1", "http://a:1", 2, 4, 60.0, 10_200, ("l2", "l3"))
+    dead = NodeLoad("n1", "http://a:1", 5, 9, 90.0, 6_000, ("l9",))
+    fields = {**slot_fields(w0, 0), **slot_fields(w1, 1), **slot_fields(dead, 2)}
+    assert sorted(slot_field_names(1)) == sorted(k for k in fields if k.startswith("w1."))
+    assert node_load_of("n1", fields, stale_ms=3000) == NodeLoad(
+        "n1", "http://a:1", 3, 6, 100.0, 10_200, ("l1", "l2", "l3"))
+    one = NodeLoad("n2", "http://b:1", 1, 3, 20.0, 5_000, ("l4",))
+    assert node_load_of("n2", slot_fields(one, None), stale_ms=3000) == one
+    assert node_load_of("n2", {}, stale_ms=3000) is None
+    with pytest.raises(ValueError, match="malformed"):
+        node_load_of("n1", {**fields, "w1.lessons": "many"}, stale_ms=3000)
 
 
 # -- on Redis ---------------------------------------------------------------------------------
@@ -374,3 +417,117 @@ async def test_a_node_stopped_on_purpose_checkpoints_last(tmp_path: Path,
         assert client.get(f"syncclass:place:{PAIRING}") is None  # leases released
         await ws_main.close()
     client.close()
+
+
+# -- a node with media workers -----------------------------------------------------------------
+@asynccontextmanager
+async def _worker(config: CountyConfig, node_id: str, index: int
+                  ) -> AsyncIterator[TestClient[Any, Any]]:
+    """Media worker ``index`` of ``node_id``: the app a worker process serves (here on a
+    loopback port; the node's front, which routes by pairing group, is left out)."""
+    app = create_app(config, node_id=node_id, worker=index,
+                     lessons_path=Path(config.mixer.data_dir) / f"w{index}" / "lessons.json")
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+def _crash(cluster: Cluster) -> None:
+    """The worker dies without a goodbye: its heartbeat stops, nothing is released."""
+    assert cluster._task is not None
+    cluster._stopping = True
+    cluster._task.cancel()
+    cluster.aclose = _noop  # type: ignore[method-assign]
+
+
+async def test_a_node_of_media_workers(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Node n1 runs two media workers, each beating for n1: the registry shows n1's whole
+    load; a classroom at n2 is sent to n1 while n1's worker 1 runs the lesson; worker 1
+    crashes, and while the front restarts it (longer than the lease) its sibling keeps the
+    lesson placed on n1, where the restarted worker resumes the same lesson. A worker's
+    clean stop leaves the node's entry and its sibling's leases alone."""
+    ports = {"n1": free_port(), "n2": free_port()}
+    config = _cluster_config(tmp_path, redis_server.url, ports)
+    config = config.model_copy(update={"mixer": config.mixer.model_copy(
+        update={"workers": 2})})
+    token = {"Authorization": f"Bearer {config.classroom(MAIN).token}"}
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+    place_key, node_key = f"syncclass:place:{PAIRING}", "syncclass:node:n1"
+    async with (_node(config, "n2", ports["n2"]) as n2, _worker(config, "n1", 0) as w0,
+                _worker(config, "n1", 1) as w1):
+        await asyncio.sleep(0.3)
+        ws_main, welcome = await _hello(w1, config, MAIN)  # the front routed it to worker 1
+        assert welcome.type == "welcome"
+        resp = await w1.post("/api/lessons/start", json={"classroom_id": MAIN}, headers=token)
+        assert resp.status == 200
+        lesson = await resp.json()
+        await asyncio.sleep(0.5)
+        # n1 in the registry: worker 1's lesson and classroom, not overwritten by worker 0.
+        nodes = {n["node_id"]: n for n in _cluster_of(n2).summary()["nodes"]}  # type: ignore
+        assert nodes["n1"]["lesson_ids"] == [lesson["lesson_id"]]
+        assert (nodes["n1"]["lessons"], nodes["n1"]["sessions"]) == (1, 1)
+        assert client.get(place_key) == "n1"
+        _, reply = await _hello(n2, config, RURAL)
+        assert reply == Redirect(url=f"http://127.0.0.1:{ports['n1']}", node_id="n1")
+        # The front shows the registry once (both workers read it), with worker labels
+        # elsewhere; the dashboard's cluster view likewise.
+        node = Node(config, 2, ["true"])
+        texts = [await (await w.get("/metrics")).text() for w in (w0, w1)]
+        families = merge_metrics(node, list(zip(node.workers, texts, strict=True)))
+        lessons = [(s.labels, s.value) for s in families["syncclass_node_lessons"].samples]
+        assert sorted((labels["node"], v) for labels, v in lessons) == [("n1", 1.0),
+                                                                         ("n2", 0.0)]
+        assert all("worker" not in labels for labels, _ in lessons)
+        up = families["syncclass_cluster_redis_up"].samples
+        assert sorted(s.labels["worker"] for s in up) == ["0", "1"]
+        views = [_cluster_of(w).summary() for w in (w0, w1)]
+        merged: Any = merge_cluster(views)
+        assert [n["node_id"] for n in merged["nodes"]] == ["n1", "n2"]
+        assert merged["redis_up"] is True and "worker" not in merged
+
+        # Worker 1 crashes; the front restarts it after a while (longer than lease_ttl_s).
+        _crash(_cluster_of(w1))
+        await ws_main.close()
+        await asyncio.sleep(1.5)  # lease_ttl_s 0.6: without worker 0 the lease expires
+        assert client.get(place_key) == "n1"  # worker 0 keeps n1's lesson placed on n1
+        _, reply = await _hello(n2, config, RURAL)
+        assert isinstance(reply, Redirect) and reply.node_id == "n1"
+        nodes = {n["node_id"]: n for n in _cluster_of(n2).summary()["nodes"]}  # type: ignore
+        assert nodes["n1"]["lessons"] == 0  # the dead worker's part no longer counts
+        async with _worker(config, "n1", 1) as w1b:
+            ws_rural, welcome = await _hello(w1b, config, RURAL)
+            assert welcome.type == "welcome", welcome
+            assert welcome.lesson is not None and welcome.lesson.state == "live"
+            assert welcome.lesson.lesson_id == lesson["lesson_id"]
+            assert welcome.lesson.started_ms == lesson["started_ms"]
+            assert _cluster_of(w1b).resumed == [lesson["lesson_id"]]
+            await asyncio.sleep(0.4)
+            # Worker 0 stops cleanly: its part goes, n1 and the lesson's lease stay.
+            await _cluster_of(w0).aclose()
+            assert client.get(place_key) == "n1"
+            fields = client.hgetall(node_key)
+            assert fields and not any(k.startswith("w0.") for k in fields), fields
+            await asyncio.sleep(1.0)
+            nodes = {n["node_id"]: n for n in _cluster_of(n2).summary()["nodes"]}  # type: ignore
+            assert nodes["n1"]["lesson_ids"] == [lesson["lesson_id"]]
+            # The last worker stops: n1 leaves the registry and releases the lease.
+            await _cluster_of(w1b).aclose()
+            assert client.exists(node_key) == 0
+            assert client.get(place_key) is None
+            await ws_rural.close()
+        await _cluster_of(w1).redis.aclose()
+    client.close()
+
+
+def test_cli_refuses_another_worker_count_than_the_clusters(tmp_path: Path) -> None:
+    """Recorders follow mixer.workers endpoints of every node: one node started with
+    another --workers would publish where no recorder listens; refused in words."""
+    county = County(tmp_path).without_services()
+    county.mixer["workers"] = 2
+    county.mixer["cluster"] = {"redis_url": "redis://127.0.0.1:1/0", "nodes": [
+        {"id": "n1", "url": f"http://127.0.0.1:{free_port()}"}]}
+    path = county.write()
+    done = subprocess.run([sys.executable, "-m", "syncclass", "mixer", "--config", str(path),
+                           "--node-id", "n1", "--workers", "3"], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done.stderr
+    assert "--workers 3: every node of mixer.cluster runs mixer.workers (2)" in done.stderr

@@ -72,6 +72,14 @@ PACER_MAX_DELAY_S = 0.3
 """A video packet waits in the pacer at most this long, s: a backlog beyond it goes out
 at once (the estimate is too low or the encoder overshot; the link's queue takes it)."""
 
+PACER_BURST_S = 0.04
+"""Packets whose paced slot is at most this far ahead go out at once (libwebrtc's send
+burst interval, 40 ms): the pacer still spreads a keyframe on a thin link (at 384 kbit/s
+this lets ~5 KB through at once), but on a fast link no packet waits. Pacing every packet
+to its slot cost a 1 + 4 lesson on a LAN 45 -> 96-109 ms of glass-to-glass p50 and
+~7 points of the mixer's event loop: a timer per packet, each firing late on a busy loop
+(measured, ``benchmarks/capacity.py --estimators remb,gcc``)."""
+
 _original: dict[str, Any] = {}
 
 
@@ -111,13 +119,14 @@ class TransportCongestion:
 
     def pacing_delay(self, size_bytes: int, now_s: float) -> float:
         """How long a video packet of ``size_bytes`` handed over at ``now_s`` waits, s
-        (and books its slot): packets leave at ``PACING_FACTOR`` times the estimate."""
+        (and books its slot): packets leave at ``PACING_FACTOR`` times the estimate, up to
+        ``PACER_BURST_S`` ahead of their slot."""
         rate = PACING_FACTOR * self.estimator.target_kbps() * 1000 / 8  # bytes/s
         start = max(now_s, self._pacer_next_s)
-        wait = start - now_s
+        wait = max(0.0, start - now_s - PACER_BURST_S)
         if wait > PACER_MAX_DELAY_S:
             self.pacer_overflows += 1
-            start, wait = now_s + PACER_MAX_DELAY_S, PACER_MAX_DELAY_S
+            start, wait = now_s + PACER_MAX_DELAY_S + PACER_BURST_S, PACER_MAX_DELAY_S
         self._pacer_next_s = start + size_bytes / rate
         self.paced_s += wait
         return wait

@@ -90,3 +90,21 @@ async def test_a_peer_without_it_is_left_alone() -> None:
         await b.close()
         uninstall_transport_cc()
         use_host_addresses(None)
+
+
+def test_the_pacer_lets_a_burst_through_and_spreads_the_rest() -> None:
+    """At 300 kbit/s (pacing 750 kbit/s: 93.75 bytes/ms) a 20-packet keyframe: the packets
+    whose slot is within PACER_BURST_S go at once, the rest wait for their slot less the
+    burst; a fast link's frame never waits (before: every packet waited for its slot)."""
+    from syncclass.gcc import GccConfig
+    from syncclass.transportcc import PACER_BURST_S, TransportCongestion
+
+    cc = TransportCongestion(GccConfig(start_kbps=300.0))
+    rate = 2.5 * 300.0 * 1000 / 8  # bytes/s
+    waits = [cc.pacing_delay(1200, 10.0) for _ in range(20)]
+    at_once = [w for w in waits if w == 0.0]
+    assert len(at_once) == int(PACER_BURST_S * rate / 1200) + 1
+    assert waits == sorted(waits)
+    assert abs(waits[-1] - (19 * 1200 / rate - PACER_BURST_S)) < 1e-9
+    fast = TransportCongestion(GccConfig(start_kbps=2500.0))
+    assert all(fast.pacing_delay(1200, 20.0) == 0.0 for _ in range(20))

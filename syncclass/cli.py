@@ -113,7 +113,7 @@ def _tune_aiortc(config: CountyConfig, switches: Switches) -> None:
         use_bounded_nacks()
     adaptation = config.media.adaptation
     if adaptation.enabled and adaptation.estimator == "gcc":
-        from syncclass.adapt import estimate_ceiling_kbps
+        from syncclass.adapt import estimate_ceiling_kbps  # optional: media only
         from syncclass.gcc import GccConfig  # optional: media only
         from syncclass.transportcc import install_transport_cc  # optional: media only
 

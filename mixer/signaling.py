@@ -195,6 +195,8 @@ async def _hello(mixer: Mixer, ws: web.WebSocketResponse, hello: Hello,
             lesson=lesson.info() if lesson else None,
             server_time_ms=now_ms(),
             ice_servers=ice_servers_for(mixer.config.mixer.turn, room.id, time.time()),
+            nodes=[n.url.rstrip("/") for n in cluster.nodes]
+            if (cluster := mixer.config.mixer.cluster) is not None else [],
         )
     )
     logger.info("classroom %s: authenticated (%s)", room.id, hello.client)

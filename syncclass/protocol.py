@@ -199,6 +199,9 @@ class Welcome(_Msg):
     protocol: int = PROTOCOL_VERSION
     ice_servers: list[IceServer] = []
     """TURN relays to offer relay candidates through (empty: host candidates only)."""
+    nodes: list[str] = Field(default=[], max_length=64)
+    """Several nodes (``mixer.cluster``): every node's URL, where a browser classroom goes
+    when its node stops answering (the survivor resumes its lesson); empty: one node."""
 
 
 class ObserverWelcome(_Msg):

@@ -6,6 +6,8 @@ const STATS_INTERVAL_MS = 2000;
 const LATENCY_WINDOW = 450; // samples per source (30 s at 15 fps)
 const ICE_GATHER_TIMEOUT_MS = 5000;
 const RELAY_GRACE_MS = 300; // after the first TURN relay candidate (see iceGathered)
+/** Failed reconnects to our node before trying another node of the county (several nodes). */
+const NODE_FAILURES_BEFORE_MOVING = 2;
 
 /** Parse "#a=1&b=2" into an object. */
 export function fragmentParams() {
@@ -153,12 +155,40 @@ export class Signaling {
     this.closed = false;
     this.backoff = 500;
     this.statsTimer = null;
+    /** Several nodes: every node's URL (from the welcome); tried in turn when ours stops
+     * answering. */
+    this.nodes = [];
+    /** The URL fragment to carry to another node (the credential typed into the form);
+     * null: the page's own fragment. */
+    this.redirectFragment = null;
+    this.failures = 0;
+  }
+  /** Go to the same page on another node (its origin), credential in the fragment; if
+   * that node does not answer (a node that just died may still be named by the others
+   * for a lease's time), stay and reconnect here instead of loading an error page. */
+  async goTo(origin) {
+    this.closed = true;
+    try {
+      await fetch(origin + "/healthz", { mode: "no-cors", cache: "no-store" });
+    } catch (e) {
+      this.closed = false;
+      this.log(`node ${origin} not reachable; retrying in ${this.backoff} ms`, "warn");
+      setTimeout(() => this.connect(), this.backoff);
+      this.backoff = Math.min(this.backoff * 2, 10000);
+      return;
+    }
+    const frag = this.redirectFragment ? this.redirectFragment() : location.hash;
+    location.assign(origin + location.pathname + location.search + frag);
   }
   connect() {
     const url = location.origin.replace(/^http/, "ws") + "/ws";
     const ws = new WebSocket(url);
     this.ws = ws;
-    ws.onopen = () => { this.backoff = 500; ws.send(JSON.stringify(this.hello)); };
+    ws.onopen = () => {
+      this.backoff = 500;
+      this.failures = 0;
+      ws.send(JSON.stringify(this.hello));
+    };
     ws.onmessage = async (ev) => {
       const msg = JSON.parse(ev.data);
       if (msg.type === "error") {
@@ -173,9 +203,11 @@ export class Signaling {
           this.log(`redirect to ${msg.url} refused`, "error");
           return;
         }
-        this.closed = true;
+        ws.onclose = null;  // goTo decides what comes next
+        ws.close();
+        if (this.handlers.close) this.handlers.close();
         this.log(`lesson on node ${msg.node_id}; going to ${target.origin}`, "info");
-        location.assign(target.origin + location.pathname + location.search + location.hash);
+        await this.goTo(target.origin);
         return;
       }
       const h = this.handlers[msg.type];
@@ -186,6 +218,18 @@ export class Signaling {
     ws.onclose = () => {
       if (this.handlers.close) this.handlers.close();
       if (this.refused || this.closed) return;
+      this.failures += 1;
+      const others = this.nodes.filter((u) => new URL(u).origin !== location.origin);
+      if (this.failures >= NODE_FAILURES_BEFORE_MOVING && others.length) {
+        // Our node stopped answering: another node resumes the lesson (or sends us to
+        // the node that has it). In list order after ours, so the pages spread alike.
+        const i = this.nodes.findIndex((u) => new URL(u).origin === location.origin);
+        const next = this.nodes[(i + 1) % this.nodes.length];
+        const target = new URL(next).origin === location.origin ? others[0] : next;
+        this.log(`node not answering; going to ${new URL(target).origin}`, "warn");
+        void this.goTo(new URL(target).origin);
+        return;
+      }
       this.log(`connection lost; retrying in ${this.backoff} ms`, "warn");
       setTimeout(() => this.connect(), this.backoff);
       this.backoff = Math.min(this.backoff * 2, 10000);

@@ -80,6 +80,23 @@ def kill_lessons_worker(c: ClusterDeployment, owner: str, lid: str) -> dict[str,
     return {"worker_back_s": round(back_s, 3), "worker_same_lesson": live == [(lid, worker)]}
 
 
+def wait_back_on_survivor(c: ClusterDeployment, owner: str, lid: str) -> tuple[str, float]:
+    """After ``owner`` was killed: the survivor on which both classrooms decode lesson
+    ``lid`` again, and the seconds until they did (TimeoutError after 30 s)."""
+    survivors = [n for n in c.ports if n != owner]
+    found: list[str] = []
+
+    def back() -> bool:
+        for s in survivors:
+            if all(c.in_lesson_with_frames(x, lid, s, 5) for x in (MAIN, RURAL)):
+                found.append(s)
+                return True
+        return False
+
+    back_s = c.wait_for(back, 30, "back on a survivor")
+    return found[0], back_s
+
+
 def trial(work: Path, nodes: int = 2, workers: int = 0) -> dict[str, Any]:
     county = County(work)
     county.mixer["ice_host_addresses"] = ["127.0.0.1"]
@@ -107,18 +124,8 @@ def trial(work: Path, nodes: int = 2, workers: int = 0) -> dict[str, Any]:
         if workers:
             time.sleep(2.0)
         c.kill_node(owner)
-        survivors = [n for n in c.ports if n != owner]
-        found: list[str] = []
-
-        def back() -> bool:
-            for s in survivors:
-                if all(c.in_lesson_with_frames(x, lid, s, 5) for x in (MAIN, RURAL)):
-                    found.append(s)
-                    return True
-            return False
-
-        back_s = c.wait_for(back, 30, "back on the survivor")
-        lessons = c.node_status(found[0])["lessons"]
+        survivor, back_s = wait_back_on_survivor(c, owner, lid)
+        lessons = c.node_status(survivor)["lessons"]
         same = [(x["lesson_id"], x["started_ms"]) for x in lessons
                 if x["state"] == "live"] == [(lid, lesson["started_ms"])]
         return {**out, "back_s": round(back_s, 3), "same_lesson": same}
@@ -165,18 +172,7 @@ def netns_trial(work: Path, hosts: dict[str, LanHost], pg: PostgresServer,
         if workers:
             time.sleep(MID_LESSON_S)
         c.kill_node(owner)
-        survivors = [n for n in c.ports if n != owner]
-        found: list[str] = []
-
-        def back() -> bool:
-            for s in survivors:
-                if all(c.in_lesson_with_frames(x, lid, s, 5) for x in (MAIN, RURAL)):
-                    found.append(s)
-                    return True
-            return False
-
-        back_s = c.wait_for(back, 30, "back on a survivor")
-        survivor = found[0]
+        survivor, back_s = wait_back_on_survivor(c, owner, lid)
         lessons = c.node_status(survivor)["lessons"]
         same = [(x["lesson_id"], x["started_ms"]) for x in lessons
                 if x["state"] == "live"] == [(lid, lesson["started_ms"])]

@@ -21,6 +21,7 @@ from playwright.sync_api import Page
 
 from syncclass.testing.browser import CHROMIUM, chromium, wait_page
 from syncclass.testing.cluster_support import ClusterDeployment
+from tests.cluster import light_cluster
 from tests.county import County
 
 pytestmark = [
@@ -33,19 +34,10 @@ MAIN, BROWSER = "main-3-1", "hetou-3"
 
 @pytest.fixture
 def cluster(tmp_path: Path, county: County) -> Iterator[ClusterDeployment]:
-    county.mixer["ice_host_addresses"] = ["127.0.0.1"]
-    county.data["media"].update(width=640, height=360, bitrate_kbps=800, uplink_bitrate_kbps=500)
-    county.synthetic_cameras(width=320, height=180, fps=15)
-    county.data["analytics"] = {"enabled": False}
-    county.data["recorder"] = {"enabled": False}
-    c = ClusterDeployment(county.data, tmp_path)
-    try:
-        yield c
-    except BaseException:
-        c.dep.write_logs(40)
-        raise
-    finally:
-        c.close()
+    yield from light_cluster(
+        county, tmp_path,
+        media={"width": 640, "height": 360, "bitrate_kbps": 800, "uplink_bitrate_kbps": 500},
+        camera={"width": 320, "height": 180, "fps": 15}, recorder=False)
 
 
 def _decoding_on(page: Page, origin: str, lesson_id: str, since_frames: int = 0) -> str:

@@ -23,6 +23,7 @@ import pytest
 
 from syncclass.demo import http_json
 from syncclass.testing.cluster_support import ClusterDeployment
+from tests.cluster import light_cluster
 from tests.county import County
 
 pytestmark = pytest.mark.integration
@@ -32,18 +33,10 @@ MAIN, RURAL = "main-3-1", "hetou-3"
 
 @pytest.fixture
 def cluster(tmp_path: Path, county: County) -> Iterator[ClusterDeployment]:
-    county.mixer["ice_host_addresses"] = ["127.0.0.1"]
-    county.data["media"].update(width=640, height=360, bitrate_kbps=800, uplink_bitrate_kbps=500)
-    county.synthetic_cameras(width=320, height=180, fps=15)
-    county.data["analytics"] = {"enabled": False}
-    c = ClusterDeployment(county.data, tmp_path)
-    try:
-        yield c
-    except BaseException:
-        c.dep.write_logs(40)
-        raise
-    finally:
-        c.close()
+    yield from light_cluster(
+        county, tmp_path,
+        media={"width": 640, "height": 360, "bitrate_kbps": 800, "uplink_bitrate_kbps": 500},
+        camera={"width": 320, "height": 180, "fps": 15})
 
 
 @pytest.mark.timeout(150)
@@ -124,20 +117,11 @@ def test_redirect_then_kill_the_lessons_node(cluster: ClusterDeployment, tmp_pat
 
 @pytest.fixture
 def cluster_of_workers(tmp_path: Path, county: County) -> Iterator[ClusterDeployment]:
-    county.mixer["ice_host_addresses"] = ["127.0.0.1"]
     # Light media: two nodes of a front and two workers each, two agents, on two cores.
-    county.data["media"].update(width=320, height=180, bitrate_kbps=300, uplink_bitrate_kbps=200)
-    county.synthetic_cameras(width=160, height=90, fps=15)
-    county.data["analytics"] = {"enabled": False}
-    county.data["recorder"] = {"enabled": False}
-    c = ClusterDeployment(county.data, tmp_path, workers=2)
-    try:
-        yield c
-    except BaseException:
-        c.dep.write_logs(40)
-        raise
-    finally:
-        c.close()
+    yield from light_cluster(
+        county, tmp_path,
+        media={"width": 320, "height": 180, "bitrate_kbps": 300, "uplink_bitrate_kbps": 200},
+        camera={"width": 160, "height": 90, "fps": 15}, workers=2, recorder=False)
 
 
 @pytest.mark.timeout(120)

@@ -111,5 +111,5 @@ def wait_page(page: Page, expr: str, timeout_s: float, what: str) -> None:
     try:
         page.wait_for_function(expr, timeout=timeout_s * 1000, polling=200)
     except Exception as exc:
-        logs = page.evaluate("() => document.getElementById('log').innerText")
+        logs = page.evaluate("() => document.getElementById('log')?.innerText")
         raise AssertionError(f"timed out waiting for {what}; page log:\n{logs}") from exc

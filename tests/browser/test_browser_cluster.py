@@ -43,9 +43,11 @@ def cluster(tmp_path: Path, county: County) -> Iterator[ClusterDeployment]:
 def _decoding_on(page: Page, origin: str, lesson_id: str, since_frames: int = 0) -> str:
     """JS: the page is on ``origin``, in ``lesson_id``, connected and has decoded frames
     beyond ``since_frames``."""
-    return (f"() => location.origin === {origin!r} && window.syncclass.me"
-            f" && window.syncclass.pc && window.syncclass.pc.connectionState === 'connected'"
-            f" && document.getElementById('status').textContent.includes({lesson_id!r})"
+    # Optional chaining: right after a navigation the page's module has not run yet, and
+    # an expression that throws ends the wait at once.
+    return (f"() => location.origin === {origin!r} && !!window.syncclass?.me"
+            f" && window.syncclass.pc?.connectionState === 'connected'"
+            f" && !!document.getElementById('status')?.textContent.includes({lesson_id!r})"
             f" && window.syncclass.state.framesReceived > {since_frames}")
 
 

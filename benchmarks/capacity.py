@@ -243,10 +243,14 @@ def main() -> int:
         if e not in ("gcc", "remb", None):
             ap.error(f"unknown estimator {e!r} (gcc, remb)")
     env_start = environment()
-    keys = [s if e is None else f"{s}-{e}" for s in setups for e in estimators]
-    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
+
+    def run_key(setup: str, estimator: str | None) -> str:
+        return setup if estimator is None else f"{setup}-{estimator}"
+
+    runs: dict[str, list[dict[str, Any]]] = {run_key(s, e): [] for s in setups
+                                             for e in estimators}
     for n, setup, estimator in itertools.product(counts, setups, estimators):
-        key = setup if estimator is None else f"{setup}-{estimator}"
+        key = run_key(setup, estimator)
         work = args.work / f"{key}-{n}"
         shutil.rmtree(work, ignore_errors=True)
         res = one_run(n, setup, args, work, estimator)

@@ -117,8 +117,8 @@ class AdaptPolicy:
     low_max_ratio: float = 0.5
     """The low rendition's bitrate is at most this fraction of the high one's."""
     up_room_ratio: float = 1.1
-    """With a sender-side estimate, a subscriber moves up to the high rendition once its
-    target is at least this multiple of what the high one sends (packet headers, content
+    """With a sender-side estimate, a subscriber moves up to the high rendition once the
+    estimate is at least this multiple of what the high one sends (packet headers, content
     that varies): moving up at less (``switch_down_ratio``'s 0.75) sent a 1 Mbit/s link
     1.2 Mbit/s and dropped ~200 packets, 3 s of freeze (measured,
     ``benchmarks/uplink.py --caps 1024 --modes gcc``)."""
@@ -146,6 +146,8 @@ GCC_DOWN_HOLD_S = 0.5
 """``AdaptPolicy.down_hold_s`` with a sender-side estimate: its cuts come from a growing
 queue or loss, not from a busy machine's noise, and every second on a rendition the link
 cannot carry fills its queue."""
+
+
 def estimate_ceiling_kbps(*stream_kbps: float) -> float:
     """Ceiling of a sender-side link estimate (``GccConfig.max_kbps``), kbit/s: twice the
     largest configured stream, at least libwebrtc's 2500. A subscriber on a view's low
@@ -471,11 +473,12 @@ class RenditionSelector:
         p = self.policy
         target = controller.target_kbps(now_s)
         too_low = target < high_sent_kbps * p.switch_down_ratio
+        estimated = controller.has_estimate(now_s)  # a fresh sender-side estimate
         # What moves one *up*: the link estimate (not the target, which stops at the
         # configured bitrate) has room for the high rendition.
-        room = (controller.has_estimate(now_s) and controller.estimate_kbps is not None
+        room = (estimated and controller.estimate_kbps is not None
                 and controller.estimate_kbps >= high_sent_kbps * p.up_room_ratio)
-        if too_low and controller.has_estimate(now_s) and controller.estimate_probing:
+        if too_low and estimated and controller.estimate_probing:
             # A sender-side estimate in its fast start grows from 300 kbit/s on any link:
             # only congestion it sees (its first overuse or loss) says the link is thin.
             # This holds a subscriber *on* the high rendition; it never moves one up.
@@ -504,7 +507,7 @@ class RenditionSelector:
                 return self._switch("high", now_s)
         else:
             self.high_ok_since_s = None
-        if controller.has_estimate(now_s):
+        if estimated:
             # A sender-side estimate is the probe: it grows with what the low rendition
             # carries (which follows it up to ``low_max_ratio`` of the high one) and shows
             # room for the high rendition above. A blind switch to the high one would only

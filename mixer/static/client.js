@@ -222,12 +222,13 @@ export class Signaling {
       const others = this.nodes.filter((u) => new URL(u).origin !== location.origin);
       if (this.failures >= NODE_FAILURES_BEFORE_MOVING && others.length) {
         // Our node stopped answering: another node resumes the lesson (or sends us to
-        // the node that has it). In list order after ours, so the pages spread alike.
+        // the node that has it). The first other node after ours in the list, so the
+        // pages of a dead node spread alike.
         const i = this.nodes.findIndex((u) => new URL(u).origin === location.origin);
-        const next = this.nodes[(i + 1) % this.nodes.length];
-        const target = new URL(next).origin === location.origin ? others[0] : next;
-        this.log(`node not answering; going to ${new URL(target).origin}`, "warn");
-        void this.goTo(new URL(target).origin);
+        const after = [...this.nodes.slice(i + 1), ...this.nodes.slice(0, i + 1)];
+        const target = new URL(after.find((u) => others.includes(u))).origin;
+        this.log(`node not answering; going to ${target}`, "warn");
+        void this.goTo(target);
         return;
       }
       this.log(`connection lost; retrying in ${this.backoff} ms`, "warn");

@@ -46,7 +46,16 @@ from edge_agent.courseware import DEFAULT_DECK, render_slide, slide_text
 from mixer.compose import Compositor, SourceFrame
 from syncclass.codec import H264Encoder
 from syncclass.demo import LocalDeployment, http_json
-from syncclass.directing import COURSEWARE, Director, Shot, Switch, agreement, onset_delays
+from syncclass.directing import (
+    COURSEWARE,
+    DirectingRules,
+    Director,
+    Heard,
+    Shot,
+    Switch,
+    agreement,
+    onset_delays,
+)
 from syncclass.layout import courseware_layout
 from syncclass.rtc import VIDEO_TIME_BASE
 from syncclass.stats import median
@@ -73,6 +82,13 @@ SCRIPTS: dict[str, tuple[float, list[tuple[str, float, str]]]] = {
     # teacher resuming 1.5 s after each.
     "dense": (28.0, [(MAIN, 0.5, "teacher_5"), (A, 6.5, "pupil_4"), (MAIN, 12.0, "teacher_4"),
                      (B, 17.0, "pupil_3"), (MAIN, 21.5, "teacher_4")]),
+    # The `lesson` turns with a pupil hesitating inside each answer (0.6 s, then 0.8 s of
+    # silence between its two parts): how the release trades a quicker return after an
+    # answer against cutting away inside one. A classroom's consecutive clips are one
+    # answer (see truth_script).
+    "hesitant": (40.0, [(MAIN, 0.5, "teacher_8"), (A, 9.5, "pupil_3"), (A, 13.1, "pupil_3"),
+                        (MAIN, 16.9, "teacher_6"), (B, 23.3, "pupil_4"), (B, 28.1, "pupil_3"),
+                        (MAIN, 31.9, "teacher_6")]),
 }
 
 def clip_len(name: str) -> float:
@@ -114,9 +130,12 @@ def ocr(gray: np.ndarray, work: Path, scale: float = 1.0) -> str:
     return "".join(out.split())
 
 
-def write_config(work: Path, schedules: dict[str, Path]) -> Path:
+def write_config(work: Path, schedules: dict[str, Path],
+                 directing: dict[str, float] | None = None) -> Path:
     data = yaml.safe_load((ROOT / "configs" / "county.yaml").read_text(encoding="utf-8"))
     data["mixer"]["data_dir"] = str(work / "mixer-data")
+    if directing:
+        data.setdefault("media", {}).setdefault("directing", {}).update(directing)
     data.setdefault("ops", {})["api_token"] = API_TOKEN
     for room in data["classrooms"]:
         devices = room.setdefault("devices", {})
@@ -144,17 +163,21 @@ def truth_script(script: str = "lesson"
                  ) -> tuple[list[tuple[float, str]], list[tuple[float, str]]]:
     """(featured-source script, answer onsets), in seconds from the script's start: who
     speaks (an answer's clip is continuous speech from its first to its last sample), the
-    teacher whenever no receiving classroom does."""
+    teacher whenever no receiving classroom does. A classroom's clips that follow each
+    other in the script are one answer, its pauses included (the pupil hesitates)."""
     half_s, half_script = SCRIPTS[script]
     truth: list[tuple[float, str]] = [(0.0, MAIN)]
     onsets = []
     for half in (0, 1):
+        prev = None
         for cid, s, clip in half_script:
-            if cid == MAIN:
-                continue
             t = half * half_s + s
-            truth += [(t, cid), (t + clip_len(clip), MAIN)]
-            onsets.append((t, cid))
+            if cid != MAIN and cid == prev:  # the same answer goes on after a pause
+                truth[-1] = (t + clip_len(clip), MAIN)
+            elif cid != MAIN:
+                truth += [(t, cid), (t + clip_len(clip), MAIN)]
+                onsets.append((t, cid))
+            prev = cid
     return truth, onsets
 
 
@@ -343,6 +366,76 @@ def _script_at(script: list[tuple[float, str]], t: float) -> str | None:
     return next((src for start, src in reversed(script) if start <= t), None)
 
 
+REPLAY_RELEASES_S = (0.5, 0.6, 0.7, 0.8, 1.0)
+"""Releases the recorded speech is replayed with (:func:`replay`)."""
+
+
+def replay(speech: dict[str, list[tuple[float, float]]], rules: DirectingRules,
+           courseware_from_s: float, start_s: float, end_s: float,
+           hangover_s: float = 0.3, tick_s: float = 1 / 15) -> list[Switch]:
+    """The switches a :class:`Director` with ``rules`` makes on this run's recorded speech
+    (the mixer's voice-detector segments, script seconds), stepped at the composition rate
+    as the mixer steps it: a classroom counts as speaking from its segment's start until
+    ``hangover_s`` after its end (the detector's flag), with the segment's times as the
+    detector's :class:`Heard`. The same input for every rule set, so rule sets compare
+    side by side without another lesson's noise."""
+    director = Director(MAIN, rules)
+    n = math.ceil((end_s - start_s) / tick_s)
+    for i in range(n + 1):
+        t = start_s + i * tick_s
+        speaking, heard = [], {}
+        for cid, segs in speech.items():
+            past = [(a, b) for a, b in segs if a <= t]
+            if not past:
+                continue
+            a, b = past[-1]
+            if t < b + hangover_s:
+                speaking.append(cid)
+            heard[cid] = Heard(a, min(b, t))
+        director.step(t, speaking, t >= courseware_from_s, [A, B], heard)
+    return director.switches
+
+
+def directing_scores(truth: list[tuple[float, str]], onsets: list[tuple[float, str]],
+                     switches: list[Switch], end_s: float) -> dict[str, Any]:
+    """Agreement with the script, onset → switch delays and the cuts away from a classroom
+    while the script says it is still answering (a pause inside its answer released it)."""
+    delays = onset_delays(onsets, switches)
+    found = [d for d in delays if d is not None]
+    cuts = sum(1 for prev, sw in itertools.pairwise(switches)
+               if prev.shot.active != MAIN and sw.shot.active != prev.shot.active
+               and _script_at(truth, sw.t_s) == prev.shot.active)
+    return {"agreement": round(agreement(truth, switches, end_s), 4),
+            "onset_to_switch_s": [None if d is None else round(d, 3) for d in delays],
+            "onset_to_switch_p50_s": round(median(found), 3) if found else None,
+            "answers_featured": f"{len(found)}/{len(delays)}",
+            "cuts_inside_answers": cuts,
+            "switches": len(switches)}
+
+
+def replays(truth: list[tuple[float, str]], onsets: list[tuple[float, str]],
+            switches: list[Switch], speech: dict[str, list[tuple[float, float]]],
+            end_s: float, live_rules: DirectingRules) -> dict[str, Any]:
+    """The run's speech replayed with the live run's rules (checked against its switches:
+    the same shots, and the largest difference in time of the same switch) and with each
+    release in REPLAY_RELEASES_S."""
+    cw_from = next((sw.t_s for sw in switches if sw.shot.courseware), end_s)
+    start_s = min((a for segs in speech.values() for a, _ in segs), default=0.0) - 1.0
+    same = replay(speech, live_rules, cw_from, start_s, end_s)
+    live = [(sw.shot, round(sw.t_s, 2)) for sw in switches[1:]]
+    again = [(sw.shot, round(sw.t_s, 2)) for sw in same[1:]]
+    check: dict[str, Any] = {"same_shots": [a for a, _ in live] == [a for a, _ in again]}
+    if check["same_shots"]:
+        check["max_time_difference_s"] = round(max(
+            (abs(a - b) for (_, a), (_, b) in zip(live, again, strict=True)), default=0.0), 3)
+    out: dict[str, Any] = {"check_against_live": check, "by_release_s": {}}
+    for release in REPLAY_RELEASES_S:
+        rules = DirectingRules(**{**vars(live_rules), "release_s": release})
+        out["by_release_s"][str(release)] = directing_scores(
+            truth, onsets, replay(speech, rules, cw_from, start_s, end_s), end_s)
+    return out
+
+
 def reducer_cost() -> dict[str, Any]:
     """The Director's own cost: microseconds per step with three classrooms speaking in
     turns, and % of one core at 15 steps a second (one per composed frame)."""
@@ -432,6 +525,9 @@ def main() -> None:
     ap.add_argument("--script", choices=sorted(SCRIPTS), default="lesson",
                     help="the scripted lesson (turn lengths: see SCRIPTS)")
     ap.add_argument("--no-ocr", action="store_true", help="skip the slide legibility")
+    ap.add_argument("--directing", action="append", default=[], metavar="KEY=SECONDS",
+                    help="a media.directing timing for the live lesson, e.g. release_s=0.7 "
+                         "(repeatable)")
     ap.add_argument("--cost", type=int, metavar="ROUNDS", default=0,
                     help="only the mixer's CPU with courseware + directing on vs off, "
                          "alternating, ROUNDS rounds (writes courseware_cost.json)")
@@ -447,6 +543,8 @@ def main() -> None:
         print(json.dumps({k: v for k, v in cost.items() if k != "environment"}, indent=1))
         return
     half_s, half_script = SCRIPTS[args.script]
+    directing = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.directing)}
+    live_rules = DirectingRules(**directing)
     if args.layouts_only:
         with tempfile.TemporaryDirectory() as tmpdir:
             result: dict[str, Any] = {
@@ -462,7 +560,7 @@ def main() -> None:
         clips = make_clips(work / "clips", {c: clip_len(c) for _, _, c in half_script})
         schedules = {cid: work / f"schedule-{cid}.json" for cid in (MAIN, A, B)}
         write_schedules(schedules, None, clips)
-        dep = LocalDeployment(write_config(work, schedules), work)
+        dep = LocalDeployment(write_config(work, schedules, directing), work)
         try:
             dep.start_mixer()
             dep.start_recorder(work / "recorder")
@@ -513,8 +611,6 @@ def main() -> None:
             speech = {c["classroom_id"]: [((a - base_ms) / 1000, (b - base_ms) / 1000)
                                           for a, b in c["speech"]["segments"]]
                       for c in report["classrooms"]}
-            delays = onset_delays(onsets, switches)
-            found = [d for d in delays if d is not None]
             result = {
                 "benchmark": "courseware",
                 "environment": environment(),
@@ -529,16 +625,15 @@ def main() -> None:
                     "ocr_scales": {_scale_key(x): x for x in OCR_SCALES},
                 },
                 "directing": {
-                    "agreement": round(agreement(truth, switches, end_s), 4),
-                    "onset_to_switch_s": [None if d is None else round(d, 3)
-                                          for d in delays],
-                    "onset_to_switch_p50_s": (round(median(found), 3)
-                                              if found else None),
-                    "answers_featured": f"{len(found)}/{len(delays)}",
+                    "rules": vars(live_rules),
+                    **directing_scores(truth, onsets, switches, end_s),
                     "switches": [{"t_s": round(sw.t_s, 2), "active": sw.shot.active,
                                   "courseware": sw.shot.courseware, "reason": sw.reason}
                                  for sw in switches],
                     "why": explain(truth, switches, speech, end_s),
+                    "speech_segments_s": {c: [[round(a, 2), round(b, 2)] for a, b in segs]
+                                          for c, segs in speech.items()},
+                    "replay": replays(truth, onsets, switches, speech, end_s, live_rules),
                 },
                 "cost": {
                     "mixer_percent_of_core_directing_only": round(

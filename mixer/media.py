@@ -42,7 +42,7 @@ from syncclass.adapt import (
 from syncclass.audio import level_dbov, mix_n_minus_1
 from syncclass.codec import H264Encoder
 from syncclass.config import CountyConfig, ViewConfig
-from syncclass.directing import COURSEWARE, Director, Heard, Shot, Switch
+from syncclass.directing import COURSEWARE, DirectingRules, Director, Heard, Shot, Switch
 from syncclass.layout import Tile, courseware_layout, grid_layout, speaker_layout
 from syncclass.lesson import Lesson
 from syncclass.lipsync import LipSync, SenderClock, stretch
@@ -228,7 +228,8 @@ class LessonMedia:
         labels = {c.id: c.label for c in config.classrooms}
         labels[COURSEWARE] = COURSEWARE_LABEL
         self._labels = labels
-        self.director = Director(lesson.main)
+        self.director = Director(lesson.main, DirectingRules(
+            **self.media.directing.model_dump()))
         """Automatic directing (自动导播) of the directed views (see :meth:`directed`)."""
         self._speaking: set[str] = set()
         self._heard: dict[str, Heard] = {}

@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from .auth import check_password_hash_format
+from .directing import DirectingRules
 from .errors import ConfigError
 from .turn import TurnUrl
 
@@ -349,6 +350,36 @@ class AdaptationConfig(_Model):
     (libwebrtc's 300); its fast start grows 1.5x per 0.5 s until congestion."""
 
 
+_RULES = DirectingRules()
+
+
+class DirectingConfig(_Model):
+    """Timing of automatic directing (自动导播, :mod:`syncclass.directing`), seconds;
+    the defaults are :class:`~syncclass.directing.DirectingRules`'."""
+
+    onset_s: float = Field(default=_RULES.onset_s, ge=0.3, le=10)
+    """A receiving classroom speaking this long while the teacher is silent is featured."""
+    release_s: float = Field(default=_RULES.release_s, ge=0.3, le=30)
+    """A featured classroom silent this long (from its last voiced frame) hands the
+    picture back to the teacher. Shorter returns sooner after an answer; a pause inside
+    an answer longer than this cuts to the teacher for at least ``min_hold_s``."""
+    min_hold_s: float = Field(default=_RULES.min_hold_s, ge=0, le=60)
+    """No automatic switch sooner than this after the previous one (no flicker)."""
+    pause_s: float = Field(default=_RULES.pause_s, ge=0, le=5)
+    """A pause shorter than this does not end a speech stretch."""
+    takeback_s: float = Field(default=_RULES.takeback_s, ge=0, le=10)
+    """The teacher speaking this long while the featured classroom is silent brings the
+    picture back to the teacher before ``release_s``."""
+
+    @model_validator(mode="after")
+    def _release_covers_pauses(self) -> DirectingConfig:
+        if self.release_s < self.pause_s:
+            raise ValueError(f"release_s ({self.release_s} s) must be at least pause_s "
+                             f"({self.pause_s} s): a pause inside a speech stretch must not "
+                             "end its classroom's shot")
+        return self
+
+
 class MediaConfig(_Model):
     width: int = Field(default=1280, ge=160, le=3840, multiple_of=2)
     height: int = Field(default=720, ge=90, le=2160, multiple_of=2)
@@ -371,6 +402,8 @@ class MediaConfig(_Model):
     32 kbit/s is libwebrtc's default for speech."""
     adaptation: AdaptationConfig = AdaptationConfig()
     """Adapting video to thin links."""
+    directing: DirectingConfig = DirectingConfig()
+    """Automatic directing of the students' view and the recording."""
 
 
 class TokenKeyConfig(_Model):

@@ -10,7 +10,7 @@ the answering classroom):
   least :attr:`DirectingRules.onset_s` (1 s) while the teacher is silent: it answers a
   question (the teacher talking over it keeps the teacher featured);
 * it goes back to the teacher once that classroom has been silent for
-  :attr:`DirectingRules.release_s`, or sooner when the teacher has spoken for
+  :attr:`DirectingRules.release_s` (0.7 s), or sooner when the teacher has spoken for
   :attr:`DirectingRules.takeback_s` while it is silent (the teacher takes the answer
   up); no automatic switch comes sooner than
   :attr:`DirectingRules.min_hold_s` after the previous one, so the picture does not
@@ -54,8 +54,14 @@ class DirectingRules:
     onset_s: float = 1.0
     """A receiving classroom speaking this long (without a pause longer than the voice
     detector's hangover) is featured."""
-    release_s: float = 1.0
-    """A featured classroom silent this long hands the picture back to the teacher."""
+    release_s: float = 0.7
+    """A featured classroom silent this long (from its last voiced frame) hands the
+    picture back to the teacher. After an answer nobody knows it has ended until the
+    silence has lasted, so every answer costs the onset plus this before the picture is
+    the teacher's again. 0.7 s keeps a pupil's hesitation of up to 0.8 s inside its
+    answer (WebRTC's voice detector adds ~0.1 s after speech) and returns 0.3 s sooner
+    than 1 s after each answer (``benchmarks/courseware.py --script hesitant``: no cut
+    inside an answer at 0.7 s, two at 0.6 s)."""
     min_hold_s: float = 2.0
     """No automatic switch sooner than this after the previous switch."""
     pause_s: float = 0.4

@@ -223,3 +223,12 @@ def test_check_config_finds_missing_files(tmp_path: Path, data: dict[str, Any],
     # The sample county has nothing missing.
     assert main(["check-config"]) == 0
     assert "OK" in capsys.readouterr().out
+
+
+def test_directing_timing_is_checked_in_words(data: dict[str, Any]) -> None:
+    data["media"]["directing"] = {"release_s": 0.3, "pause_s": 0.5}
+    message = bad(data)
+    assert "county.yaml: media.directing:" in message
+    assert "release_s (0.3 s) must be at least pause_s (0.5 s)" in message
+    data["media"]["directing"] = {"onset_s": 0.1}
+    assert "media.directing.onset_s: Input should be greater than or equal to 0.3" in bad(data)

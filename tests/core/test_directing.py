@@ -15,6 +15,7 @@ from syncclass.directing import (
     Director,
     Heard,
     Shot,
+    Switch,
     agreement,
     onset_delays,
 )
@@ -180,9 +181,9 @@ def test_onset_counts_from_the_detectors_start_of_speech() -> None:
 
 def test_release_counts_from_the_last_voiced_frame() -> None:
     """The detector says "silent" only after its 300 ms hangover; the release rule
-    counts from the end of the last voiced frame, so the teacher comes back 1 s after the
-    answer ends, not 1.3 s."""
-    director = Director(TEACHER)
+    counts from the end of the last voiced frame, so the teacher comes back release_s
+    (here 1 s) after the answer ends, not 1.3 s."""
+    director = Director(TEACHER, DirectingRules(release_s=1.0))
 
     def heard(t: float) -> dict[str, Heard]:
         return {"a": Heard(10.0, min(t, 16.0))}
@@ -215,3 +216,36 @@ def test_teacher_talking_over_an_answer_does_not_take_it_back() -> None:
           + ([TEACHER] if 13.0 <= t < 22.0 else []))
     assert [sw.shot.active for sw in director.switches] == [TEACHER, "a", TEACHER]
     assert director.switches[-1].t_s >= 18.0
+
+
+def _answer_with_pause(pause_s: float) -> list[Switch]:
+    """Shots of a lesson where classroom "a" answers 10-13 s, pauses ``pause_s`` (the
+    detector's flag held 0.3 s into it), answers 3 s more; the teacher takes it up 0.8 s
+    after; default rules, the detector's times given."""
+    director = Director(TEACHER)
+    second = 13.0 + pause_s
+    end = second + 3.0
+
+    def talking(t: float) -> list[str]:
+        a = 10.0 <= t < 13.3 or second <= t < end + 0.3
+        return (["a"] if a else []) + ([TEACHER] if t >= end + 0.8 else [])
+
+    def heard(t: float) -> dict[str, Heard]:
+        start = 10.0 if t < second else second
+        return {"a": Heard(start, min(t, 13.0 if t < second else end))} if t >= 10.0 else {}
+
+    _feed(director, 0.0, end + 4.0, talking, heard)
+    return director.switches
+
+
+def test_a_hesitation_stays_inside_the_answer() -> None:
+    """A pupil's 0.6 s hesitation keeps its classroom featured (release_s 0.7 s); a 1.5 s
+    silence is the answer's end, so the teacher comes back (and the classroom again after
+    its next second of speech). After the answer the picture is the teacher's 0.7 s after
+    its last word, before the teacher has spoken."""
+    switches = _answer_with_pause(0.6)
+    assert [sw.shot.active for sw in switches] == [TEACHER, "a", TEACHER]
+    assert switches[-1].reason == "silence"
+    assert switches[-1].t_s == pytest.approx(16.6 + 0.7, abs=STEP_S)
+    switches = _answer_with_pause(1.5)
+    assert [sw.shot.active for sw in switches] == [TEACHER, "a", TEACHER, "a", TEACHER]

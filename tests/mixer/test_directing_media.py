@@ -115,3 +115,29 @@ def test_directing_counts_from_the_detectors_times(media: LessonMedia) -> None:
     advance_to(10.05)
     switch = media._direct()
     assert switch is not None and switch.shot.active == main and switch.reason == "silence"
+
+
+def test_directing_timing_comes_from_the_config() -> None:
+    """``media.directing`` sets the lesson's rules: with onset_s 3 s, a classroom that has
+    spoken 2 s is not featured yet, and is at 3 s."""
+    config = load_config(SAMPLE)
+    config = config.model_copy(update={"media": config.media.model_copy(update={
+        "directing": config.media.directing.model_copy(update={"onset_s": 3.0})})})
+    pairing = config.pairings[0]
+    lesson = Lesson("L2", pairing.id, pairing.main, list(pairing.receiving), "数学", "三年级",
+                    "王老师", None, state="live", started_ms=0)
+    m = LessonMedia(config, lesson)
+    frame = av.VideoFrame(1280, 720, "yuv420p")
+    for cid in lesson.classrooms:
+        m._video[cid] = VideoInput(cid, latest=SourceFrame(frame, time.monotonic()))
+    rural = lesson.receiving[0]
+    assert m.director.rules.onset_s == 3.0
+    m._direct()
+    _advance(m, 5.0)
+    m.set_speaking(rural, True)
+    m._direct()
+    _advance(m, 2.0)
+    assert m._direct() is None and featured(m) == lesson.main
+    _advance(m, 1.1)
+    switch = m._direct()
+    assert switch is not None and featured(m) == rural

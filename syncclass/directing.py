@@ -58,10 +58,13 @@ class DirectingRules:
     """A featured classroom silent this long (from its last voiced frame) hands the
     picture back to the teacher. After an answer nobody knows it has ended until the
     silence has lasted, so every answer costs the onset plus this before the picture is
-    the teacher's again. 0.7 s keeps a pupil's hesitation of up to 0.8 s inside its
-    answer (WebRTC's voice detector adds ~0.1 s after speech) and returns 0.3 s sooner
-    than 1 s after each answer (``benchmarks/courseware.py --script hesitant``: no cut
-    inside an answer at 0.7 s, two at 0.6 s)."""
+    the teacher's again, and a pause inside an answer longer than this cuts to the
+    teacher: the picture cannot come back sooner after an answer than the longest pause
+    it bridges. 0.7 s returns 0.3 s sooner than 1 s after each answer and keeps pauses
+    of up to ~0.75 s inside the answer (WebRTC's voice detector hears ~0.1 s more speech
+    than there is); a 0.8 s hesitation measured 0.72 s and was cut
+    (``benchmarks/courseware.py --script hesitant``). ``media.directing.release_s: 1.0``
+    where pupils hesitate longer."""
     min_hold_s: float = 2.0
     """No automatic switch sooner than this after the previous switch."""
     pause_s: float = 0.4

@@ -9,15 +9,14 @@ import pytest
 
 from mixer.compose import SourceFrame
 from mixer.media import LessonMedia, VideoInput
-from syncclass.config import load_config
+from syncclass.config import CountyConfig, load_config
 from syncclass.directing import COURSEWARE
 from syncclass.lesson import Lesson
 from tests.core.test_config import SAMPLE
 
 
-@pytest.fixture
-def media() -> LessonMedia:
-    config = load_config(SAMPLE)
+def _lesson_media(config: CountyConfig) -> LessonMedia:
+    """The sample pairing's live lesson, every classroom's picture arriving."""
     pairing = config.pairings[0]
     lesson = Lesson("L1", pairing.id, pairing.main, list(pairing.receiving), "数学", "三年级",
                     "王老师", None, state="live", started_ms=0)
@@ -26,6 +25,11 @@ def media() -> LessonMedia:
     for cid in lesson.classrooms:
         m._video[cid] = VideoInput(cid, latest=SourceFrame(frame, time.monotonic()))
     return m
+
+
+@pytest.fixture
+def media() -> LessonMedia:
+    return _lesson_media(load_config(SAMPLE))
 
 
 def _advance(m: LessonMedia, seconds: float) -> None:
@@ -123,13 +127,8 @@ def test_directing_timing_comes_from_the_config() -> None:
     config = load_config(SAMPLE)
     config = config.model_copy(update={"media": config.media.model_copy(update={
         "directing": config.media.directing.model_copy(update={"onset_s": 3.0})})})
-    pairing = config.pairings[0]
-    lesson = Lesson("L2", pairing.id, pairing.main, list(pairing.receiving), "数学", "三年级",
-                    "王老师", None, state="live", started_ms=0)
-    m = LessonMedia(config, lesson)
-    frame = av.VideoFrame(1280, 720, "yuv420p")
-    for cid in lesson.classrooms:
-        m._video[cid] = VideoInput(cid, latest=SourceFrame(frame, time.monotonic()))
+    m = _lesson_media(config)
+    lesson = m.lesson
     rural = lesson.receiving[0]
     assert m.director.rules.onset_s == 3.0
     m._direct()

@@ -101,6 +101,8 @@ def create_app(config: CountyConfig, *, resume_lessons: bool = False,
                     place=cluster.place if cluster is not None else None)
     if cluster is not None:
         ops.cluster_state = cluster.summary  # the dashboard's and /metrics' nodes
+        cluster.revocations = ops.revocations  # a logout holds on every node
+        ops.revocations.on_revoke.append(cluster.revoked)
         cluster.checkpoints = analytics  # the report survives a fail-over
     app.on_startup.append(on_startup)
     return app

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 import psutil
 from aiohttp import web
 
+from syncclass.auth import RevokedSessions
 from syncclass.config import ClusterConfig, ClusterNodeConfig, CountyConfig
 from syncclass.errors import ConfigError, InvalidStateError
 from syncclass.lesson import Lesson, lessons_from_json, lessons_to_json
@@ -177,6 +178,10 @@ class Cluster:
         """Pairing -> lesson id of an ended lesson whose checkpoint is still to delete."""
         self._held: set[str] = set()
         """Pairings whose lease the last heartbeat held."""
+        self.revocations: RevokedSessions | None = None
+        """The dashboard's logged-out sessions, shared with every node (set by the app)."""
+        self._revoked_out: dict[str, float] = {}
+        """Logouts made on this node still to write to Redis: digest -> expiry, epoch s."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -307,11 +312,37 @@ class Cluster:
                 self._ended_checkpoints.pop(pairing, None)
             self._held = held
             await self._write_checkpoints(held)
+            await self._share_revocations()
             self.nodes = await self._read_nodes()
         except Exception as exc:  # redis.RedisError, OSError: Redis down or unreachable
             self._redis_failed("heartbeat", exc)
             return
         self._redis_ok()
+
+    def revoked(self, digest: str, expires_s: float) -> None:
+        """A dashboard logout on this node (``RevokedSessions.on_revoke``): written to
+        Redis at once (the next heartbeat, woken now), read by the other nodes at theirs."""
+        self._revoked_out[digest] = expires_s
+        self._wake.set()
+
+    async def _share_revocations(self) -> None:
+        """Write this node's new logouts to the county's sorted set (score: expiry) and
+        read everyone's unexpired ones into :attr:`revocations`."""
+        if self.revocations is None:
+            return
+        key = self._key("sessions", "revoked")
+        now_s = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        out = dict(self._revoked_out)
+        if out:
+            pipe.zadd(key, out)
+        pipe.zremrangebyscore(key, "-inf", now_s)
+        pipe.zrangebyscore(key, now_s, "+inf", withscores=True)
+        replies = await pipe.execute()
+        for digest, expires_s in replies[-1]:
+            self.revocations.add(digest, float(expires_s))
+        for digest in out:  # written (a failed call raised above and keeps them queued)
+            self._revoked_out.pop(digest, None)
 
     async def _renew_siblings(self, mine: set[str]) -> None:
         """Renew this node's leases of the county's other pairings that have a live lesson

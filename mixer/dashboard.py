@@ -36,7 +36,13 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from syncclass.auth import LoginRateLimiter, SessionSigner, hash_password, verify_password
+from syncclass.auth import (
+    LoginRateLimiter,
+    RevokedSessions,
+    SessionSigner,
+    hash_password,
+    verify_password,
+)
 from syncclass.config import CountyConfig
 from syncclass.protocol import dumps_strict
 
@@ -116,7 +122,10 @@ class Ops:
         self.users = {u.name: u.password_hash for u in ops.users}
         # Checked when the user is unknown, so timing does not tell which names exist.
         self._dummy_hash = hash_password(secrets.token_hex(8), log2n=14)
-        self._revoked: dict[str, float] = {}
+        self.revocations = RevokedSessions(Path(self.config.mixer.data_dir)
+                                           / "sessions-revoked")
+        """Logged-out sessions, shared with the node's other workers through a file in the
+        data folder (and with other nodes by the cluster)."""
         self.collector = SyncclassCollector(mixer, self.netstats, self.alerts, self.webhooks)
         self.registry = make_registry(self.collector)
         self.broadcaster = Broadcaster()
@@ -156,17 +165,20 @@ class Ops:
     def user_of(self, request: web.Request) -> str | None:
         value = request.cookies.get(COOKIE)
         now = time.time()
-        if value is None or value in self._revoked:
+        if value is None:
             return None
         user = self.signer.verify(value, now)
-        return user if user in self.users else None
+        if user not in self.users or self.revocations.revoked(value, now):
+            return None
+        return user
 
     def revoke(self, value: str) -> None:
+        """Log the session cookie ``value`` out until it expires (one that does not verify
+        is no session: nothing to revoke, and nothing written for it)."""
         now = time.time()
-        for v, exp in list(self._revoked.items()):
-            if exp <= now:
-                del self._revoked[v]
-        self._revoked[value] = now + self.ops.session_lifetime_s
+        if self.signer.verify(value, now) is None:
+            return
+        self.revocations.revoke(value, now + self.ops.session_lifetime_s)
 
     # -- payloads -----------------------------------------------------------------------------
     def snapshot(self, with_history: bool = False) -> dict[str, Any]:

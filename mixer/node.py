@@ -664,9 +664,10 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    """``POST /dashboard/logout``: every worker revokes the session (each keeps its own
-    list of revoked sessions, and one login is valid on all); the answer is the one of the
-    worker that serves pages."""
+    """``POST /dashboard/logout``: every worker revokes the session (one login is valid on
+    all; they share the node's logout file, and each live worker is also told at once, so
+    the logout holds in memory where the file cannot be written); the answer is the one of
+    the worker that serves pages."""
     node = request.app[NODE_KEY]
     body = await request.read()
     first = node.workers[node._first_up()]
@@ -674,7 +675,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
 
     async def revoke(w: Worker) -> None:
         if w.session is None or not w.alive:
-            return  # restarting: it starts with no session revoked (as a restarted mixer)
+            return  # restarting: it reads the logout from the node's file when it is back
         try:
             async with asyncio.timeout(WORKER_REQUEST_TIMEOUT_S):
                 async with w.session.post(f"http://worker{request.rel_url}", headers=headers,

@@ -17,10 +17,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 SCRYPT_LOG2_N = 14
 """Cost: n = 2**14, r = 8 → 16 MiB and ~50 ms per check; makes offline guessing slow."""
@@ -107,6 +112,93 @@ class SessionSigner:
         if not expires.isdigit() or int(expires) <= now_s:
             return None
         return user
+
+
+class RevokedSessions:
+    """Logged-out session cookies, each until it would have expired.
+
+    Kept in memory and, with ``path``, appended to a file (one line per logout: the
+    cookie's SHA-256 and its expiry, epoch s) that every process sharing it reads again
+    when it grew: the media workers of one node share their mixer's data folder, so a
+    logout holds on every worker, and after a worker or the whole mixer restarts with the
+    same session secret. With several nodes the cluster passes logouts between nodes
+    through Redis (:meth:`add`, ``on_revoke``). Only the digest is stored: the file
+    cannot be used to log in. Callers add only cookies that verify, so the file grows by
+    one short line per real logout."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.on_revoke: list[Callable[[str, float], None]] = []
+        """Called with (digest, expiry epoch s) of each logout made here."""
+        self._expiry: dict[str, float] = {}
+        self._file_id: tuple[int, int] | None = None
+        self._offset = 0
+
+    @staticmethod
+    def digest(value: str) -> str:
+        return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+    def revoke(self, value: str, expires_s: float) -> None:
+        """Revoke the cookie ``value`` until ``expires_s`` (its own expiry, epoch s). A
+        file that cannot be written is logged; the revocation still holds here."""
+        digest = self.digest(value)
+        self.add(digest, expires_s)
+        if self.path is not None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a", encoding="ascii") as f:
+                    f.write(f"{digest} {int(expires_s)}\n")
+            except OSError as exc:
+                logger.error("logout not written to %s (%s): other workers and a restarted "
+                             "mixer accept the session until it expires", self.path, exc)
+        for callback in self.on_revoke:
+            callback(digest, expires_s)
+
+    def add(self, digest: str, expires_s: float) -> None:
+        """A revocation made elsewhere (another node)."""
+        if expires_s > self._expiry.get(digest, 0.0):
+            self._expiry[digest] = expires_s
+
+    def revoked(self, value: str, now_s: float) -> bool:
+        """Whether the cookie ``value`` was logged out (here or by a process sharing the
+        file or the cluster)."""
+        self._reload(now_s)
+        expires = self._expiry.get(self.digest(value))
+        return expires is not None and expires > now_s
+
+    def _reload(self, now_s: float) -> None:
+        """Read what other processes appended since the last read (all of it when the file
+        was replaced), and forget revocations of cookies that have expired anyway."""
+        if self.path is None:
+            return
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            logger.warning("cannot read logouts from %s: %s", self.path, exc)
+            return
+        file_id = (st.st_dev, st.st_ino)
+        if file_id == self._file_id and st.st_size == self._offset:
+            return
+        if file_id != self._file_id or st.st_size < self._offset:
+            self._file_id, self._offset = file_id, 0
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except OSError as exc:
+            logger.warning("cannot read logouts from %s: %s", self.path, exc)
+            return
+        complete = data[: data.rfind(b"\n") + 1]  # a line being written waits
+        self._offset += len(complete)
+        for line in complete.decode("ascii", "replace").splitlines():
+            parts = line.split()
+            if len(parts) == 2 and len(parts[0]) == 64 and parts[1].isdigit():
+                self.add(parts[0], float(parts[1]))
+        for digest, expires in list(self._expiry.items()):
+            if expires <= now_s:
+                del self._expiry[digest]
 
 
 @dataclass

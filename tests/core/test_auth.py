@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from syncclass.auth import (
     LoginRateLimiter,
+    RevokedSessions,
     SessionSigner,
     check_password_hash_format,
     hash_password,
@@ -126,3 +129,38 @@ def test_hash_password_cli() -> None:
     short = subprocess.run([sys.executable, "-m", "syncclass", "hash-password"],
                            input="short\n", capture_output=True, text=True, timeout=60)
     assert short.returncode == 2 and "at least 10" in short.stderr
+
+
+def test_logouts_are_shared_through_the_file(tmp_path: Path) -> None:
+    """Two workers of one node (one file): a logout on one holds on the other and on a
+    worker started afterwards; only the digest is written; an expired one is forgotten."""
+    path = tmp_path / "data" / "sessions-revoked"
+    a, b = RevokedSessions(path), RevokedSessions(path)
+    assert not b.revoked("ops.2000000000.abc", 1000.0)
+    a.revoke("ops.2000000000.abc", 2000.0)
+    assert a.revoked("ops.2000000000.abc", 1000.0)
+    assert b.revoked("ops.2000000000.abc", 1000.0)
+    assert RevokedSessions(path).revoked("ops.2000000000.abc", 1000.0)
+    assert not b.revoked("ops.2000000000.other", 1000.0)
+    assert "ops." not in path.read_text()  # no usable cookie in the file
+    assert not RevokedSessions(path).revoked("ops.2000000000.abc", 2000.0)  # expired
+
+
+def test_logout_file_torn_line_and_unwritable(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A line still being written is read once complete; junk lines are skipped; a file
+    that cannot be written is logged and the logout still holds in this process."""
+    path = tmp_path / "sessions-revoked"
+    reader = RevokedSessions(path)
+    digest = RevokedSessions.digest("ops.2000000000.abc")
+    path.write_text(f"not a line\n{digest} 20")
+    assert not reader.revoked("ops.2000000000.abc", 1000.0)
+    with path.open("a") as f:
+        f.write("00\n")
+    assert reader.revoked("ops.2000000000.abc", 1000.0)
+    blocked = RevokedSessions(tmp_path / "a-file" / "sessions-revoked")
+    (tmp_path / "a-file").write_text("in the way")
+    with caplog.at_level(logging.ERROR, logger="syncclass.auth"):
+        blocked.revoke("ops.2000000000.def", 2000.0)
+    assert blocked.revoked("ops.2000000000.def", 1000.0)
+    assert "accept the session until it expires" in caplog.text

@@ -531,3 +531,44 @@ def test_cli_refuses_another_worker_count_than_the_clusters(tmp_path: Path) -> N
                           text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert done.returncode == 2, done.stderr
     assert "--workers 3: every node of mixer.cluster runs mixer.workers (2)" in done.stderr
+
+
+async def test_a_logout_holds_on_every_node(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Nodes share the dashboard's session secret, so one login is valid on all: a logout
+    on n1 must be refused by n2 too (each node has its own data folder; Redis carries it)."""
+    ports = {"n1": free_port(), "n2": free_port()}
+    configs = {}
+    for node in ports:
+        county = County(tmp_path / node).without_services()
+        county.data["ops"]["session_secret"] = "s" * 32
+        county.mixer["data_dir"] = str(tmp_path / node / "mixer-data")
+        county.mixer["cluster"] = {
+            "redis_url": redis_server.url, "heartbeat_s": 0.2, "lease_ttl_s": 0.6,
+            "nodes": [{"id": n, "url": f"http://127.0.0.1:{p}"} for n, p in ports.items()]}
+        configs[node] = county.config()
+
+    async def snapshot_status(client: TestClient[Any, Any], value: str) -> int:
+        resp = await client.get("/dashboard/api/snapshot",
+                                headers={"Cookie": f"syncclass_ops={value}"})
+        return resp.status
+
+    async with _node(configs["n1"], "n1", ports["n1"]) as n1, \
+            _node(configs["n2"], "n2", ports["n2"]) as n2:
+        resp = await n1.post("/dashboard/login", allow_redirects=False,
+                             data={"user": "ops", "password": "syncclass-demo"})
+        assert resp.status == 303, await resp.text()
+        value = resp.cookies["syncclass_ops"].value
+        assert await snapshot_status(n2, value) == 200  # one login, valid on both
+        resp = await n1.post("/dashboard/logout", allow_redirects=False,
+                             headers={"Cookie": f"syncclass_ops={value}"})
+        assert resp.status == 303
+        assert await snapshot_status(n1, value) == 401
+        deadline = time.monotonic() + 3.0  # n1's heartbeat writes it, n2's reads it
+        while await snapshot_status(n2, value) != 401:
+            assert time.monotonic() < deadline, "n2 still accepts the logged-out session"
+            await asyncio.sleep(0.05)
+        took = 3.0 - (deadline - time.monotonic())
+        r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        stored = r.zrange("syncclass:sessions:revoked", 0, -1)
+        assert len(stored) == 1 and value not in stored[0]  # the digest, not the cookie
+        print(f"\nlogout reached n2 in {took:.2f} s")

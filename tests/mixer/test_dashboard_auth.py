@@ -146,3 +146,44 @@ async def test_shutdown_ends_open_event_streams(county: County) -> None:
             rest = await asyncio.wait_for(resp.content.read(), 10.0)  # EOF: stream ended
             assert b"event: init" not in rest
             await asyncio.wait_for(cleanup, 10.0)
+
+
+async def test_logout_holds_on_another_worker_and_after_a_restart(county: County) -> None:
+    """Two mixers of one node (same data folder and session secret, as the media workers
+    are): a logout on one is refused by the other at once and by a mixer started after it
+    (a restarted worker), not only by the one that served it."""
+    config = county.for_ops(session_secret="s" * 32).config("test")
+
+    async def serve() -> tuple[web.AppRunner, str]:
+        runner = web.AppRunner(create_app(config))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return runner, f"http://127.0.0.1:{port}"
+
+    async def snapshot_status(url: str, value: str) -> int:
+        async with client() as http:
+            http.cookie_jar.update_cookies({"syncclass_ops": value},
+                                           response_url=aiohttp.client.URL(url))
+            async with http.get(url + "/dashboard/api/snapshot") as resp:
+                return resp.status
+
+    (one, url1), (two, url2) = await serve(), await serve()
+    try:
+        async with client() as http:
+            assert await login(http, url1) == 303
+            value = next(c.value for c in http.cookie_jar if c.key == "syncclass_ops")
+            assert await snapshot_status(url2, value) == 200  # one login, valid on both
+            async with http.post(url1 + "/dashboard/logout", allow_redirects=False) as resp:
+                assert resp.status == 303
+        assert await snapshot_status(url1, value) == 401
+        assert await snapshot_status(url2, value) == 401
+        three, url3 = await serve()
+        try:
+            assert await snapshot_status(url3, value) == 401
+        finally:
+            await three.cleanup()
+    finally:
+        await one.cleanup()
+        await two.cleanup()

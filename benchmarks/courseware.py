@@ -543,8 +543,11 @@ def main() -> None:
         print(json.dumps({k: v for k, v in cost.items() if k != "environment"}, indent=1))
         return
     half_s, half_script = SCRIPTS[args.script]
-    directing = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.directing)}
-    live_rules = DirectingRules(**directing)
+    try:
+        directing = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.directing)}
+        live_rules = DirectingRules(**directing)
+    except (ValueError, TypeError) as exc:
+        ap.error(f"--directing takes KEY=SECONDS with a DirectingRules field: {exc}")
     if args.layouts_only:
         with tempfile.TemporaryDirectory() as tmpdir:
             result: dict[str, Any] = {

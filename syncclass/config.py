@@ -355,7 +355,7 @@ _RULES = DirectingRules()
 
 class DirectingConfig(_Model):
     """Timing of automatic directing (自动导播, :mod:`syncclass.directing`), seconds;
-    the defaults are :class:`~syncclass.directing.DirectingRules`'."""
+    the defaults are those of :class:`~syncclass.directing.DirectingRules`."""
 
     onset_s: float = Field(default=_RULES.onset_s, ge=0.3, le=10)
     """A receiving classroom speaking this long while the teacher is silent is featured."""

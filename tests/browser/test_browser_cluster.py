@@ -34,10 +34,7 @@ MAIN, BROWSER = "main-3-1", "hetou-3"
 
 @pytest.fixture
 def cluster(tmp_path: Path, county: County) -> Iterator[ClusterDeployment]:
-    yield from light_cluster(
-        county, tmp_path,
-        media={"width": 640, "height": 360, "bitrate_kbps": 800, "uplink_bitrate_kbps": 500},
-        camera={"width": 320, "height": 180, "fps": 15}, recorder=False)
+    yield from light_cluster(county, tmp_path, recorder=False)
 
 
 def _decoding_on(page: Page, origin: str, lesson_id: str, since_frames: int = 0) -> str:

@@ -33,10 +33,7 @@ MAIN, RURAL = "main-3-1", "hetou-3"
 
 @pytest.fixture
 def cluster(tmp_path: Path, county: County) -> Iterator[ClusterDeployment]:
-    yield from light_cluster(
-        county, tmp_path,
-        media={"width": 640, "height": 360, "bitrate_kbps": 800, "uplink_bitrate_kbps": 500},
-        camera={"width": 320, "height": 180, "fps": 15})
+    yield from light_cluster(county, tmp_path)
 
 
 @pytest.mark.timeout(150)
